@@ -1,0 +1,132 @@
+"""The `citrus` command: the first word picks the job, the rest are Hydra overrides.
+
+    citrus train experiment=quickstart trainer.max_steps=50
+    citrus evaluate model.path=outputs/train/2026-11-24/12-00-00 benchmark=quickstart
+    citrus train -m trainer.lr=3e-4,1e-3          # multirun
+    citrus pipeline experiment=quickstart --cfg job   # print the composed config
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("citrus")
+
+# job -> (module with `run(cfg, run) -> metrics`, one-line description)
+JOBS: dict[str, tuple[str, str]] = {
+    "prepare": ("citrus.data.prepare", "generate or fetch the training data and benchmark files of a config"),
+    "train": ("citrus.train.sft", "fine-tune model= on data= with algorithm= through Lightning Fabric"),
+    "evaluate": ("citrus.evaluate.evaluator", "score model= on benchmark= through engine="),
+    "pipeline": ("citrus.pipeline", "prepare -> evaluate -> train -> evaluate, with a before/after table"),
+}
+
+USAGE = """usage: citrus <job> [hydra overrides...] [-m] [--cfg job] [--help]
+
+jobs:
+{jobs}
+
+Every job composes conf/config.yaml; override any key or group on the command line, e.g.
+  citrus pipeline experiment=quickstart
+  citrus train experiment=quickstart model=tiny_qwen trainer.max_steps=50
+  citrus evaluate model.path=<run_dir> benchmark=quickstart logger=none
+`citrus <job> --help` lists the config groups; `citrus <job> --cfg job` prints the config.
+"""
+
+
+@dataclass
+class Run:
+    """What a job writes to: its directory, its run.json, its tracker."""
+
+    dir: Path
+    record: Any
+    tracker: Any
+
+
+def execute(job: str, cfg: Any, run_dir: Path, overrides: list[str], multirun: bool = False) -> dict[str, Any] | None:
+    """Run one job inside its run directory, recording how it started and how it ended.
+
+    In a multirun a failed job is recorded (run.json status "failed") and the sweep goes on."""
+    from omegaconf import OmegaConf
+
+    from citrus.record import RunRecord
+    from citrus.tracking import open_tracker
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    record = RunRecord(run_dir, job, overrides, config)
+    tracker = open_tracker(cfg.logger, config, run_dir, job, cfg.name)
+    try:
+        metrics = importlib.import_module(JOBS[job][0]).run(cfg, Run(run_dir, record, tracker))
+    except BaseException as e:
+        record.finish("failed", error=f"{type(e).__name__}: {e}")
+        tracker.finish(exit_code=1)
+        if multirun and isinstance(e, Exception):
+            log.exception("job failed; the sweep goes on (see %s)", record.path)
+            return None
+        raise
+    record.finish("completed", metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+    tracker.finish()
+    return metrics
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        width = max(map(len, JOBS))
+        print(USAGE.format(jobs="\n".join(f"  {j:<{width}}  {d}" for j, (_, d) in JOBS.items())))
+        return 0
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"citrus {version('citrus')}")
+        return 0
+    job, overrides = argv[0], argv[1:]
+    if job not in JOBS:
+        print(f"citrus: unknown job {job!r}; jobs: {', '.join(JOBS)} (see `citrus --help`)", file=sys.stderr)
+        return 2
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from citrus.config import CONF_DIR, register_configs
+
+    _quiet_libraries()
+    register_configs()
+
+    def task(cfg: Any) -> Any:
+        hc = HydraConfig.get()
+        user_overrides = [o for o in hc.overrides.task if not o.startswith("job=")]
+        metrics = execute(job, cfg, Path(hc.runtime.output_dir), user_overrides, hc.mode == RunMode.MULTIRUN)
+        return metrics
+
+    # Hydra's parser wants every override before the options (`--cfg job`, `-m`, `--info`).
+    is_override = [("=" in a and not a.startswith("-")) for a in overrides]
+    sys.argv = [
+        f"citrus {job}", f"job={job}",
+        *(a for a, o in zip(overrides, is_override) if o),
+        *(a for a, o in zip(overrides, is_override) if not o),
+    ]
+    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

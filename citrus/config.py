@@ -1,0 +1,180 @@
+"""Typed schemas behind the Hydra config tree, and where the tree lives.
+
+The YAML files in conf/ hold the values; the dataclasses here hold the shape. Because the root
+config starts from `citrus_schema`, every composed config is a structured config: a misspelled
+key (`trainer.max_stepz=5`) or a wrong type (`trainer.max_steps=ten`) fails at compose time with
+an error that names the full key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _tree(name: str) -> Path:
+    """A top-level folder of the repo (editable install) or its copy inside the wheel."""
+    packaged = PACKAGE_DIR / f"_{name}"
+    return packaged if packaged.is_dir() else PACKAGE_DIR.parent / name
+
+
+CONF_DIR = _tree("conf")
+EXPERIMENTS_DIR = _tree("experiments")
+SWEEPS_DIR = _tree("sweeps")
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = MISSING  # built tiny models, generated data, downloads
+    data_dir: str = MISSING
+    output_dir: str = MISSING  # root of the Hydra run directories
+
+
+@dataclass
+class BuildConfig:
+    """Architecture of a backbone built from config (no hub download), and its tokenizer."""
+
+    architecture: str = "llama"  # llama | qwen2
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4  # head_dim = hidden/heads = 64: vLLM's CPU kernels reject less
+    num_key_value_heads: int = 2
+    intermediate_size: int = 768
+    vocab_size: int = 4096  # size of the byte-level BPE trained on the quickstart corpus
+    max_position_embeddings: int = 1024
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    init_seed: int = 0
+    tokenizer_corpus_items: int = 3000  # quickstart vignettes the tokenizer is trained on
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    path: str = MISSING  # hub id, local directory, or a run's exported `model/` directory
+    family: str = "llama"  # llama | qwen2: picks the chat template of built models
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    max_length: int = 2048  # longest training sequence (prompt + completion) in tokens
+    chat_template: Optional[str] = None  # jinja override for tokenizers that lack one
+    trust_remote_code: bool = False
+    build: Optional[BuildConfig] = None  # set: build from config into `path` when absent
+
+
+@dataclass
+class QuickstartConfig:
+    seed: int = 0
+    n_train: int = 2000
+    n_options: int = 4
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    format: str = "sft"  # sft: chat records whose last assistant turn is the target
+    path: Optional[str] = None  # jsonl of training records; null when generated
+    quickstart: Optional[QuickstartConfig] = None  # set: generate the quickstart train split
+    prompt: str = "citrus_expert"  # prompt that wraps questions turned into training records
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "sft"
+    completion_only_loss: bool = True  # loss on the assistant's reply only, never the prompt
+
+
+@dataclass
+class BenchmarkTask:
+    name: str = MISSING  # reported name
+    loader: str = MISSING  # key in citrus.data.benchmarks.LOADERS
+    split: str = "test"
+    path: Optional[str] = None  # local file; null: generated (quickstart) or downloaded
+    limit: Optional[int] = None  # first N items (quickstart: how many to generate)
+    seed: int = 0
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = MISSING
+    tasks: List[BenchmarkTask] = field(default_factory=list)
+    prompt: str = "citrus_expert"  # citrus/prompts/<prompt>.{system,user}.txt
+    mode: str = "generate"  # generate: reason, then extract the answer
+
+
+@dataclass
+class EngineConfig:
+    name: str = "hf"
+    batch_size: int = 16
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # auto | cpu | cuda
+    strategy: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    precision: str = "32-true"  # Fabric precision: 32-true | bf16-mixed | bf16-true
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    max_steps: int = 100
+    max_epochs: Optional[int] = None  # stop at whichever of max_steps / max_epochs comes first
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    checkpoint_every: int = 0  # steps between checkpoints; 0: final export only
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # wandb | none
+    mode: str = "auto"  # auto: online with credentials, else offline | online | offline
+    project: str = "citrus"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    log_predictions: int = 200  # rows of the predictions table
+
+
+@dataclass
+class PipelineConfig:
+    evaluate_base: bool = True  # evaluate the untrained model first, for a before/after table
+
+
+@dataclass
+class Config:
+    job: str = MISSING  # set by the `citrus` command: train | evaluate | pipeline | ...
+    name: str = "default"  # experiment name (W&B group, report titles)
+    seed: int = 1234
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+def register_configs() -> None:
+    """Store the schema, and make experiments/*.yaml and sweeps/*.yaml the `experiment` and
+    `sweep` groups, so presets live in the top-level folders researchers look in."""
+    cs = ConfigStore.instance()
+    cs.store(name="citrus_schema", node=Config)
+    for group, folder in (("experiment", EXPERIMENTS_DIR), ("sweep", SWEEPS_DIR)):
+        for path in sorted(folder.glob("*.yaml")):
+            cs.store(group=group, name=path.stem, node=OmegaConf.load(path), package="_global_")

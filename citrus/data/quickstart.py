@@ -1,0 +1,293 @@
+"""Quickstart data: clinical-vignette multiple-choice questions from a small knowledge table.
+
+Each vignette shows a patient (age, sex) with three symptoms, one examination sign and one lab
+result of a disease; the options are that disease and others from the same organ system, so
+the options form a real differential. Every item carries an expert-style reasoning trace
+(findings -> differential -> elimination -> answer) in `<think>...</think><answer>...</answer>`
+form, which is what the quickstart SFT stage learns to write.
+
+Splits are disjoint by construction: a vignette's clinical content (disease, symptoms, sign,
+lab) hashes into train or test, whatever the seed or sizes. The generator is deterministic per
+(seed, split, n). The table is a teaching toy, simplified on purpose: it lets the whole pipeline
+run on a laptop and is no substitute for the real benchmarks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from citrus.data.schema import LETTERS, MCQuestion, write_jsonl_atomic
+from citrus.prompts import build_messages
+
+
+@dataclass(frozen=True)
+class Disease:
+    name: str
+    system: str
+    ages: tuple[int, int]
+    sex: str  # "any" | "female" | "male"
+    symptoms: tuple[str, ...]
+    signs: tuple[str, ...]
+    labs: tuple[str, ...]
+
+
+D = Disease
+DISEASES: tuple[Disease, ...] = (
+    # respiratory
+    D("community-acquired pneumonia", "respiratory", (25, 80), "any",
+      ("fever", "productive cough", "pleuritic chest pain", "chills", "shortness of breath"),
+      ("crackles over the right lower lobe", "bronchial breath sounds", "dullness to percussion"),
+      ("leukocytosis with neutrophilia", "a lobar consolidation on chest x-ray",
+       "an elevated procalcitonin")),
+    D("asthma exacerbation", "respiratory", (8, 40), "any",
+      ("wheezing", "chest tightness", "nocturnal cough", "shortness of breath after exercise",
+       "difficulty speaking in full sentences"),
+      ("diffuse expiratory wheezes", "a prolonged expiratory phase", "use of accessory muscles"),
+      ("a reduced peak expiratory flow", "eosinophilia", "reversible obstruction on spirometry")),
+    D("pulmonary embolism", "respiratory", (30, 75), "any",
+      ("sudden shortness of breath", "sharp chest pain on inspiration", "hemoptysis",
+       "calf swelling", "lightheadedness"),
+      ("tachycardia with clear lungs", "a swollen tender calf", "tachypnea with hypoxemia"),
+      ("an elevated D-dimer", "a filling defect on CT pulmonary angiography",
+       "sinus tachycardia with S1Q3T3 on ECG")),
+    D("spontaneous pneumothorax", "respiratory", (18, 35), "male",
+      ("sudden one-sided chest pain", "sudden shortness of breath", "dry cough", "anxiety",
+       "pain radiating to the shoulder"),
+      ("absent breath sounds on one side", "hyperresonance to percussion on one side",
+       "reduced chest expansion on one side"),
+      ("a visible pleural line on chest x-ray", "absent lung markings at the periphery on x-ray",
+       "mild hypoxemia on blood gas")),
+    # cardiovascular
+    D("acute myocardial infarction", "cardiovascular", (45, 85), "male",
+      ("crushing chest pain", "pain radiating to the left arm", "diaphoresis", "nausea",
+       "a sense of impending doom"),
+      ("an S4 gallop", "cool clammy skin", "new basal crackles"),
+      ("an elevated troponin", "ST elevation in the inferior leads",
+       "an elevated CK-MB")),
+    D("congestive heart failure", "cardiovascular", (55, 90), "any",
+      ("exertional dyspnea", "orthopnea", "paroxysmal nocturnal dyspnea", "ankle swelling",
+       "fatigue"),
+      ("jugular venous distension", "bilateral pitting edema", "an S3 gallop"),
+      ("an elevated BNP", "cardiomegaly on chest x-ray", "a reduced ejection fraction on echo")),
+    D("acute pericarditis", "cardiovascular", (20, 50), "male",
+      ("sharp chest pain relieved by sitting forward", "pain worse lying flat", "low-grade fever",
+       "a recent viral illness", "pain worse with deep breaths"),
+      ("a pericardial friction rub", "a scratchy three-component rub", "no focal lung findings"),
+      ("diffuse ST elevation with PR depression", "an elevated CRP",
+       "a small pericardial effusion on echo")),
+    D("aortic dissection", "cardiovascular", (50, 80), "male",
+      ("tearing chest pain", "pain radiating to the back", "sudden onset of pain", "syncope",
+       "a history of poorly controlled hypertension"),
+      ("a blood pressure difference between the arms", "a new diastolic murmur",
+       "weak left radial pulse"),
+      ("a widened mediastinum on chest x-ray", "an intimal flap on CT angiography",
+       "a normal troponin")),
+    # gastrointestinal
+    D("acute appendicitis", "gastrointestinal", (10, 35), "any",
+      ("periumbilical pain migrating to the right lower quadrant", "anorexia", "nausea",
+       "low-grade fever", "pain worse with walking"),
+      ("tenderness at McBurney's point", "rebound tenderness in the right lower quadrant",
+       "a positive psoas sign"),
+      ("leukocytosis", "an enlarged non-compressible appendix on ultrasound", "an elevated CRP")),
+    D("acute cholecystitis", "gastrointestinal", (35, 65), "female",
+      ("right upper quadrant pain after fatty meals", "pain radiating to the right shoulder",
+       "fever", "nausea", "vomiting"),
+      ("a positive Murphy's sign", "right upper quadrant tenderness", "guarding under the right ribs"),
+      ("gallbladder wall thickening on ultrasound", "leukocytosis",
+       "pericholecystic fluid on ultrasound")),
+    D("acute pancreatitis", "gastrointestinal", (30, 70), "male",
+      ("severe epigastric pain radiating to the back", "heavy alcohol use", "vomiting",
+       "pain relieved by leaning forward", "nausea"),
+      ("epigastric tenderness", "periumbilical bruising", "decreased bowel sounds"),
+      ("a lipase three times the upper limit", "an elevated amylase",
+       "peripancreatic fat stranding on CT")),
+    D("small bowel obstruction", "gastrointestinal", (40, 85), "any",
+      ("colicky abdominal pain", "bilious vomiting", "no passage of flatus", "abdominal distension",
+       "prior abdominal surgery"),
+      ("a distended tympanic abdomen", "high-pitched tinkling bowel sounds", "a surgical scar"),
+      ("dilated small bowel loops with air-fluid levels", "hypokalemia",
+       "a transition point on CT")),
+    # endocrine
+    D("diabetic ketoacidosis", "endocrine", (12, 35), "any",
+      ("polyuria", "polydipsia", "abdominal pain", "vomiting", "weight loss"),
+      ("Kussmaul breathing", "a fruity breath odor", "dry mucous membranes"),
+      ("a glucose of 450 mg/dL", "an anion gap metabolic acidosis", "positive serum ketones")),
+    D("hypothyroidism", "endocrine", (30, 70), "female",
+      ("fatigue", "cold intolerance", "weight gain", "constipation", "dry skin"),
+      ("delayed relaxation of the ankle reflexes", "bradycardia", "non-pitting facial edema"),
+      ("an elevated TSH", "a low free T4", "elevated cholesterol")),
+    D("Graves disease", "endocrine", (20, 45), "female",
+      ("heat intolerance", "palpitations", "weight loss despite increased appetite", "tremor",
+       "anxiety"),
+      ("exophthalmos", "a diffuse non-tender goiter", "pretibial myxedema"),
+      ("a suppressed TSH", "an elevated free T4", "TSH receptor antibodies")),
+    D("adrenal insufficiency", "endocrine", (25, 60), "any",
+      ("fatigue", "salt craving", "weight loss", "dizziness on standing", "abdominal pain"),
+      ("skin hyperpigmentation", "orthostatic hypotension", "darkened palmar creases"),
+      ("hyponatremia with hyperkalemia", "a low morning cortisol",
+       "no cortisol rise after ACTH stimulation")),
+    # neurological
+    D("ischemic stroke", "neurological", (55, 90), "any",
+      ("sudden weakness of the right arm", "slurred speech", "facial droop", "sudden loss of vision in one eye",
+       "difficulty finding words"),
+      ("right-sided hemiparesis", "expressive aphasia", "an upgoing plantar reflex"),
+      ("a normal non-contrast CT within three hours", "atrial fibrillation on ECG",
+       "restricted diffusion on MRI")),
+    D("bacterial meningitis", "neurological", (16, 30), "any",
+      ("severe headache", "fever", "neck stiffness", "photophobia", "confusion"),
+      ("a positive Kernig sign", "a positive Brudzinski sign", "a petechial rash"),
+      ("CSF with neutrophils and low glucose", "gram-negative diplococci in CSF",
+       "an elevated CSF protein")),
+    D("migraine", "neurological", (15, 45), "female",
+      ("a throbbing one-sided headache", "nausea", "photophobia", "a visual aura",
+       "headache relieved by sleep"),
+      ("a normal neurological examination", "no neck stiffness", "normal fundi"),
+      ("a normal CT of the head", "a normal MRI of the brain", "normal inflammatory markers")),
+    D("subarachnoid hemorrhage", "neurological", (35, 65), "any",
+      ("a sudden thunderclap headache", "the worst headache ever experienced", "vomiting",
+       "brief loss of consciousness", "neck pain"),
+      ("neck stiffness without fever", "a third nerve palsy", "subhyaloid hemorrhages"),
+      ("blood in the basal cisterns on CT", "xanthochromia in CSF",
+       "an aneurysm on CT angiography")),
+)
+del D
+
+SYSTEMS = sorted({d.system for d in DISEASES})
+TEMPLATES = (
+    "A {age}-year-old {sex} presents with {s1}, {s2} and {s3} for {duration}. "
+    "Examination shows {sign}. Laboratory and imaging studies show {lab}. "
+    "Which of the following is the most likely diagnosis?",
+    "A {age}-year-old {sex} comes to the emergency department with {duration} of {s1}, {s2} "
+    "and {s3}. On examination there is {sign}. Workup shows {lab}. "
+    "What is the most likely diagnosis?",
+    "A {sex} aged {age} reports {s1}, {s2} and {s3} over the past {duration}. "
+    "Physical examination reveals {sign}, and studies reveal {lab}. "
+    "Which diagnosis best explains this presentation?",
+)
+DURATIONS = ("6 hours", "1 day", "2 days", "3 days", "1 week", "2 weeks")
+TEST_FRACTION_IN_FIFTHS = 1  # one content bucket in five goes to test
+
+
+def _findings(d: Disease) -> set[str]:
+    return set(d.symptoms) | set(d.signs) | set(d.labs)
+
+
+def _content_split(disease: Disease, symptoms: tuple[str, ...], sign: str, lab: str) -> str:
+    key = "|".join((disease.name, *sorted(symptoms), sign, lab)).encode()
+    return "test" if int(hashlib.md5(key).hexdigest(), 16) % 5 < TEST_FRACTION_IN_FIFTHS else "train"
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def reasoning_trace(shown: list[str], options: dict[str, Disease], answer: str, patient: str) -> str:
+    """Findings -> differential -> elimination -> answer, as a clinician would write it."""
+    lines = [
+        f"Key findings: {patient}; " + "; ".join(shown) + ".",
+        "Differential: " + "; ".join(f"{k}. {d.name}" for k, d in options.items()) + ".",
+    ]
+    for letter, d in options.items():
+        if letter == answer:
+            lines.append(f"{letter}. {d.name}: explains {_join(shown)}.")
+        else:
+            unexplained = [f for f in shown if f not in _findings(d)]
+            typical = [d.symptoms[0], d.signs[0]]
+            lines.append(
+                f"{letter}. {d.name}: would show {_join(typical)}; "
+                f"it does not explain {_join(unexplained[:2])}."
+            )
+    winner = options[answer].name
+    lines.append(f"Conclusion: only {winner} accounts for all the findings.")
+    return f"<think>\n" + "\n".join(lines) + f"\n</think>\n<answer>{answer}. {winner}</answer>"
+
+
+def _one_vignette(rng: random.Random, split: str, n_options: int) -> MCQuestion | None:
+    disease = rng.choice(DISEASES)
+    symptoms = tuple(rng.sample(disease.symptoms, 3))
+    sign, lab = rng.choice(disease.signs), rng.choice(disease.labs)
+    if _content_split(disease, symptoms, sign, lab) != split:
+        return None
+    sex = disease.sex if disease.sex != "any" else rng.choice(("female", "male"))
+    age = rng.randint(*disease.ages)
+    person = {"female": "woman" if age >= 18 else "girl", "male": "man" if age >= 18 else "boy"}[sex]
+    text = rng.choice(TEMPLATES).format(
+        age=age, sex=person, s1=symptoms[0], s2=symptoms[1], s3=symptoms[2],
+        duration=rng.choice(DURATIONS), sign=sign, lab=lab,
+    )
+    same_system = [d for d in DISEASES if d.system == disease.system and d is not disease]
+    others = rng.sample(same_system, min(n_options - 1, len(same_system)))
+    if len(others) < n_options - 1:  # widen the differential beyond the organ system
+        rest = [d for d in DISEASES if d is not disease and d not in others]
+        others += rng.sample(rest, n_options - 1 - len(others))
+    choices = others + [disease]
+    rng.shuffle(choices)
+    options = dict(zip(LETTERS, choices))
+    answer = LETTERS[choices.index(disease)]
+    shown = list(symptoms) + [sign, lab]
+    content = "|".join((disease.name, *sorted(symptoms), sign, lab))
+    return MCQuestion(
+        id="",
+        benchmark="quickstart",
+        question=text,
+        options={k: d.name for k, d in options.items()},
+        answer=answer,
+        metadata={
+            "split": split,
+            "system": disease.system,
+            "content_key": hashlib.md5(content.encode()).hexdigest()[:12],
+            "reasoning": reasoning_trace(shown, options, answer, f"{age}-year-old {person}"),
+        },
+    )
+
+
+def generate(split: str, n: int, seed: int = 0, n_options: int = 4) -> list[MCQuestion]:
+    """`n` vignettes of `split` ("train" or "test"), deterministic per (split, n, seed).
+
+    Test items have distinct clinical content; train items may repeat content with another
+    patient, wording or option order, as real question banks do."""
+    if split not in ("train", "test"):
+        raise ValueError(f"quickstart split must be 'train' or 'test', got {split!r}")
+    if not 2 <= n_options <= 6:
+        raise ValueError(f"quickstart n_options must be between 2 and 6, got {n_options}")
+    rng = random.Random(f"citrus-quickstart:{seed}:{split}")
+    items: list[MCQuestion] = []
+    seen: set[str] = set()
+    for _ in range(200 * n + 1000):
+        if len(items) == n:
+            break
+        q = _one_vignette(rng, split, n_options)
+        if q is None or (split == "test" and q.metadata["content_key"] in seen):
+            continue
+        seen.add(q.metadata["content_key"])
+        q.id = f"quickstart-{split}-{seed}-{len(items):05d}"
+        items.append(q)
+    if len(items) < n:
+        raise ValueError(f"quickstart {split} split holds {len(items)} distinct vignettes; asked for {n}")
+    return items
+
+
+def content_pool_size(split: str) -> int:
+    """How many distinct clinical contents the split can draw from."""
+    return sum(
+        _content_split(d, s, sign, lab) == split
+        for d in DISEASES for s in combinations(d.symptoms, 3) for sign in d.signs for lab in d.labs
+    )
+
+
+def to_sft_record(q: MCQuestion, prompt: str) -> dict:
+    return {"id": q.id, "messages": build_messages(q, prompt) + [
+        {"role": "assistant", "content": q.metadata["reasoning"]}]}
+
+
+def write_train_split(out_dir: str | Path, seed: int, n: int, n_options: int, prompt: str) -> Path:
+    """The SFT records of the train split as JSONL (reused when already generated)."""
+    path = Path(out_dir) / f"quickstart-seed{seed}-n{n}-o{n_options}-{prompt}.sft.jsonl"
+    if not path.is_file():
+        items = generate("train", n, seed, n_options)
+        write_jsonl_atomic(path, (to_sft_record(q, prompt) for q in items))
+    return path

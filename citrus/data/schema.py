@@ -1,0 +1,128 @@
+"""The two record shapes every stage speaks, and their JSONL files.
+
+- `MCQuestion`: one multiple-choice item in the unified schema (benchmarks, quickstart, labels).
+- SFT record: `{"id": ..., "messages": [{"role", "content"}, ...]}`, the last message being the
+  assistant reply that is trained on.
+
+Readers name the file and line of a bad record, so a broken file fails loudly and precisely.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+LETTERS = string.ascii_uppercase
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, line or record at fault."""
+
+
+@dataclass
+class MCQuestion:
+    id: str
+    benchmark: str
+    question: str
+    options: dict[str, str]  # ordered letter -> text, letters contiguous from "A"
+    answer: str  # the correct letter
+    context: str | None = None  # e.g. the PubMedQA abstract
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"question {self.id!r} ({self.benchmark})"
+        if not self.question or not self.question.strip():
+            raise DataError(f"{where}: empty question")
+        if len(self.options) < 2:
+            raise DataError(f"{where}: needs at least 2 options, got {len(self.options)}")
+        expected = list(LETTERS[: len(self.options)])
+        if list(self.options) != expected:
+            raise DataError(f"{where}: option letters must be {expected}, got {list(self.options)}")
+        if self.answer not in self.options:
+            raise DataError(f"{where}: answer {self.answer!r} is not among options {expected}")
+
+    @property
+    def answer_text(self) -> str:
+        return self.options[self.answer]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "MCQuestion":
+        missing = [k for k in ("id", "benchmark", "question", "options", "answer") if k not in record]
+        if missing:
+            raise DataError(f"record {record.get('id', '?')!r}: missing field(s) {missing}")
+        return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
+
+
+def validate_sft_record(record: dict[str, Any]) -> dict[str, Any]:
+    rid = record.get("id", "?")
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"SFT record {rid!r}: 'messages' must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            raise DataError(f"SFT record {rid!r}: message {i} needs a role system/user/assistant")
+        if not isinstance(m.get("content"), str):
+            raise DataError(f"SFT record {rid!r}: message {i} has no text content")
+    if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+        raise DataError(f"SFT record {rid!r}: the last message must be a non-empty assistant reply")
+    return record
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Yield the JSON objects of a JSONL file; a bad line raises DataError naming file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: bad JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object")
+            yield record
+
+
+def load_records(path: str | os.PathLike, kind: str) -> list[Any]:
+    """Read and validate a whole file: kind 'mc' gives MCQuestions, 'sft' gives SFT dicts."""
+    out, seen = [], set()
+    for lineno, record in enumerate(read_jsonl(path), 1):
+        try:
+            item = MCQuestion.from_dict(record) if kind == "mc" else validate_sft_record(record)
+        except (DataError, TypeError) as e:
+            raise DataError(f"{path}: record {lineno}: {e}") from None
+        rid = item.id if kind == "mc" else item.get("id")
+        if rid is not None:
+            if rid in seen:
+                raise DataError(f"{path}: record {lineno}: duplicate id {rid!r}")
+            seen.add(rid)
+        out.append(item)
+    if not out:
+        raise DataError(f"{path}: no records")
+    return out
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Any]) -> Path:
+    """Write all records to a temp file, then rename: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r.to_dict() if isinstance(r, MCQuestion) else r, ensure_ascii=False))
+                f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,63 @@
+"""Backbones: load any model config (hub id, local dir, exported run) as tokenizer + model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_path(model_cfg: Any) -> str:
+    """The directory or hub id to load.
+
+    A run directory stands for the model it exported (`<run_dir>/model`); a configured tiny
+    backbone is built into `path` the first time it is needed."""
+    path = Path(model_cfg.path)
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        return str(path / "model")
+    if model_cfg.build is not None and not (path / "config.json").is_file():
+        from citrus.models.tiny import build_backbone
+
+        log.info("building %s from config into %s", model_cfg.name, path)
+        return str(build_backbone(path, model_cfg.family, model_cfg.build))
+    if model_cfg.build is not None:
+        from citrus.models.tiny import check_build
+
+        check_build(path, model_cfg.family, model_cfg.build)
+    return str(model_cfg.path)
+
+
+def load_tokenizer(model_cfg: Any, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_path(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
+    if model_cfg.chat_template:
+        tok.chat_template = model_cfg.chat_template
+    if not tok.chat_template:
+        raise ValueError(
+            f"tokenizer of model {model_cfg.name!r} ({model_cfg.path}) has no chat template; "
+            "set model.chat_template"
+        )
+    if tok.pad_token is None:
+        # A hub tokenizer without pad: reuse eos for padding only. Labels are built from
+        # lengths, never from pad ids, so the trained stop token is never masked (pad == eos trap).
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_model(model_cfg: Any, dtype: str | None = None):
+    from transformers import AutoModelForCausalLM
+
+    name = dtype or model_cfg.dtype
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype: unknown {name!r}; one of {sorted(DTYPES)}")
+    return AutoModelForCausalLM.from_pretrained(
+        resolve_path(model_cfg), dtype=DTYPES[name], trust_remote_code=model_cfg.trust_remote_code
+    )

