@@ -169,7 +169,7 @@ TEMPLATES = (
     "Which diagnosis best explains this presentation?",
 )
 DURATIONS = ("6 hours", "1 day", "2 days", "3 days", "1 week", "2 weeks")
-TEST_FRACTION_IN_FIFTHS = 1  # one content bucket in five goes to test
+TEST_BUCKETS = 1  # content hashes fall in 5 buckets; this many go to test (20%)
 
 
 def _findings(d: Disease) -> set[str]:
@@ -178,7 +178,7 @@ def _findings(d: Disease) -> set[str]:
 
 def _content_split(disease: Disease, symptoms: tuple[str, ...], sign: str, lab: str) -> str:
     key = "|".join((disease.name, *sorted(symptoms), sign, lab)).encode()
-    return "test" if int(hashlib.md5(key).hexdigest(), 16) % 5 < TEST_FRACTION_IN_FIFTHS else "train"
+    return "test" if int(hashlib.md5(key).hexdigest(), 16) % 5 < TEST_BUCKETS else "train"
 
 
 def _join(items: list[str]) -> str:
@@ -186,24 +186,26 @@ def _join(items: list[str]) -> str:
 
 
 def reasoning_trace(shown: list[str], options: dict[str, Disease], answer: str, patient: str) -> str:
-    """Findings -> differential -> elimination -> answer, as a clinician would write it."""
-    lines = [
-        f"Key findings: {patient}; " + "; ".join(shown) + ".",
-        "Differential: " + "; ".join(f"{k}. {d.name}" for k, d in options.items()) + ".",
-    ]
+    """Findings -> differential -> elimination -> answer, as a clinician would write it.
+
+    Options are restated one per line exactly as the question shows them ("C. name"), so each
+    later reference to an option repeats the tokens of the question."""
+    lines = [f"Key findings: {patient}; " + "; ".join(shown) + ".", "Differential:"]
+    lines += [f"{letter}. {d.name}" for letter, d in options.items()]
+    lines.append("Elimination:")
     for letter, d in options.items():
         if letter == answer:
-            lines.append(f"{letter}. {d.name}: explains {_join(shown)}.")
+            lines.append(f"{letter}. {d.name} explains {_join(shown)}.")
         else:
             unexplained = [f for f in shown if f not in _findings(d)]
             typical = [d.symptoms[0], d.signs[0]]
             lines.append(
-                f"{letter}. {d.name}: would show {_join(typical)}; "
+                f"{letter}. {d.name} would show {_join(typical)}; "
                 f"it does not explain {_join(unexplained[:2])}."
             )
-    winner = options[answer].name
-    lines.append(f"Conclusion: only {winner} accounts for all the findings.")
-    return f"<think>\n" + "\n".join(lines) + f"\n</think>\n<answer>{answer}. {winner}</answer>"
+    winner = f"{answer}. {options[answer].name}"
+    lines.append(f"Conclusion: {winner} accounts for all the findings.")
+    return "<think>\n" + "\n".join(lines) + f"\n</think>\n<answer>{winner}</answer>"
 
 
 def _one_vignette(rng: random.Random, split: str, n_options: int) -> MCQuestion | None:

@@ -35,7 +35,7 @@ def results_table(title: str, columns: dict[str, dict[str, dict[str, float]]]) -
     table.add_column("chance", justify="right")
     for task in first:
         cells = [f"{m[task]['accuracy']:.1%}" if task in m else "-" for m in columns.values()]
-        table.add_row(task, *cells, f"{first[task]['chance']:.1%}" if "chance" in first[task] else "")
+        table.add_row(task, *cells, f"{first[task]['chance']:.1%}")
     return table
 
 

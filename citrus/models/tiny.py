@@ -8,6 +8,7 @@ through AutoTokenizer / AutoModelForCausalLM like any hub checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -68,8 +69,9 @@ def _corpus(n_items: int) -> Iterator[str]:
     from citrus.prompts import build_messages
 
     for q in quickstart.generate("train", n_items, seed=0):
-        for m in build_messages(q, "citrus_expert"):
-            yield m["content"]
+        for prompt in ("citrus_expert", "quickstart"):
+            for m in build_messages(q, prompt):
+                yield m["content"]
         yield q.metadata["reasoning"]
     for d in quickstart.DISEASES:  # every finding, including ones the sample may have missed
         yield " ".join((d.name, *d.symptoms, *d.signs, *d.labs))
@@ -127,7 +129,9 @@ def init_model(build: Any, tokenizer) -> torch.nn.Module:
 
 
 def _stamp(family: str, build: Any) -> dict:
-    return {"family": family, **dict(build)}
+    """What a build depends on: its settings and the text its tokenizer is trained on."""
+    corpus = hashlib.md5("\x00".join(_corpus(build.tokenizer_corpus_items)).encode()).hexdigest()
+    return {"family": family, **dict(build), "corpus_md5": corpus}
 
 
 def check_build(path: Path, family: str, build: Any) -> None:
@@ -136,8 +140,8 @@ def check_build(path: Path, family: str, build: Any) -> None:
     stamp_file = path / BUILD_STAMP
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) != _stamp(family, build):
         raise FileExistsError(
-            f"{path} holds a tiny backbone built from other settings ({stamp_file}); "
-            "delete it or point model.path elsewhere"
+            f"{path} holds a tiny backbone built from other settings or another version of its "
+            f"tokenizer corpus (see {stamp_file}); delete {path} to rebuild it, or set model.path elsewhere"
         )
 
 
