@@ -48,10 +48,11 @@ class Run:
     tracker: Any
 
 
-def execute(job: str, cfg: Any, run_dir: Path, overrides: list[str], multirun: bool = False) -> dict[str, Any] | None:
+def execute(job: str, cfg: Any, run_dir: Path, overrides: list[str], sweep: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Run one job inside its run directory, recording how it started and how it ended.
 
-    In a multirun a failed job is recorded (run.json status "failed") and the sweep goes on."""
+    In a multirun (`sweep` set) a failed job is recorded (run.json status "failed") and the
+    sweep goes on."""
     from omegaconf import OmegaConf
 
     from citrus.record import RunRecord
@@ -59,14 +60,14 @@ def execute(job: str, cfg: Any, run_dir: Path, overrides: list[str], multirun: b
 
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    record = RunRecord(run_dir, job, overrides, config)
+    record = RunRecord(run_dir, job, overrides, config, sweep)
     tracker = open_tracker(cfg.logger, config, run_dir, job, cfg.name)
     try:
         metrics = importlib.import_module(JOBS[job][0]).run(cfg, Run(run_dir, record, tracker))
     except BaseException as e:
         record.finish("failed", error=f"{type(e).__name__}: {e}")
         tracker.finish(exit_code=1)
-        if multirun and isinstance(e, Exception):
+        if sweep is not None and isinstance(e, Exception):
             log.exception("job failed; the sweep goes on (see %s)", record.path)
             return None
         raise
@@ -114,8 +115,8 @@ def main(argv: list[str] | None = None) -> int | None:
     def task(cfg: Any) -> Any:
         hc = HydraConfig.get()
         user_overrides = [o for o in hc.overrides.task if not o.startswith("job=")]
-        metrics = execute(job, cfg, Path(hc.runtime.output_dir), user_overrides, hc.mode == RunMode.MULTIRUN)
-        return metrics
+        sweep = {"dir": hc.sweep.dir, "job_num": hc.job.num} if hc.mode == RunMode.MULTIRUN else None
+        return execute(job, cfg, Path(hc.runtime.output_dir), user_overrides, sweep)
 
     # Hydra's parser wants every override before the options (`--cfg job`, `-m`, `--info`).
     is_override = [("=" in a and not a.startswith("-")) for a in overrides]

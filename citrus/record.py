@@ -16,7 +16,6 @@ import re
 import shlex
 import socket
 import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -104,15 +103,20 @@ def _now() -> str:
 class RunRecord:
     """The run.json of one run directory, rewritten atomically whenever it changes."""
 
-    def __init__(self, run_dir: str | os.PathLike, job: str, overrides: list[str], config: dict[str, Any]):
+    def __init__(
+        self, run_dir: str | os.PathLike, job: str, overrides: list[str], config: dict[str, Any],
+        sweep: dict[str, Any] | None = None,
+    ):
         self.path = Path(run_dir) / "run.json"
+        # A job of a multirun is reproduced alone: its overrides already hold its sweep values.
+        command = reproduce_command(job, overrides + (["hydra.mode=RUN"] if sweep else []))
         self.data: dict[str, Any] = {
             "job": job,
             "status": "running",
-            "command": reproduce_command(job, overrides),
+            "command": command,
+            "sweep": sweep,  # {"dir", "job_num"} of the multirun this job belongs to, else null
             "overrides": [redact_override(o) for o in overrides],
             "cwd": os.getcwd(),
-            "argv": [redact_override(a) for a in sys.argv],
             "host": socket.gethostname(),
             "started_at": _now(),
             "git": git_state(),

@@ -58,7 +58,10 @@ def test_sweep_composes(path):
 
 def test_quickstart_preset_overrides_the_defaults():
     cfg = compose_config("train", ["experiment=quickstart"])
-    assert cfg.name == "quickstart" and cfg.trainer.lr == pytest.approx(1e-3)
+    preset = OmegaConf.to_container(OmegaConf.load(EXPERIMENTS_DIR / "quickstart.yaml"))
+    assert_contains(OmegaConf.to_container(cfg.trainer), preset["trainer"], "trainer")
+    assert cfg.trainer.lr != compose_config("train").trainer.lr
+    assert cfg.name == "quickstart"
     assert cfg.model.build.num_attention_heads * 64 == cfg.model.build.hidden_size  # head_dim 64
 
 

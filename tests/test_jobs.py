@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from citrus.cli import execute
@@ -27,7 +28,8 @@ def test_sft_learns_checkpoints_and_exports_a_loadable_model(trained):
     run_dir, metrics = trained
     assert metrics["train/steps"] == 6
     assert metrics["train/final_loss"] < metrics["train/first_loss"] - 0.5
-    assert (run_dir / "checkpoints" / "step-000003.ckpt").is_file()
+    state = torch.load(run_dir / "checkpoints" / "step-000003.ckpt", weights_only=False)
+    assert state["step"] == 3 and {"model", "optimizer", "scheduler"} <= set(state)
     model_dir = run_dir / "model"
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -101,4 +103,6 @@ def test_multirun_survives_a_failing_job_and_records_both(tmp_path):
     by_status = {json.loads(p.read_text())["status"]: json.loads(p.read_text()) for p in records}
     assert set(by_status) == {"failed", "completed"}
     assert "/nonexistent/train.jsonl does not exist" in by_status["failed"]["error"]
-    assert "data.path=null" in by_status["completed"]["command"]
+    done = by_status["completed"]
+    assert "data.path=null" in done["command"] and done["command"].endswith("hydra.mode=RUN")  # reruns alone
+    assert done["sweep"]["job_num"] == 1 and str(tmp_path / "multirun" / "prepare") in done["sweep"]["dir"]
