@@ -112,6 +112,14 @@ def load_records(path: str | os.PathLike, kind: str) -> list[Any]:
     return out
 
 
+def append_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Append finished records; a crash loses at most the batch being written."""
+    with Path(path).open("a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Any]) -> Path:
     """Write all records to a temp file, then rename: readers never see a half-written file."""
     path = Path(path)

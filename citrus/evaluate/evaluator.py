@@ -16,6 +16,7 @@ from typing import Any
 from rich.table import Table
 
 from citrus.data.benchmarks import load_task
+from citrus.data.schema import append_jsonl
 from citrus.engines import build_engine
 from citrus.evaluate.extract import extract_answer
 from citrus.evaluate.metrics import summarize
@@ -23,6 +24,7 @@ from citrus.prompts import build_messages
 from citrus.tracking import console, progress_bar
 
 log = logging.getLogger(__name__)
+TABLE_COLUMNS = ["task", "id", "gold", "pred", "rule", "response"]  # W&B predictions table
 
 
 def results_table(title: str, columns: dict[str, dict[str, dict[str, float]]]) -> Table:
@@ -39,6 +41,34 @@ def results_table(title: str, columns: dict[str, dict[str, dict[str, float]]]) -
     return table
 
 
+def prediction_row(task: str, q: Any, conversation: list[dict], reply: str) -> dict[str, Any]:
+    ex = extract_answer(reply, q.options)
+    return {
+        "task": task, "id": q.id, "gold": q.answer, "pred": ex.letter, "correct": ex.letter == q.answer,
+        "rule": ex.rule, "prompt": conversation, "response": reply,
+    }
+
+
+def evaluate_task(engine: Any, task: str, items: list, prompt: str, preds_path: Path, advance: Any) -> tuple[dict, list[dict]]:
+    """Ask every question, append each finished batch to predictions.jsonl, score the task."""
+    conversations = [build_messages(q, prompt) for q in items]
+    rows: dict[int, dict] = {}
+
+    def save(indices: list[int], replies: list[str]) -> None:
+        batch = [prediction_row(task, items[i], conversations[i], reply) for i, reply in zip(indices, replies)]
+        append_jsonl(preds_path, batch)
+        rows.update(zip(indices, batch))
+        advance(len(batch))
+
+    engine.generate(conversations, on_batch=save)
+    ordered = [rows[i] for i in range(len(items))]
+    metrics = summarize(
+        [r["pred"] for r in ordered], [r["gold"] for r in ordered],
+        [r["rule"] for r in ordered], [len(q.options) for q in items],
+    )
+    return metrics, ordered
+
+
 def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     engine = build_engine(cfg.engine, cfg.model)
@@ -50,36 +80,15 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
         for task in cfg.benchmark.tasks:
             items, path = load_task(task, cfg.paths.data_dir)
             run.record.add_input(path, f"benchmark/{task.name}")
-            conversations = [build_messages(q, cfg.benchmark.prompt) for q in items]
             bar_id = bar.add_task(f"eval {task.name}", total=len(items), info="")
-            extracted: dict[int, Any] = {}
-
-            def save(indices: list[int], replies: list[str]) -> None:
-                with preds_path.open("a", encoding="utf-8") as f:
-                    for i, reply in zip(indices, replies):
-                        q = items[i]
-                        ex = extract_answer(reply, q.options)
-                        extracted[i] = ex
-                        f.write(json.dumps({
-                            "task": task.name, "id": q.id, "gold": q.answer, "pred": ex.letter,
-                            "correct": ex.letter == q.answer, "rule": ex.rule,
-                            "prompt": conversations[i], "response": reply,
-                        }, ensure_ascii=False) + "\n")
-                bar.update(bar_id, advance=len(indices))
-
-            replies = engine.generate(conversations, on_batch=save)
-            order = range(len(items))
-            metrics = summarize(
-                [extracted[i].letter for i in order], [q.answer for q in items],
-                [extracted[i].rule for i in order], [len(q.options) for q in items],
+            metrics, rows = evaluate_task(
+                engine, task.name, items, cfg.benchmark.prompt, preds_path,
+                lambda n, bar_id=bar_id: bar.update(bar_id, advance=n),
             )
             per_task[task.name] = metrics
             log.info("%s: accuracy %.3f on %d (chance %.3f, extracted %.3f)",
                      task.name, metrics["accuracy"], metrics["n"], metrics["chance"], metrics["extracted"])
-            table_rows += [
-                [task.name, q.id, q.answer, extracted[i].letter, extracted[i].rule, replies[i]]
-                for i, q in enumerate(items[: cfg.logger.get("log_predictions", 0)])
-            ]
+            table_rows += [[r[k] for k in TABLE_COLUMNS] for r in rows[: cfg.logger.log_predictions]]
     mean = sum(m["accuracy"] for m in per_task.values()) / len(per_task) if per_task else 0.0
     result = {"tasks": per_task, "mean_accuracy": mean, "model": cfg.model.name, "model_path": str(cfg.model.path)}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
@@ -87,7 +96,7 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
     flat[f"{prefix}mean_accuracy"] = mean
     run.tracker.log(flat)
     run.tracker.summary(flat)
-    run.tracker.table(f"{prefix}predictions", ["task", "id", "gold", "pred", "rule", "response"], table_rows)
+    run.tracker.table(f"{prefix}predictions", TABLE_COLUMNS, table_rows)
     return result
 
 
