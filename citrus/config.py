@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -25,6 +25,8 @@ def _tree(name: str) -> Path:
 
 
 CONF_DIR = _tree("conf")
+# Public copy of the benchmark files the Citrus paper used (jdh-algo/Citrus, datas/, pinned commit).
+CITRUS_DATA_URL = "https://raw.githubusercontent.com/jdh-algo/Citrus/b08fe3519db96fe54bb3423cbca4db97ed233a36/datas"
 EXPERIMENTS_DIR = _tree("experiments")
 SWEEPS_DIR = _tree("sweeps")
 
@@ -90,20 +92,25 @@ class AlgorithmConfig:
 
 @dataclass
 class BenchmarkTask:
-    name: str = MISSING  # reported name
     loader: str = MISSING  # key in citrus.data.benchmarks.LOADERS
+    file: Optional[str] = None  # original file, relative to benchmark.data_root / base_url
+    url: Optional[str] = None  # where to fetch `file` when it is not under base_url
+    split_file: Optional[str] = None  # ids of the official split (PubMedQA test)
     split: str = "test"
-    path: Optional[str] = None  # local file; null: generated (quickstart) or downloaded
-    limit: Optional[int] = None  # first N items (quickstart: how many to generate)
+    limit: Optional[int] = None  # how many items (quickstart: how many to generate)
+    sample: bool = False  # limit takes a seeded random sample instead of the first items
     seed: int = 0
 
 
 @dataclass
 class BenchmarkConfig:
     name: str = MISSING
-    tasks: List[BenchmarkTask] = field(default_factory=list)
+    tasks: Dict[str, BenchmarkTask] = field(default_factory=dict)  # reported name -> task
     prompt: str = "citrus_expert"  # citrus/prompts/<prompt>.{system,user}.txt
     mode: str = "generate"  # generate: reason, then extract the answer
+    data_root: Optional[str] = None  # local copy of the original files; null: download them
+    base_url: str = CITRUS_DATA_URL  # public source of the original files
+    strict: bool = True  # false: skip malformed records (counted) instead of failing
 
 
 @dataclass

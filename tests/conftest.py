@@ -51,7 +51,7 @@ SMOKE = (
     "trainer.max_steps=6",
     "trainer.log_every=2",
     "trainer.checkpoint_every=3",
-    "benchmark.tasks.0.limit=6",
+    "benchmark.tasks.quickstart.limit=6",
     "engine.max_new_tokens=24",
     "engine.batch_size=4",
 )

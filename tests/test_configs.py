@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from citrus.config import CONF_DIR, EXPERIMENTS_DIR, SWEEPS_DIR
+from citrus.config import CONF_DIR, EXPERIMENTS_DIR, SWEEPS_DIR, BenchmarkTask
 from conftest import compose_config, run_cli
 
 GROUPS = ["model", "data", "algorithm", "benchmark", "engine", "trainer", "logger"]
@@ -16,6 +16,18 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 
 def test_every_group_has_options():
     assert {g for g, _ in OPTIONS} == set(GROUPS)
+
+
+TASKS = sorted(p.stem for p in (CONF_DIR / "benchmark" / "task").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_benchmark_task_is_a_group_of_its_own_and_in_a_group(task):
+    alone = compose_config("evaluate", [f"benchmark={task}"]).benchmark
+    assert list(alone.tasks) == [task] and alone.name == task
+    assert alone.tasks[task] == OmegaConf.merge(
+        OmegaConf.structured(BenchmarkTask), OmegaConf.load(CONF_DIR / "benchmark" / "task" / f"{task}.yaml")
+    )
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -29,6 +41,8 @@ def test_group_option_composes_and_resolves(group, option):
 def assert_contains(composed, source, where):
     """Every value the option file sets is what the composed config holds."""
     for key, value in source.items():
+        if key == "defaults":
+            continue
         if isinstance(value, dict):
             assert_contains(composed[key], value, f"{where}.{key}")
         elif isinstance(value, list) and value and isinstance(value[0], dict):

@@ -94,7 +94,7 @@ def test_cli_train_with_wandb_offline_keeps_secrets_out(tmp_path):
 
 def test_multirun_survives_a_failing_job_and_records_both(tmp_path):
     result = run_cli(
-        "prepare", "-m", "logger=none", "data.quickstart.n_train=16", "benchmark.tasks.0.limit=4",
+        "prepare", "-m", "logger=none", "data.quickstart.n_train=16", "benchmark.tasks.quickstart.limit=4",
         "data.path=/nonexistent/train.jsonl,null", f"paths.output_dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]

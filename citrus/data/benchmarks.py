@@ -1,43 +1,268 @@
-"""Benchmark tasks -> unified MCQuestions, each read from a file whose md5 goes in run.json.
+"""Benchmarks: the original public files -> unified MCQuestions.
 
-A loader turns one task spec (conf/benchmark/*.yaml `tasks:` entry) into the path of a JSONL
-file in the unified schema, writing it first when it has to be generated or converted.
+A task (conf/benchmark/task/*.yaml) names a loader and its original file, relative to
+`benchmark.data_root` (a local copy, e.g. ../shared/benchmarks/citrus-repo) or, when no root is
+given, fetched once from `benchmark.base_url` (or the task's own `url`) into the cache. Each
+loader reads the format as published and converts one record at a time; a malformed record
+raises an error naming the file and the record, or, with `benchmark.strict=false`, is skipped and
+counted. The md5 of every file read goes in run.json.
 """
 
 from __future__ import annotations
 
+import ast
+import csv
+import json
+import logging
+import math
+import os
+import random
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from citrus.data import quickstart
-from citrus.data.schema import MCQuestion, load_records, write_jsonl_atomic
+from citrus.data.schema import LETTERS, DataError, MCQuestion, load_records, read_jsonl, write_jsonl_atomic
+
+log = logging.getLogger(__name__)
+
+Raw = Iterator[tuple[str, Any]]  # (where in the file, raw record)
 
 
-def quickstart_file(task: Any, data_dir: Path) -> Path:
+@dataclass
+class LoadedTask:
+    items: list[MCQuestion]
+    files: list[Path]  # every file read (their md5s go in run.json)
+    skipped: list[str] = field(default_factory=list)  # malformed records, when not strict
+
+
+# ---------------------------------------------------------------- where the files come from
+
+
+def download(url: str, dest: Path, timeout: float = 60.0) -> Path:
+    """Fetch `url` to `dest` through a temporary file: an interrupted download leaves nothing."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    log.info("downloading %s", url)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, tmp.open("wb") as f:
+            while block := response.read(1 << 20):
+                f.write(block)
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError) as e:
+        raise DataError(f"could not download {url} ({e}); set benchmark.data_root to a local copy") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def source_file(rel: str, bench: Any, data_dir: str | Path, url: str | None = None) -> Path:
+    if bench.data_root:
+        path = Path(bench.data_root) / rel
+        if not path.is_file():
+            raise DataError(f"{path}: no such file (benchmark.data_root={bench.data_root})")
+        return path
+    cached = Path(data_dir) / "benchmarks" / rel
+    return cached if cached.is_file() else download(url or f"{bench.base_url.rstrip('/')}/{rel}", cached)
+
+
+# ---------------------------------------------------------------- readers of the published formats
+
+
+def _jsonl(path: Path) -> Raw:
+    for i, record in enumerate(read_jsonl(path), 1):
+        yield f"record {i}", record
+
+
+def _csv_rows(path: Path) -> Raw:
+    with path.open(newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.reader(f), 1):
+            yield f"row {i}", row
+
+
+def _pandas_columns(path: Path) -> Raw:
+    """A DataFrame saved with to_json(): {column: {row: value}}."""
+    columns = json.loads(path.read_text(encoding="utf-8"))
+    for row in next(iter(columns.values())):
+        yield f"row {row}", {col: values.get(row) for col, values in columns.items()}
+
+
+def _xlsx(path: Path) -> Raw:
+    import openpyxl
+
+    sheet = openpyxl.load_workbook(path, read_only=True).worksheets[0]
+    rows = sheet.iter_rows(values_only=True)
+    header = next(rows)
+    for i, row in enumerate(rows, 2):
+        yield f"sheet row {i}", dict(zip(header, row))
+
+
+def _parquet(path: Path) -> Raw:
+    import pandas as pd
+
+    for i, record in enumerate(pd.read_parquet(path).to_dict("records"), 1):
+        yield f"row {i}", record
+
+
+# ---------------------------------------------------------------- record converters
+
+
+def _options(texts: list[Any]) -> dict[str, str]:
+    return {LETTERS[i]: str(t).strip() for i, t in enumerate(texts)}
+
+
+def _letter(index: Any, base: int) -> str:
+    return LETTERS[int(float(index)) - base]
+
+
+def medqa(raw: dict, task: str, n: int) -> MCQuestion:
+    return MCQuestion(f"{task}-{n:05d}", task, raw["question"], dict(sorted(raw["options"].items())), raw["answer_idx"],
+                      metadata={"meta_info": raw.get("meta_info")})
+
+
+def mmlu(raw: list, task: str, n: int) -> MCQuestion:
+    if len(raw) != 6:
+        raise DataError(f"expected 6 columns (question, A-D, answer), got {len(raw)}")
+    return MCQuestion(f"{task}-{n:05d}", task, raw[0], _options(raw[1:5]), raw[5].strip())
+
+
+def mmlu_pro(raw: dict, task: str, n: int) -> MCQuestion:
+    options = raw["options"] if isinstance(raw["options"], list) else ast.literal_eval(raw["options"])
+    return MCQuestion(f"{task}-{raw['question_id']}", task, raw["question"], _options(options), raw["answer"],
+                      metadata={"src": raw.get("src"), "category": raw.get("category")})
+
+
+def medbullets(raw: dict, task: str, n: int) -> MCQuestion:
+    texts = [raw[k] for k in ("opa", "opb", "opc", "opd", "ope") if raw.get(k) is not None]
+    return MCQuestion(f"{task}-{n:05d}", task, raw["question"], _options(texts), raw["answer_idx"],
+                      metadata={"link": raw.get("link")})
+
+
+def careqa(raw: dict, task: str, n: int) -> MCQuestion:
+    return MCQuestion(f"{task}-{raw['unique_id']}", task, raw["question"],
+                      _options([raw[f"op{i}"] for i in range(1, 5)]), _letter(raw["cop"], 1),
+                      metadata={"year": raw.get("year"), "category": raw.get("category")})
+
+
+def medmcqa(raw: dict, task: str, n: int, zero_based: bool) -> MCQuestion:
+    return MCQuestion(f"{task}-{raw['id']}", task, raw["question"],
+                      _options([raw["opa"], raw["opb"], raw["opc"], raw["opd"]]),
+                      _letter(raw["cop"], 0 if zero_based else 1), metadata={"subject": raw.get("subject_name")})
+
+
+def jmed(raw: dict, task: str, n: int) -> MCQuestion:
+    options = json.loads(raw["final_options"])["options"]
+    answers = ast.literal_eval(raw["final_correct_answer"])
+    if len(answers) != 1:
+        raise DataError(f"expected one correct option, got {answers}")
+    return MCQuestion(f"{task}-{raw['diagId']}", task, raw["final_question"], dict(sorted(options.items())), answers[0])
+
+
+# ---------------------------------------------------------------- loaders: task -> LoadedTask
+
+
+def _blank(raw: Any) -> bool:
+    """An all-empty row (NaN / None / ""), as pandas exports leave behind: not a record."""
+    values = raw.values() if isinstance(raw, dict) else raw if isinstance(raw, list) else [raw]
+    return all(v is None or v == "" or (isinstance(v, float) and math.isnan(v)) for v in values)
+
+
+def _convert(records: Raw, convert: Callable[[Any, str, int], MCQuestion], task: str, path: Path, strict: bool) -> LoadedTask:
+    out = LoadedTask([], [path])
+    for n, (where, raw) in enumerate(records):
+        if _blank(raw):
+            out.skipped.append(f"{path}: {where}: empty record")
+            continue
+        try:
+            out.items.append(convert(raw, task, n))
+        except (DataError, KeyError, ValueError, TypeError, IndexError, SyntaxError) as e:
+            message = f"{path}: {where}: " + (f"missing field {e}" if isinstance(e, KeyError) else str(e))
+            if strict:
+                raise DataError(message + " (benchmark.strict=false skips such records)") from None
+            out.skipped.append(message)
+    return out
+
+
+def _single_file(reader: Callable[[Path], Raw], convert: Callable) -> Callable:
+    def load(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
+        if not task.file:
+            raise DataError(f"benchmark task {name!r}: set `file` (the original file)")
+        path = source_file(task.file, bench, data_dir, task.url)
+        return _convert(reader(path), convert, name, path, bench.strict)
+
+    return load
+
+
+def load_pubmedqa(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
+    """PQA-L restricted to the official split; the abstract is the context, options yes/no/maybe."""
+    path = source_file(task.file, bench, data_dir)
+    split_path = source_file(task.split_file, bench, data_dir) if task.split_file else None
+    split = json.loads(split_path.read_text()) if split_path else None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    ids = list(split) if split is not None else list(data)
+    letters = {"yes": "A", "no": "B", "maybe": "C"}
+
+    def convert(pmid: str, task_name: str, n: int) -> MCQuestion:
+        raw = data[pmid]
+        label = split[pmid] if split is not None else raw["final_decision"]
+        return MCQuestion(f"{task_name}-{pmid}", task_name, raw["QUESTION"], {"A": "yes", "B": "no", "C": "maybe"},
+                          letters[label], context=" ".join(raw["CONTEXTS"]), metadata={"year": raw.get("YEAR")})
+
+    out = _convert(((f"id {i}", i) for i in ids), convert, name, path, bench.strict)
+    out.files += [split_path] if split_path else []
+    return out
+
+
+def load_medmcqa(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
+    """The original dev.json (JSON lines, cop 1-4) or the hub's parquet copy (cop 0-3)."""
+    path = source_file(task.file, bench, data_dir, task.url)
+    parquet = path.suffix == ".parquet"
+    reader = _parquet(path) if parquet else _jsonl(path)
+    return _convert(reader, lambda raw, t, n: medmcqa(raw, t, n, zero_based=parquet), name, path, bench.strict)
+
+
+def load_quickstart(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
     if task.limit is None:
-        raise ValueError(f"benchmark task {task.name!r}: the quickstart loader needs `limit` (how many to generate)")
-    path = data_dir / "quickstart" / f"quickstart-{task.split}-seed{task.seed}-n{task.limit}.jsonl"
+        raise DataError(f"benchmark task {name!r}: the quickstart loader needs `limit` (how many to generate)")
+    path = Path(data_dir) / "quickstart" / f"quickstart-{task.split}-seed{task.seed}-n{task.limit}.jsonl"
     if not path.is_file():
         write_jsonl_atomic(path, quickstart.generate(task.split, task.limit, task.seed))
-    return path
+    return LoadedTask(load_records(path, "mc"), [path])
 
 
-def jsonl_file(task: Any, data_dir: Path) -> Path:
+def load_unified(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
     """A file already in the unified schema (e.g. written by `citrus label`)."""
-    if not task.path:
-        raise ValueError(f"benchmark task {task.name!r}: the jsonl loader needs `path`")
-    return Path(task.path)
+    path = source_file(task.file, bench, data_dir, task.url)
+    return LoadedTask(load_records(path, "mc"), [path])
 
 
-LOADERS: dict[str, Callable[[Any, Path], Path]] = {
-    "quickstart": quickstart_file,
-    "jsonl": jsonl_file,
+LOADERS: dict[str, Callable[[Any, str, Any, Path], LoadedTask]] = {
+    "medqa": _single_file(_jsonl, medqa),
+    "pubmedqa": load_pubmedqa,
+    "medmcqa": load_medmcqa,
+    "mmlu": _single_file(_csv_rows, mmlu),
+    "mmlu_pro": _single_file(_jsonl, mmlu_pro),
+    "medbullets": _single_file(_pandas_columns, medbullets),
+    "careqa": _single_file(_jsonl, careqa),
+    "jmed": _single_file(_xlsx, jmed),
+    "quickstart": load_quickstart,
+    "unified": load_unified,
 }
 
 
-def load_task(task: Any, data_dir: str | Path) -> tuple[list[MCQuestion], Path]:
+def load_task(name: str, task: Any, bench: Any, data_dir: str | Path) -> LoadedTask:
+    """Items of one task, limited (first N, or a seeded sample of N) as configured."""
     if task.loader not in LOADERS:
-        raise ValueError(f"benchmark task {task.name!r}: unknown loader {task.loader!r}; one of {sorted(LOADERS)}")
-    path = LOADERS[task.loader](task, Path(data_dir))
-    items = load_records(path, "mc")
-    return (items[: task.limit] if task.limit else items), path
+        raise DataError(f"benchmark task {name!r}: unknown loader {task.loader!r}; one of {sorted(LOADERS)}")
+    loaded = LOADERS[task.loader](task, name, bench, Path(data_dir))
+    for message in loaded.skipped:
+        log.warning("skipped %s", message)
+    if task.limit and len(loaded.items) > task.limit:
+        if task.sample:
+            picked = sorted(random.Random(task.seed).sample(range(len(loaded.items)), task.limit))
+            loaded.items = [loaded.items[i] for i in picked]
+        else:
+            loaded.items = loaded.items[: task.limit]
+    return loaded

@@ -32,9 +32,10 @@ def run(cfg: Any, run: Any) -> dict[str, float]:
     run.record.add_input(train_path, f"data/{cfg.data.name}")
     log.info("training data %s: %d records -> %s", cfg.data.name, n_train, train_path)
     metrics = {f"data/{cfg.data.name}/records": n_train}
-    for task in cfg.benchmark.tasks:
-        items, path = load_task(task, cfg.paths.data_dir)
-        run.record.add_input(path, f"benchmark/{task.name}")
-        log.info("benchmark %s: %d questions -> %s", task.name, len(items), path)
-        metrics[f"benchmark/{task.name}/questions"] = len(items)
+    for name, task in cfg.benchmark.tasks.items():
+        loaded = load_task(name, task, cfg.benchmark, cfg.paths.data_dir)
+        for path in loaded.files:
+            run.record.add_input(path, f"benchmark/{name}")
+        log.info("benchmark %s: %d questions (%d skipped) from %s", name, len(loaded.items), len(loaded.skipped), loaded.files[0])
+        metrics[f"benchmark/{name}/questions"] = len(loaded.items)
     return metrics

@@ -77,17 +77,19 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
     per_task: dict[str, dict[str, float]] = {}
     table_rows: list[list[Any]] = []
     with progress_bar() as bar:
-        for task in cfg.benchmark.tasks:
-            items, path = load_task(task, cfg.paths.data_dir)
-            run.record.add_input(path, f"benchmark/{task.name}")
-            bar_id = bar.add_task(f"eval {task.name}", total=len(items), info="")
+        for name, task in cfg.benchmark.tasks.items():
+            loaded = load_task(name, task, cfg.benchmark, cfg.paths.data_dir)
+            for path in loaded.files:
+                run.record.add_input(path, f"benchmark/{name}")
+            bar_id = bar.add_task(f"eval {name}", total=len(loaded.items), info="")
             metrics, rows = evaluate_task(
-                engine, task.name, items, cfg.benchmark.prompt, preds_path,
+                engine, name, loaded.items, cfg.benchmark.prompt, preds_path,
                 lambda n, bar_id=bar_id: bar.update(bar_id, advance=n),
             )
-            per_task[task.name] = metrics
+            metrics["skipped"] = len(loaded.skipped)
+            per_task[name] = metrics
             log.info("%s: accuracy %.3f on %d (chance %.3f, extracted %.3f)",
-                     task.name, metrics["accuracy"], metrics["n"], metrics["chance"], metrics["extracted"])
+                     name, metrics["accuracy"], metrics["n"], metrics["chance"], metrics["extracted"])
             table_rows += [[r[k] for k in TABLE_COLUMNS] for r in rows[: cfg.logger.log_predictions]]
     mean = sum(m["accuracy"] for m in per_task.values()) / len(per_task) if per_task else 0.0
     result = {"tasks": per_task, "mean_accuracy": mean, "model": cfg.model.name, "model_path": str(cfg.model.path)}
