@@ -66,6 +66,11 @@ def test_evaluate_scores_every_question_and_keeps_raw_responses(trained, tmp_pat
     task = metrics["tasks"]["quickstart"]
     assert task["n"] == 6 and 0.0 <= task["accuracy"] <= 1.0 and task["chance"] == pytest.approx(0.25)
     assert result["mean_accuracy"] == task["accuracy"]
+    assert metrics["prompt"] == "quickstart" and metrics["extractor_version"] and metrics["seed"] == 1234
+    assert metrics["sampling"]["max_new_tokens"] == 24 and metrics["sampling"]["temperature"] == 0.0
+    (path, digest), = metrics["data_md5"]["quickstart"].items()
+    assert digest == md5sum(path)
+    assert task["ci95_low"] <= task["accuracy"] <= task["ci95_high"] and task["invalid_rate"] == 1 - task["extracted"]
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and len({r["id"] for r in rows}) == 6
     assert all(r["rule"] in {"answer_tag", "answer_is", "bare_letter", "option_text", "none"} for r in rows)

@@ -13,12 +13,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
 from rich.table import Table
 
 from citrus.data.benchmarks import load_task
 from citrus.data.schema import append_jsonl
 from citrus.engines import build_engine
-from citrus.evaluate.extract import extract_answer
+from citrus.evaluate.extract import EXTRACTOR_VERSION, extract_answer
 from citrus.evaluate.metrics import summarize
 from citrus.prompts import build_messages
 from citrus.tracking import console, progress_bar
@@ -49,7 +50,7 @@ def prediction_row(task: str, q: Any, conversation: list[dict], reply: str) -> d
     }
 
 
-def evaluate_task(engine: Any, task: str, items: list, prompt: str, preds_path: Path, advance: Any) -> tuple[dict, list[dict]]:
+def evaluate_task(engine: Any, task: str, items: list, prompt: str, preds_path: Path, advance: Any, seed: int = 0) -> tuple[dict, list[dict]]:
     """Ask every question, append each finished batch to predictions.jsonl, score the task."""
     conversations = [build_messages(q, prompt) for q in items]
     rows: dict[int, dict] = {}
@@ -64,7 +65,7 @@ def evaluate_task(engine: Any, task: str, items: list, prompt: str, preds_path: 
     ordered = [rows[i] for i in range(len(items))]
     metrics = summarize(
         [r["pred"] for r in ordered], [r["gold"] for r in ordered],
-        [r["rule"] for r in ordered], [len(q.options) for q in items],
+        [r["rule"] for r in ordered], [len(q.options) for q in items], seed=seed,
     )
     return metrics, ordered
 
@@ -75,16 +76,16 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
     preds_path = out_dir / "predictions.jsonl"
     preds_path.unlink(missing_ok=True)
     per_task: dict[str, dict[str, float]] = {}
+    files: dict[str, dict[str, str]] = {}
     table_rows: list[list[Any]] = []
     with progress_bar() as bar:
         for name, task in cfg.benchmark.tasks.items():
             loaded = load_task(name, task, cfg.benchmark, cfg.paths.data_dir)
-            for path in loaded.files:
-                run.record.add_input(path, f"benchmark/{name}")
+            files[name] = {str(p): run.record.add_input(p, f"benchmark/{name}") for p in loaded.files}
             bar_id = bar.add_task(f"eval {name}", total=len(loaded.items), info="")
             metrics, rows = evaluate_task(
                 engine, name, loaded.items, cfg.benchmark.prompt, preds_path,
-                lambda n, bar_id=bar_id: bar.update(bar_id, advance=n),
+                lambda n, bar_id=bar_id: bar.update(bar_id, advance=n), seed=cfg.seed,
             )
             metrics["skipped"] = len(loaded.skipped)
             per_task[name] = metrics
@@ -92,12 +93,25 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
                      name, metrics["accuracy"], metrics["n"], metrics["chance"], metrics["extracted"])
             table_rows += [[r[k] for k in TABLE_COLUMNS] for r in rows[: cfg.logger.log_predictions]]
     mean = sum(m["accuracy"] for m in per_task.values()) / len(per_task) if per_task else 0.0
-    result = {"tasks": per_task, "mean_accuracy": mean, "model": cfg.model.name, "model_path": str(cfg.model.path)}
+    result = {
+        "tasks": per_task,
+        "mean_accuracy": mean,  # macro average over the group's tasks
+        "model": cfg.model.name,
+        "model_path": str(cfg.model.path),
+        # what the numbers depend on, so they can be compared and reproduced
+        "benchmark": cfg.benchmark.name,
+        "prompt": cfg.benchmark.prompt,
+        "mode": cfg.benchmark.mode,
+        "extractor_version": EXTRACTOR_VERSION,
+        "sampling": OmegaConf.to_container(cfg.engine, resolve=True),
+        "seed": cfg.seed,
+        "data_md5": files,
+    }
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     flat = {f"{prefix}{t}/{k}": v for t, m in per_task.items() for k, v in m.items()}
     flat[f"{prefix}mean_accuracy"] = mean
     run.tracker.log(flat)
-    run.tracker.summary(flat)
+    run.tracker.summary({**flat, "prompt": cfg.benchmark.prompt, "extractor_version": EXTRACTOR_VERSION})
     run.tracker.table(f"{prefix}predictions", TABLE_COLUMNS, table_rows)
     return result
 

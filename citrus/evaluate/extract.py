@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+EXTRACTOR_VERSION = "1"  # bump when a rule changes: scores from different versions differ
 ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S | re.I)
 MARKDOWN = re.compile(r"[*_`#>]+")
 

@@ -1,8 +1,17 @@
-"""Metrics as pure functions of predictions and gold answers."""
+"""Metrics as pure functions of predictions and gold answers.
+
+The `evaluate` library reaches them through the metric module shipped beside this file
+(citrus/evaluate/mc_accuracy/), which loads offline: `evaluate.load(METRIC_PATH)`.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+METRIC_PATH = str(Path(__file__).resolve().parent / "mc_accuracy")
 
 
 def accuracy(predicted: list[str | None], gold: list[str]) -> float:
@@ -12,14 +21,55 @@ def accuracy(predicted: list[str | None], gold: list[str]) -> float:
     return sum(p == g for p, g in zip(predicted, gold)) / len(gold) if gold else 0.0
 
 
-def summarize(predicted: list[str | None], gold: list[str], rules: list[str], n_options: list[int]) -> dict[str, float]:
-    """Accuracy, the chance level it should beat, and how often each extraction rule fired."""
+def bootstrap_ci(correct: list[float], n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of a mean (Efron & Tibshirani, 1993)."""
+    values = np.asarray(correct, dtype=float)
+    if values.size == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(n_resamples, values.size))].mean(axis=1)
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def majority_vote(samples: list[str | None]) -> str | None:
+    """Most frequent extracted answer (self-consistency, Wang et al. 2023); ties go to the
+    answer seen first; unextracted samples do not vote."""
+    votes = Counter(s for s in samples if s is not None)
+    if not votes:
+        return None
+    best = max(votes.values())
+    return next(s for s in samples if s is not None and votes[s] == best)
+
+
+def score(samples: list[list[str | None]], gold: list[str], seed: int = 0) -> dict[str, float]:
+    """Per question, one or more sampled answers. accuracy is pass@1 averaged over the samples
+    (the mean accuracy of n samples); majority_vote_accuracy scores the most voted answer."""
+    per_question = [sum(s == g for s in answers) / len(answers) for answers, g in zip(samples, gold)]
     n = len(gold)
+    low, high = bootstrap_ci(per_question, seed=seed)
     out = {
-        "accuracy": accuracy(predicted, gold),
-        "chance": sum(1 / k for k in n_options) / n if n else 0.0,
-        "extracted": sum(p is not None for p in predicted) / n if n else 0.0,
+        "accuracy": sum(per_question) / n if n else 0.0,
+        "ci95_low": low,
+        "ci95_high": high,
+        "invalid_rate": sum(a is None for answers in samples for a in answers) / max(1, sum(map(len, samples))),
         "n": n,
     }
+    if any(len(a) > 1 for a in samples):
+        out["majority_vote_accuracy"] = accuracy([majority_vote(a) for a in samples], gold)
+    return out
+
+
+def summarize(predicted: list[str | None], gold: list[str], rules: list[str], n_options: list[int], seed: int = 0) -> dict[str, float]:
+    """Scores through the shipped `evaluate` module, plus the chance level to beat and how often
+    each extraction rule fired."""
+    import evaluate
+
+    n = len(gold)
+    metric = evaluate.load(METRIC_PATH)
+    out = metric.compute(predictions=[p or "" for p in predicted], references=gold, seed=seed)
+    out["chance"] = sum(1 / k for k in n_options) / n if n else 0.0
+    out["extracted"] = 1.0 - out["invalid_rate"]
     out.update({f"rule/{rule}": count / n for rule, count in sorted(Counter(rules).items())})
     return out
