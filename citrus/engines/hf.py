@@ -59,3 +59,54 @@ class HFEngine:
             if on_batch:
                 on_batch(idx, texts)
         return replies  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def loglikelihoods(self, contexts: list[str], choices: list[list[str]], on_batch: Callable[[list[int], list[list[float]]], None] | None = None) -> list[list[float]]:
+        """log p(choice | context), summed over the choice's tokens, for every choice of every
+        context: multiple-choice scoring as in lm-evaluation-harness (Gao et al. 2021), where
+        context and choice are tokenized apart and concatenated.
+
+        When each choice of a context is a single token (" A", " B", ...), one forward pass
+        over the context scores them all from its last position; otherwise each context+choice
+        sequence gets its own pass."""
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        requests = []  # (question index, token ids to run, [(choice index, choice token ids)])
+        for i, (context, options) in enumerate(zip(contexts, choices)):
+            ctx = bos + encode(context)
+            conts = [encode(c) for c in options]
+            if all(len(c) == 1 for c in conts):
+                requests.append((i, ctx, list(enumerate(conts))))
+            else:
+                requests += [(i, ctx + c[:-1], [(j, c)]) for j, c in enumerate(conts)]
+        scores: list[list[float | None]] = [[None] * len(c) for c in choices]
+        order = sorted(range(len(requests)), key=lambda r: -len(requests[r][1]))
+        pending: dict[int, int] = {}  # question -> requests still to score
+        for i, _, _ in requests:
+            pending[i] = pending.get(i, 0) + 1
+        for start in range(0, len(order), self.cfg.batch_size):
+            batch = [requests[r] for r in order[start : start + self.cfg.batch_size]]
+            width = max(len(ids) for _, ids, _ in batch)
+            ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, (_, seq, _) in enumerate(batch):  # left padding: every sequence ends at -1
+                ids[row, width - len(seq):] = torch.tensor(seq)
+                mask[row, width - len(seq):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                position_ids=positions.to(self.device)).logits.float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            finished = []
+            for row, (i, seq, conts) in enumerate(batch):
+                for j, cont in conts:
+                    if len(cont) == 1:
+                        scores[i][j] = float(logprobs[row, -1, cont[0]])
+                    else:  # positions predicting the choice's tokens, the last fed one included
+                        steps = logprobs[row, -len(cont):, :]
+                        scores[i][j] = float(steps.gather(-1, torch.tensor(cont, device=steps.device)[:, None]).sum())
+                pending[i] -= 1
+                if pending[i] == 0:
+                    finished.append(i)
+            if on_batch and finished:
+                on_batch(finished, [scores[i] for i in finished])
+        return scores  # type: ignore[return-value]

@@ -21,7 +21,7 @@ from citrus.data.schema import append_jsonl
 from citrus.engines import build_engine
 from citrus.evaluate.extract import EXTRACTOR_VERSION, extract_answer
 from citrus.evaluate.metrics import summarize
-from citrus.prompts import build_messages
+from citrus.prompts import build_messages, build_text
 from citrus.tracking import console, progress_bar
 
 log = logging.getLogger(__name__)
@@ -50,18 +50,38 @@ def prediction_row(task: str, q: Any, conversation: list[dict], reply: str) -> d
     }
 
 
-def evaluate_task(engine: Any, task: str, items: list, prompt: str, preds_path: Path, advance: Any, seed: int = 0) -> tuple[dict, list[dict]]:
-    """Ask every question, append each finished batch to predictions.jsonl, score the task."""
-    conversations = [build_messages(q, prompt) for q in items]
+def likelihood_row(task: str, q: Any, context: str, scores: list[float]) -> dict[str, Any]:
+    letters = list(q.options)
+    pred = letters[max(range(len(scores)), key=scores.__getitem__)]
+    return {
+        "task": task, "id": q.id, "gold": q.answer, "pred": pred, "correct": pred == q.answer,
+        "rule": "likelihood", "prompt": context, "response": "", "logprobs": dict(zip(letters, scores)),
+    }
+
+
+def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds_path: Path, advance: Any, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Ask every question, append each finished batch to predictions.jsonl, score the task.
+
+    generate: the model reasons, then the extraction ladder reads its answer.
+    likelihood: the option letter the model finds most likely after the question."""
+    if bench.mode == "generate":
+        prompts = [build_messages(q, bench.prompt) for q in items]
+        make_row, ask = prediction_row, lambda save: engine.generate(prompts, on_batch=save)
+    elif bench.mode == "likelihood":
+        prompts = [build_text(q, bench.prompt) for q in items]
+        letters = [[f" {k}" for k in q.options] for q in items]
+        make_row, ask = likelihood_row, lambda save: engine.loglikelihoods(prompts, letters, on_batch=save)
+    else:
+        raise ValueError(f"benchmark.mode: unknown {bench.mode!r}; one of ['generate', 'likelihood']")
     rows: dict[int, dict] = {}
 
-    def save(indices: list[int], replies: list[str]) -> None:
-        batch = [prediction_row(task, items[i], conversations[i], reply) for i, reply in zip(indices, replies)]
+    def save(indices: list[int], outputs: list[Any]) -> None:
+        batch = [make_row(task, items[i], prompts[i], out) for i, out in zip(indices, outputs)]
         append_jsonl(preds_path, batch)
         rows.update(zip(indices, batch))
         advance(len(batch))
 
-    engine.generate(conversations, on_batch=save)
+    ask(save)
     ordered = [rows[i] for i in range(len(items))]
     metrics = summarize(
         [r["pred"] for r in ordered], [r["gold"] for r in ordered],
@@ -84,7 +104,7 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
             files[name] = {str(p): run.record.add_input(p, f"benchmark/{name}") for p in loaded.files}
             bar_id = bar.add_task(f"eval {name}", total=len(loaded.items), info="")
             metrics, rows = evaluate_task(
-                engine, name, loaded.items, cfg.benchmark.prompt, preds_path,
+                engine, name, loaded.items, cfg.benchmark, preds_path,
                 lambda n, bar_id=bar_id: bar.update(bar_id, advance=n), seed=cfg.seed,
             )
             metrics["skipped"] = len(loaded.skipped)

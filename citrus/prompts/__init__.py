@@ -5,6 +5,8 @@ prompt asking for <think>/<answer>); evaluating with it keeps numbers comparable
 `quickstart` asks for the same <think>/<answer> reply in two lines: it keeps the tiny CPU models'
 sequences short (about 40% fewer tokens per training example), and puts the options right
 before the reply.
+`mc_likelihood` is the plain "Question: ... Answer:" context that `benchmark.mode=likelihood`
+scores option letters after, as lm-evaluation-harness does for MedQA.
 """
 
 from __future__ import annotations
@@ -45,3 +47,8 @@ def build_messages(q: MCQuestion, prompt: str) -> list[dict[str, str]]:
     user = template.replace("{question}", format_question(q))
     head = [{"role": "system", "content": system}] if system else []
     return head + [{"role": "user", "content": user}]
+
+
+def build_text(q: MCQuestion, prompt: str) -> str:
+    """The prompt as plain text, without a chat template (likelihood scoring of base models)."""
+    return "\n\n".join(m["content"] for m in build_messages(q, prompt))
