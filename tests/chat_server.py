@@ -1,0 +1,73 @@
+"""A real OpenAI-compatible chat-completions server on 127.0.0.1 for tests: it answers with a
+real tiny model through the transformers engine, and can inject the faults real APIs produce
+(429 with Retry-After, 500, dropped connections, truncated bodies, slow replies)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections import Counter, deque
+
+
+class ChatServer:
+    def __init__(self, engine, faults: list[str] | None = None, api_key: str | None = None):
+        self.engine, self.api_key = engine, api_key
+        self.faults = deque(faults or [])  # consumed one per request, in order
+        self.seen: Counter = Counter()  # what happened: "ok", "429", "500", "drop", "truncate", "slow", "401"
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                    return self._send(401, {"error": "bad key"}, "401")
+                with server.lock:
+                    fault = server.faults.popleft() if server.faults else "ok"
+                if fault == "429":
+                    return self._send(429, {"error": "slow down"}, "429", {"Retry-After": "0.05"})
+                if fault == "500":
+                    return self._send(500, {"error": "boom"}, "500")
+                if fault == "drop":
+                    server.seen["drop"] += 1
+                    self.connection.close()
+                    return
+                with server.lock:  # one generation at a time: the model is shared
+                    reply = server.engine.generate([body["messages"]])[0]
+                payload = {"object": "chat.completion", "model": body["model"],
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}
+                if fault == "truncate":
+                    raw = json.dumps(payload).encode()[:40]
+                    return self._send_raw(200, raw, "truncate")
+                if fault == "slow":
+                    threading.Event().wait(1.5)
+                self._send(200, payload, fault)
+
+            def _send(self, status, payload, tag, headers=None):
+                self._send_raw(status, json.dumps(payload).encode(), tag, headers)
+
+            def _send_raw(self, status, raw, tag, headers=None):
+                server.seen[tag] += 1
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

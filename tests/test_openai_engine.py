@@ -1,0 +1,95 @@
+"""The OpenAI-compatible engine against a real HTTP server on 127.0.0.1 serving a real tiny
+model: replies, concurrency, retries on injected faults, the response cache, and the API key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from chat_server import ChatServer
+from citrus.data import quickstart
+from citrus.engines import build_engine
+from citrus.engines.hf import HFEngine
+from citrus.engines.openai import RequestFailed
+from citrus.prompts import build_messages
+from conftest import compose_config
+
+SECRET = "sk-openai-engine-test-9876543210"
+
+
+@pytest.fixture(scope="module")
+def hf_engine():
+    cfg = compose_config("evaluate", ["model=tiny_llama", "engine.max_new_tokens=12"])
+    return HFEngine(cfg.engine, cfg.model)
+
+
+def openai_engine(url: str, tmp_path, *overrides: str):
+    cfg = compose_config("evaluate", [
+        "model=tiny_llama", "engine=openai", f"engine.base_url={url}", "engine.max_new_tokens=12",
+        "engine.backoff_s=0.01", "engine.max_backoff_s=0.1", "engine.timeout_s=1",
+        f"engine.cache_path={tmp_path / 'cache.jsonl'}", *overrides,
+    ])
+    return build_engine(cfg.engine, cfg.model)
+
+
+@pytest.fixture(scope="module")
+def conversations():
+    return [build_messages(q, "quickstart") for q in quickstart.generate("test", 6, seed=3)]
+
+
+def test_replies_equal_the_model_served_directly(hf_engine, conversations, tmp_path):
+    expected = hf_engine.generate(conversations)
+    with ChatServer(hf_engine) as server:
+        engine = openai_engine(server.url, tmp_path, "engine.concurrency=3")
+        arrived = []
+        replies = engine.generate(conversations, on_batch=lambda idx, r: arrived.extend(idx))
+    assert replies == expected
+    assert sorted(arrived) == list(range(6)) and server.seen == {"ok": 6}
+
+
+def test_faults_are_retried_and_every_item_completes(hf_engine, conversations, tmp_path):
+    faults = ["429", "500", "drop", "truncate", "slow", "429", "500"]  # all on the first request
+    with ChatServer(hf_engine, faults=faults) as server:
+        engine = openai_engine(server.url, tmp_path, "engine.concurrency=1", "engine.max_retries=8")
+        replies = engine.generate(conversations)
+    assert replies == hf_engine.generate(conversations)
+    assert server.seen["429"] == 2 and server.seen["500"] == 2 and server.seen["drop"] == 1
+    assert server.seen["truncate"] == 1 and server.seen["slow"] == 1  # timed out at 1 s, retried
+    assert engine.stats["retries"] == len(faults)
+
+
+def test_a_rerun_never_pays_twice(hf_engine, conversations, tmp_path):
+    with ChatServer(hf_engine) as server:
+        first = openai_engine(server.url, tmp_path).generate(conversations[:4])
+        assert server.seen["ok"] == 4
+        rerun = openai_engine(server.url, tmp_path)
+        again = rerun.generate(conversations)
+    assert again[:4] == first and server.seen["ok"] == 6  # only the 2 new requests were sent
+    assert rerun.stats["cached"] == 4
+    lines = (tmp_path / "cache.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and all(json.loads(line)["key"] for line in lines)
+
+
+def test_retries_exhausted_raise_and_keep_finished_work(hf_engine, conversations, tmp_path):
+    with ChatServer(hf_engine, faults=["ok", "500", "500", "500"]) as server:
+        engine = openai_engine(server.url, tmp_path, "engine.concurrency=1", "engine.max_retries=2")
+        with pytest.raises(RequestFailed, match="gave up after 2 retries \\(last: HTTP 500\\)"):
+            engine.generate(conversations[:2])
+    assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 1  # the finished one is kept
+
+
+def test_api_key_comes_from_the_environment_and_is_never_written(hf_engine, conversations, tmp_path, monkeypatch):
+    with ChatServer(hf_engine, api_key=SECRET) as server:
+        with pytest.raises(RequestFailed, match="HTTP 401"):
+            openai_engine(server.url, tmp_path, "engine.api_key_env=CITRUS_TEST_KEY").generate(conversations[:1])
+        monkeypatch.setenv("CITRUS_TEST_KEY", SECRET)
+        assert openai_engine(server.url, tmp_path, "engine.api_key_env=CITRUS_TEST_KEY").generate(conversations[:1])
+    assert SECRET not in (tmp_path / "cache.jsonl").read_text()
+
+
+def test_missing_base_url_is_a_clear_error():
+    cfg = compose_config("evaluate", ["engine=openai"])
+    with pytest.raises(ValueError, match="engine.base_url: set the server's URL"):
+        build_engine(cfg.engine, cfg.model)
