@@ -108,34 +108,33 @@ class OpenAIEngine:
         return replies  # type: ignore[return-value]
 
     async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> str:
-        problem = ""
+        problem, retry_after = "", None
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
                 self.stats["retries"] += 1
-                await asyncio.sleep(self._backoff(attempt, problem))
+                await asyncio.sleep(self._backoff(attempt, retry_after))
             self.stats["requests"] += 1
             try:
                 response = await client.post("/chat/completions", json=body)
             except (httpx.TimeoutException, httpx.TransportError) as e:
-                problem = f"{type(e).__name__}"
+                problem, retry_after = type(e).__name__, None
                 continue
             if response.status_code in RETRY_STATUS:
-                problem = f"HTTP {response.status_code}|{response.headers.get('retry-after', '')}"
+                problem, retry_after = f"HTTP {response.status_code}", response.headers.get("retry-after")
                 continue
             if response.status_code >= 400:
                 raise RequestFailed(f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}")
             try:
                 return response.json()["choices"][0]["message"]["content"] or ""
             except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-                problem = "malformed body"
-        raise RequestFailed(f"{self.cfg.base_url}: gave up after {self.cfg.max_retries} retries (last: {problem.split('|')[0]})")
+                problem, retry_after = "malformed body", None
+        raise RequestFailed(f"{self.cfg.base_url}: gave up after {self.cfg.max_retries} retries (last: {problem})")
 
-    def _backoff(self, attempt: int, problem: str) -> float:
-        retry_after = problem.partition("|")[2]
-        if retry_after:
-            try:
-                return min(float(retry_after), self.cfg.max_backoff_s)
-            except ValueError:
-                pass
-        base = min(self.cfg.backoff_s * 2 ** (attempt - 1), self.cfg.max_backoff_s)
-        return base * (0.5 + random.random() / 2)  # jitter keeps retrying clients apart
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        """The server's Retry-After when it sends seconds; else exponential, with jitter so
+        retrying clients spread out."""
+        try:
+            return min(float(retry_after), self.cfg.max_backoff_s)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            base = min(self.cfg.backoff_s * 2 ** (attempt - 1), self.cfg.max_backoff_s)
+            return base * (0.5 + random.random() / 2)
