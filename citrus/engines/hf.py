@@ -93,8 +93,10 @@ class HFEngine:
                 ids[row, width - len(seq):] = torch.tensor(seq)
                 mask[row, width - len(seq):] = 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            # Only the last positions predict a choice: skip the LM head everywhere else.
+            keep = max(len(cont) for _, _, conts in batch for _, cont in conts)
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                position_ids=positions.to(self.device)).logits.float()
+                                position_ids=positions.to(self.device), logits_to_keep=keep).logits.float()
             logprobs = torch.log_softmax(logits, dim=-1)
             finished = []
             for row, (i, seq, conts) in enumerate(batch):
