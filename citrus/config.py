@@ -121,6 +121,7 @@ class EngineConfig:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
+    num_samples: int = 1  # answers per question (> 1 needs temperature > 0): pass@1 over n, majority vote
     # vllm
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1

@@ -111,3 +111,16 @@ def test_multirun_survives_a_failing_job_and_records_both(tmp_path):
     done = by_status["completed"]
     assert "data.path=null" in done["command"] and done["command"].endswith("hydra.mode=RUN")  # reruns alone
     assert done["sweep"]["job_num"] == 1 and str(tmp_path / "multirun" / "prepare") in done["sweep"]["dir"]
+
+
+def test_sampled_evaluation_reports_pass_at_1_and_majority_vote(trained, tmp_path):
+    run_dir, _ = trained
+    overrides = [*SMOKE, f"model.path={run_dir}", "engine.temperature=1.0", "engine.num_samples=3"]
+    execute("evaluate", compose_config("evaluate", overrides), tmp_path, overrides)
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(len(r["samples"]) == 3 for r in rows)  # whole questions only
+    assert any(len({s["response"] for s in r["samples"]}) > 1 for r in rows), "samples should differ"
+    task = json.loads((tmp_path / "metrics.json").read_text())["tasks"]["quickstart"]
+    per_sample = [s["pred"] == r["gold"] for r in rows for s in r["samples"]]
+    assert task["accuracy"] == pytest.approx(sum(per_sample) / 18)
+    assert task["majority_vote_accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 6)

@@ -51,7 +51,7 @@ def test_shipped_evaluate_module_loads_offline_and_agrees(monkeypatch):
 
 
 def test_summarize_adds_chance_extraction_and_rule_shares():
-    out = summarize(["A", None, "C", "D"], ["A", "B", "C", "A"], ["answer_tag", "none", "answer_is", "answer_tag"], [4, 4, 5, 5])
+    out = summarize([["A"], [None], ["C"], ["D"]], ["A", "B", "C", "A"], ["answer_tag", "none", "answer_is", "answer_tag"], [4, 4, 5, 5])
     assert out["accuracy"] == 0.5 and out["extracted"] == 0.75 and out["invalid_rate"] == 0.25
     assert out["chance"] == pytest.approx((0.25 + 0.25 + 0.2 + 0.2) / 4)
     assert out["rule/answer_tag"] == 0.5 and out["rule/none"] == 0.25

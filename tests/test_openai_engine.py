@@ -89,6 +89,17 @@ def test_api_key_comes_from_the_environment_and_is_never_written(hf_engine, conv
     assert SECRET not in (tmp_path / "cache.jsonl").read_text()
 
 
+def test_per_request_seeds_are_sent_and_keep_samples_apart_in_the_cache(hf_engine, conversations, tmp_path):
+    with ChatServer(hf_engine) as server:
+        engine = openai_engine(server.url, tmp_path)
+        engine.generate([conversations[0]] * 3, seeds=[0, 1, 2])
+        assert server.seen["ok"] == 3  # three samples, three requests
+        engine.generate([conversations[0]] * 3, seeds=[0, 1, 2])
+        assert server.seen["ok"] == 3 and engine.stats["cached"] == 3
+    seeds = [engine.request_body(conversations[0], k)["seed"] for k in range(3)]
+    assert seeds == [0, 1, 2]
+
+
 def test_missing_base_url_is_a_clear_error():
     cfg = compose_config("evaluate", ["engine=openai"])
     with pytest.raises(ValueError, match="engine.base_url: set the server's URL"):

@@ -26,9 +26,12 @@ class HFEngine:
         return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
     @torch.inference_mode()
-    def generate(self, conversations: list[list[dict[str, str]]], on_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
+    def generate(self, conversations: list[list[dict[str, str]]], on_batch: Callable[[list[int], list[str]], None] | None = None,
+                 seeds: list[int] | None = None) -> list[str]:
         """Replies in input order. Prompts are batched by length to waste little on padding;
-        `on_batch(indices, replies)` fires as each batch finishes (append-only outputs)."""
+        `on_batch(indices, replies)` fires as each batch finishes (append-only outputs).
+        Sampling draws from one generator seeded with engine.seed for the whole call (per-request
+        `seeds` are for servers that take them), so repeated prompts get different samples."""
         prompts = [self.render(c) for c in conversations]
         lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -lengths[i])

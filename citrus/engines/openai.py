@@ -67,7 +67,7 @@ class OpenAIEngine:
         self.cache = ResponseCache(cache_path)
         self.stats = {"requests": 0, "retries": 0, "cached": 0}
 
-    def request_body(self, conversation: list[dict[str, str]]) -> dict[str, Any]:
+    def request_body(self, conversation: list[dict[str, str]], seed: int | None = None) -> dict[str, Any]:
         body = {
             "model": self.model,
             "messages": conversation,
@@ -75,15 +75,16 @@ class OpenAIEngine:
             "temperature": self.cfg.temperature,
             "top_p": self.cfg.top_p,
         }
-        if self.cfg.temperature > 0:
-            body["seed"] = self.cfg.seed
+        if self.cfg.temperature > 0 or seed is not None:
+            body["seed"] = self.cfg.seed if seed is None else seed  # also keeps samples apart in the cache
         return body
 
-    def generate(self, conversations: list[list[dict[str, str]]], on_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
+    def generate(self, conversations: list[list[dict[str, str]]], on_batch: Callable[[list[int], list[str]], None] | None = None,
+                 seeds: list[int] | None = None) -> list[str]:
         """Replies in input order; `on_batch([i], [reply])` fires as each one arrives."""
-        return asyncio.run(self._generate_all(conversations, on_batch))
+        return asyncio.run(self._generate_all(conversations, on_batch, seeds))
 
-    async def _generate_all(self, conversations, on_batch) -> list[str]:
+    async def _generate_all(self, conversations, on_batch, seeds) -> list[str]:
         replies: list[str | None] = [None] * len(conversations)
         limit = asyncio.Semaphore(self.cfg.concurrency)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -91,7 +92,7 @@ class OpenAIEngine:
         async with httpx.AsyncClient(base_url=self.cfg.base_url.rstrip("/"), headers=headers, timeout=timeout) as client:
 
             async def one(i: int) -> None:
-                body = self.request_body(conversations[i])
+                body = self.request_body(conversations[i], seeds[i] if seeds else None)
                 key = ResponseCache.key(body)
                 if key in self.cache.entries:
                     self.stats["cached"] += 1

@@ -27,17 +27,19 @@ class VLLMEngine:
             trust_remote_code=model_cfg.trust_remote_code,
         )
 
-    def generate(self, conversations: list[list[dict[str, str]]], on_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
+    def generate(self, conversations: list[list[dict[str, str]]], on_batch: Callable[[list[int], list[str]], None] | None = None,
+                 seeds: list[int] | None = None) -> list[str]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-            max_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed,
-        )
+        seeds = seeds or [self.cfg.seed] * len(conversations)
+        params = [
+            SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_new_tokens, seed=s)
+            for s in seeds
+        ]
         replies: list[str] = []
         for start in range(0, len(conversations), self.cfg.batch_size):
             chunk = conversations[start : start + self.cfg.batch_size]
-            outputs = self.llm.chat(chunk, params, use_tqdm=False)
+            outputs = self.llm.chat(chunk, params[start : start + len(chunk)], use_tqdm=False)
             texts = [o.outputs[0].text for o in outputs]
             replies += texts
             if on_batch:

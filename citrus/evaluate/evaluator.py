@@ -20,7 +20,7 @@ from citrus.data.benchmarks import load_task
 from citrus.data.schema import append_jsonl
 from citrus.engines import build_engine
 from citrus.evaluate.extract import EXTRACTOR_VERSION, extract_answer
-from citrus.evaluate.metrics import summarize
+from citrus.evaluate.metrics import majority_vote, summarize
 from citrus.prompts import build_messages, build_text
 from citrus.tracking import console, progress_bar
 
@@ -50,6 +50,36 @@ def prediction_row(task: str, q: Any, conversation: list[dict], reply: str) -> d
     }
 
 
+def sampled_row(task: str, q: Any, conversation: list[dict], replies: list[str]) -> dict[str, Any]:
+    """Several sampled replies to one question; the row's answer is their majority vote."""
+    samples = [extract_answer(r, q.options) for r in replies]
+    pred = majority_vote([ex.letter for ex in samples])
+    return {
+        "task": task, "id": q.id, "gold": q.answer, "pred": pred, "correct": pred == q.answer,
+        "rule": "majority_vote", "prompt": conversation, "response": replies[0],
+        "samples": [{"response": r, "pred": ex.letter, "rule": ex.rule} for r, ex in zip(replies, samples)],
+    }
+
+
+def ask_samples(engine: Any, prompts: list, n: int, seed: int, save: Any) -> None:
+    """Ask each prompt n times (seeds seed..seed+n-1); `save` gets a question once all its n
+    replies are in, so predictions.jsonl only ever holds whole questions."""
+    replies: dict[int, dict[int, str]] = {}
+
+    def collect(indices: list[int], texts: list[str]) -> None:
+        done = []
+        for flat, text in zip(indices, texts):
+            i, k = divmod(flat, n)
+            replies.setdefault(i, {})[k] = text
+            if len(replies[i]) == n:
+                done.append(i)
+        if done:
+            save(done, [[replies[i][k] for k in range(n)] for i in done])
+
+    expanded = [p for p in prompts for _ in range(n)]
+    engine.generate(expanded, on_batch=collect, seeds=[seed + k for _ in prompts for k in range(n)])
+
+
 def likelihood_row(task: str, q: Any, context: str, scores: list[float]) -> dict[str, Any]:
     letters = list(q.options)
     pred = letters[max(range(len(scores)), key=scores.__getitem__)]
@@ -64,7 +94,11 @@ def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds_path: P
 
     generate: the model reasons, then the extraction ladder reads its answer.
     likelihood: the option letter the model finds most likely after the question."""
-    if bench.mode == "generate":
+    n = engine.cfg.num_samples
+    if bench.mode == "generate" and n > 1:
+        prompts = [build_messages(q, bench.prompt) for q in items]
+        make_row, ask = sampled_row, lambda save: ask_samples(engine, prompts, n, engine.cfg.seed, save)
+    elif bench.mode == "generate":
         prompts = [build_messages(q, bench.prompt) for q in items]
         make_row, ask = prediction_row, lambda save: engine.generate(prompts, on_batch=save)
     elif bench.mode == "likelihood":
@@ -83,9 +117,10 @@ def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds_path: P
 
     ask(save)
     ordered = [rows[i] for i in range(len(items))]
+    samples = [r.get("samples") or [r] for r in ordered]  # one answer per question unless sampled
     metrics = summarize(
-        [r["pred"] for r in ordered], [r["gold"] for r in ordered],
-        [r["rule"] for r in ordered], [len(q.options) for q in items], seed=seed,
+        [[s["pred"] for s in ss] for ss in samples], [r["gold"] for r in ordered],
+        [s["rule"] for ss in samples for s in ss], [len(q.options) for q in items], seed=seed,
     )
     return metrics, ordered
 

@@ -61,15 +61,19 @@ def score(samples: list[list[str | None]], gold: list[str], seed: int = 0) -> di
     return out
 
 
-def summarize(predicted: list[str | None], gold: list[str], rules: list[str], n_options: list[int], seed: int = 0) -> dict[str, float]:
-    """Scores through the shipped `evaluate` module, plus the chance level to beat and how often
-    each extraction rule fired."""
+def summarize(
+    predicted: list[list[str | None]], gold: list[str], rules: list[str], n_options: list[int], seed: int = 0
+) -> dict[str, float]:
+    """Scores through the shipped `evaluate` module (one or more extracted answers per question),
+    plus the chance level to beat and the share of answers each extraction rule produced."""
     import evaluate
 
     n = len(gold)
     metric = evaluate.load(METRIC_PATH)
-    out = metric.compute(predictions=[p or "" for p in predicted], references=gold, seed=seed)
+    sampled = any(len(p) > 1 for p in predicted)
+    predictions = [[a or "" for a in p] if sampled else (p[0] or "") for p in predicted]
+    out = metric.compute(predictions=predictions, references=gold, seed=seed)
     out["chance"] = sum(1 / k for k in n_options) / n if n else 0.0
     out["extracted"] = 1.0 - out["invalid_rate"]
-    out.update({f"rule/{rule}": count / n for rule, count in sorted(Counter(rules).items())})
+    out.update({f"rule/{rule}": count / len(rules) for rule, count in sorted(Counter(rules).items())})
     return out
