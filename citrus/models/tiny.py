@@ -8,6 +8,7 @@ through AutoTokenizer / AutoModelForCausalLM like any hub checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -128,10 +129,14 @@ def init_model(build: Any, tokenizer) -> torch.nn.Module:
     return model_cls(config)
 
 
+@functools.cache
+def _corpus_md5(n_items: int) -> str:
+    return hashlib.md5("\x00".join(_corpus(n_items)).encode()).hexdigest()
+
+
 def _stamp(family: str, build: Any) -> dict:
     """What a build depends on: its settings and the text its tokenizer is trained on."""
-    corpus = hashlib.md5("\x00".join(_corpus(build.tokenizer_corpus_items)).encode()).hexdigest()
-    return {"family": family, **dict(build), "corpus_md5": corpus}
+    return {"family": family, **dict(build), "corpus_md5": _corpus_md5(build.tokenizer_corpus_items)}
 
 
 def check_build(path: Path, family: str, build: Any) -> None:
