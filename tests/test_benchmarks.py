@@ -179,3 +179,10 @@ def test_unreachable_source_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="could not download http://127.0.0.1:9/download_files/medqa.*set benchmark.data_root"):
         load_task("medqa", bench.tasks.medqa, bench, tmp_path)
     assert not list((tmp_path / "benchmarks").rglob("*.part"))
+
+
+@pytest.mark.parametrize("group", ["pubmedqa", "medmcqa", "medqa"])
+def test_task_without_a_file_is_named(group, tmp_path):
+    bench = compose_config("evaluate", [f"benchmark={group}", f"benchmark.tasks.{group}.file=null"]).benchmark
+    with pytest.raises(DataError, match=f"benchmark task '{group}': set `file`"):
+        load_task(group, bench.tasks[group], bench, tmp_path)

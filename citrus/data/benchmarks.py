@@ -185,11 +185,16 @@ def _convert(records: Raw, convert: Callable[[Any, str, int], MCQuestion], task:
     return out
 
 
+def task_file(task: Any, name: str, bench: Any, data_dir: Path) -> Path:
+    """The task's original file, local or fetched."""
+    if not task.file:
+        raise DataError(f"benchmark task {name!r}: set `file` (the original file)")
+    return source_file(task.file, bench, data_dir, task.url)
+
+
 def _single_file(reader: Callable[[Path], Raw], convert: Callable) -> Callable:
     def load(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
-        if not task.file:
-            raise DataError(f"benchmark task {name!r}: set `file` (the original file)")
-        path = source_file(task.file, bench, data_dir, task.url)
+        path = task_file(task, name, bench, data_dir)
         return _convert(reader(path), convert, name, path, bench.strict)
 
     return load
@@ -197,7 +202,7 @@ def _single_file(reader: Callable[[Path], Raw], convert: Callable) -> Callable:
 
 def load_pubmedqa(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
     """PQA-L restricted to the official split; the abstract is the context, options yes/no/maybe."""
-    path = source_file(task.file, bench, data_dir)
+    path = task_file(task, name, bench, data_dir)
     split_path = source_file(task.split_file, bench, data_dir) if task.split_file else None
     split = json.loads(split_path.read_text()) if split_path else None
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -217,7 +222,7 @@ def load_pubmedqa(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTas
 
 def load_medmcqa(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
     """The original dev.json (JSON lines, cop 1-4) or the hub's parquet copy (cop 0-3)."""
-    path = source_file(task.file, bench, data_dir, task.url)
+    path = task_file(task, name, bench, data_dir)
     parquet = path.suffix == ".parquet"
     reader = _parquet(path) if parquet else _jsonl(path)
     return _convert(reader, lambda raw, t, n: medmcqa(raw, t, n, zero_based=parquet), name, path, bench.strict)
@@ -234,7 +239,7 @@ def load_quickstart(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedT
 
 def load_unified(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
     """A file already in the unified schema (e.g. written by `citrus label`)."""
-    path = source_file(task.file, bench, data_dir, task.url)
+    path = task_file(task, name, bench, data_dir)
     return LoadedTask(load_records(path, "mc"), [path])
 
 
