@@ -111,6 +111,7 @@ class BenchmarkConfig:
     data_root: Optional[str] = None  # local copy of the original files; null: download them
     base_url: str = CITRUS_DATA_URL  # public source of the original files
     strict: bool = True  # false: skip malformed records (counted) instead of failing
+    answer_check: bool = False  # replies no rule can read go to the `answer_mapper` role (an LLM)
 
 
 @dataclass
@@ -138,6 +139,18 @@ class EngineConfig:
     backoff_s: float = 0.5  # first retry delay, doubled each retry
     max_backoff_s: float = 30.0
     cache_path: Optional[str] = None  # JSONL of finished requests; null: no cache
+
+
+@dataclass
+class RoleConfig:
+    """An LLM playing a part in a job (the answer mapper of evaluation): an engine and the model
+    behind it, with the role's own sampling settings."""
+
+    name: str = "self"
+    engine: Optional[EngineConfig] = None  # null: the job's engine and model, already loaded
+    model: Optional[ModelConfig] = None
+    max_new_tokens: int = 64
+    temperature: float = 0.0
 
 
 @dataclass
@@ -192,6 +205,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    roles: Dict[str, RoleConfig] = field(default_factory=dict)  # role name -> LLM (conf/role/)
 
 
 def register_configs() -> None:

@@ -52,6 +52,17 @@ def assert_contains(composed, source, where):
             assert composed[key] == value, f"{where}.{key}"
 
 
+ROLES = sorted(p.stem for p in (CONF_DIR / "role").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_composes_as_the_answer_mapper(role):
+    cfg = compose_config("evaluate", [f"role@roles.answer_mapper={role}"])
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    mapper = cfg.roles.answer_mapper
+    assert mapper.name == role and (mapper.engine is None) == (mapper.model is None)
+
+
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_experiment_preset_composes_and_documents_its_command(path):
     header = path.read_text().splitlines()

@@ -6,8 +6,11 @@ HTTP server). Likelihood scoring needs the model's logits, so only `hf` offers i
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 ENGINES = ("hf", "vllm", "openai")
 
@@ -26,3 +29,21 @@ def build_engine(engine_cfg: Any, model_cfg: Any):
 
         return OpenAIEngine(engine_cfg, model_cfg, Path(engine_cfg.cache_path) if engine_cfg.cache_path else None)
     raise ValueError(f"engine.name: unknown {engine_cfg.name!r}; one of {list(ENGINES)}")
+
+
+def build_role_engine(role: Any, job_engine: Any = None):
+    """The engine an LLM role (conf/role/) speaks through, with the role's sampling settings.
+
+    role.engine null: the job's already-loaded engine, shallow-copied with those settings, so a
+    role played by the evaluated model costs no second copy of its weights (engines read their
+    settings from `.cfg` at every call)."""
+    settings = {"max_new_tokens": role.max_new_tokens, "temperature": role.temperature, "num_samples": 1}
+    if role.engine is None:
+        if job_engine is None:
+            raise ValueError(f"role {role.name!r} uses the job's engine, but this job has none; pick a role with its own engine")
+        engine = copy.copy(job_engine)
+        engine.cfg = OmegaConf.merge(job_engine.cfg, settings)
+        return engine
+    if role.model is None:
+        raise ValueError(f"role {role.name!r}: an engine needs a model (roles.<role>.model)")
+    return build_engine(OmegaConf.merge(role.engine, settings), role.model)

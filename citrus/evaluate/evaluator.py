@@ -18,7 +18,8 @@ from rich.table import Table
 
 from citrus.data.benchmarks import load_task
 from citrus.data.schema import append_jsonl
-from citrus.engines import build_engine
+from citrus.engines import build_engine, build_role_engine
+from citrus.evaluate.answer_check import check_answers, unread
 from citrus.evaluate.extract import EXTRACTOR_VERSION, extract_answer
 from citrus.evaluate.metrics import majority_vote, summarize
 from citrus.prompts import build_messages, build_text
@@ -89,10 +90,12 @@ def likelihood_row(task: str, q: Any, context: str, scores: list[float]) -> dict
     }
 
 
-def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds_path: Path, advance: Any, seed: int = 0) -> tuple[dict, list[dict]]:
+def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds_path: Path, advance: Any, seed: int = 0,
+                  mapper: Any = None) -> tuple[dict, list[dict]]:
     """Ask every question, append each finished batch to predictions.jsonl, score the task.
 
-    generate: the model reasons, then the extraction ladder reads its answer.
+    generate: the model reasons, then the extraction ladder reads its answer; with a `mapper`
+    engine, rows with an unread answer wait for its answer check before they are written.
     likelihood: the option letter the model finds most likely after the question."""
     n = engine.cfg.num_samples
     if bench.mode == "generate" and n > 1:
@@ -108,14 +111,20 @@ def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds_path: P
     else:
         raise ValueError(f"benchmark.mode: unknown {bench.mode!r}; one of ['generate', 'likelihood']")
     rows: dict[int, dict] = {}
+    held: list[int] = []  # rows waiting for the answer check
 
     def save(indices: list[int], outputs: list[Any]) -> None:
-        batch = [make_row(task, items[i], prompts[i], out) for i, out in zip(indices, outputs)]
-        append_jsonl(preds_path, batch)
-        rows.update(zip(indices, batch))
+        batch = {i: make_row(task, items[i], prompts[i], out) for i, out in zip(indices, outputs)}
+        rows.update(batch)
+        waiting = [i for i, row in batch.items() if mapper and unread(row)]
+        held.extend(waiting)
+        append_jsonl(preds_path, [row for i, row in batch.items() if i not in waiting])
         advance(len(batch))
 
     ask(save)
+    if held:  # a second pass: the engine's own call may not be re-entered from its callback
+        check_answers(mapper, [rows[i] for i in held], [items[i] for i in held])
+        append_jsonl(preds_path, [rows[i] for i in held])
     ordered = [rows[i] for i in range(len(items))]
     samples = [r.get("samples") or [r] for r in ordered]  # one answer per question unless sampled
     metrics = summarize(
@@ -128,6 +137,8 @@ def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds_path: P
 def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     engine = build_engine(cfg.engine, cfg.model)
+    mapper_role = cfg.roles.answer_mapper if cfg.benchmark.answer_check else None
+    mapper = build_role_engine(mapper_role, engine) if mapper_role else None
     preds_path = out_dir / "predictions.jsonl"
     preds_path.unlink(missing_ok=True)
     per_task: dict[str, dict[str, float]] = {}
@@ -140,7 +151,7 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
             bar_id = bar.add_task(f"eval {name}", total=len(loaded.items), info="")
             metrics, rows = evaluate_task(
                 engine, name, loaded.items, cfg.benchmark, preds_path,
-                lambda n, bar_id=bar_id: bar.update(bar_id, advance=n), seed=cfg.seed,
+                lambda n, bar_id=bar_id: bar.update(bar_id, advance=n), seed=cfg.seed, mapper=mapper,
             )
             metrics["skipped"] = len(loaded.skipped)
             per_task[name] = metrics
@@ -158,6 +169,7 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
         "prompt": cfg.benchmark.prompt,
         "mode": cfg.benchmark.mode,
         "extractor_version": EXTRACTOR_VERSION,
+        "answer_check": OmegaConf.to_container(mapper_role, resolve=True) if mapper_role else None,
         "sampling": OmegaConf.to_container(cfg.engine, resolve=True),
         "seed": cfg.seed,
         "data_md5": files,

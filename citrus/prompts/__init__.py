@@ -7,10 +7,13 @@ sequences short (about 40% fewer tokens per training example), and puts the opti
 before the reply.
 `mc_likelihood` is the plain "Question: ... Answer:" context that `benchmark.mode=likelihood`
 scores option letters after, as lm-evaluation-harness does for MedQA.
+`answer_check` asks an LLM which option a free-text reply chose (a `{response}` slot), the last
+rung of the extraction ladder when `benchmark.answer_check=true`.
 """
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 
@@ -41,10 +44,16 @@ def format_question(q: MCQuestion) -> str:
     return "\n".join(parts)
 
 
-def build_messages(q: MCQuestion, prompt: str) -> list[dict[str, str]]:
-    """Chat messages that ask `q` with the named prompt (no assistant turn)."""
+def build_messages(q: MCQuestion, prompt: str, **slots: str) -> list[dict[str, str]]:
+    """Chat messages that ask `q` with the named prompt (no assistant turn); `slots` fill the
+    prompt's other placeholders, e.g. `{response}`."""
     system, template = load_prompt(prompt)
-    user = template.replace("{question}", format_question(q))
+    for name in slots:
+        if f"{{{name}}}" not in template:
+            raise ValueError(f"prompt {prompt!r} has no {{{name}}} placeholder")
+    values = {**slots, "question": format_question(q)}
+    # one pass, so a reply that happens to contain "{question}" stays as written
+    user = re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
     head = [{"role": "system", "content": system}] if system else []
     return head + [{"role": "user", "content": user}]
 
