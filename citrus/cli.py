@@ -21,7 +21,7 @@ log = logging.getLogger("citrus")
 # job -> (module with `run(cfg, run) -> metrics`, one-line description)
 JOBS: dict[str, tuple[str, str]] = {
     "prepare": ("citrus.data.prepare", "generate or fetch the training data and benchmark files of a config"),
-    "train": ("citrus.train.sft", "fine-tune model= on data= with algorithm= through Lightning Fabric"),
+    "train": ("citrus.train.trainer", "fine-tune model= on data= with algorithm= through Lightning Fabric"),
     "evaluate": ("citrus.evaluate.evaluator", "score model= on benchmark= through engine="),
     "pipeline": ("citrus.pipeline", "prepare -> evaluate -> train -> evaluate, with a before/after table"),
 }

@@ -78,7 +78,7 @@ class QuickstartConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    format: str = "sft"  # sft: chat records whose last assistant turn is the target
+    format: str = "sft"  # sft: chat records whose last assistant turn is the target; preference: prompt + chosen/rejected
     path: Optional[str] = None  # jsonl of training records; null when generated
     quickstart: Optional[QuickstartConfig] = None  # set: generate the quickstart train split
     prompt: str = "citrus_expert"  # prompt that wraps questions turned into training records
@@ -86,8 +86,26 @@ class DataConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "sft"
+    name: str = "sft"  # what runs are tagged with (cpo_simpo, simpo, ...)
+    objective: str = "sft"  # sft | cpo | dpo | orpo: the loss family in citrus/train/losses.py
     completion_only_loss: bool = True  # loss on the assistant's reply only, never the prompt
+    loss_type: str = "sigmoid"  # cpo: sigmoid | hinge | ipo | simpo; dpo: sigmoid | hinge | ipo
+    beta: float = 0.1
+    simpo_gamma: float = 0.5  # SimPO target reward margin (loss_type simpo)
+    cpo_alpha: float = 1.0  # weight of the chosen replies' NLL (cpo; orpo always adds it with weight 1)
+    label_smoothing: float = 0.0
+    reference: Optional[str] = None  # dpo: the frozen reference model's path; null: the initial policy
+
+
+@dataclass
+class AdapterConfig:
+    """Parameter-efficient fine-tuning through peft; name none trains every weight."""
+
+    name: str = "none"  # none | lora
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
@@ -156,12 +174,13 @@ class RoleConfig:
 @dataclass
 class TrainerConfig:
     accelerator: str = "auto"  # auto | cpu | cuda
-    strategy: str = "auto"
+    strategy: str = "auto"  # auto (one device) | ddp | fsdp2
     devices: int = 1
     num_nodes: int = 1
     precision: str = "32-true"  # Fabric precision: 32-true | bf16-mixed | bf16-true
     micro_batch_size: int = 8
     grad_accum_steps: int = 1
+    global_batch_size: Optional[int] = None  # set: checked to equal micro x accum x devices x nodes
     max_steps: int = 100
     max_epochs: Optional[int] = None  # stop at whichever of max_steps / max_epochs comes first
     lr: float = 2e-5
@@ -172,6 +191,9 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     log_every: int = 10
     checkpoint_every: int = 0  # steps between checkpoints; 0: final export only
+    keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all
+    resume: Optional[str] = None  # auto: the newest checkpoint of this run dir | a checkpoint dir | null
+    packing: bool = False  # sft: pack examples into rows of model.max_length (no cross-example attention)
     gradient_checkpointing: bool = False
 
 
@@ -200,6 +222,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

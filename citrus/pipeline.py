@@ -14,7 +14,7 @@ from typing import Any
 from citrus.data import prepare
 from citrus.evaluate.evaluator import evaluate, results_table
 from citrus.tracking import console
-from citrus.train import sft
+from citrus.train import trainer
 
 
 def run(cfg: Any, run: Any) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
         columns["before"] = base["tasks"]
         summary["base/mean_accuracy"] = base["mean_accuracy"]
 
-    trained = sft.train(cfg, run.dir / "train", run)
+    trained = trainer.train(cfg, run.dir / "train", run)
     summary.update({k: v for k, v in trained.items() if k != "model_dir"})
 
     after_cfg = copy.deepcopy(cfg)

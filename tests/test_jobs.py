@@ -28,8 +28,11 @@ def test_sft_learns_checkpoints_and_exports_a_loadable_model(trained):
     run_dir, metrics = trained
     assert metrics["train/steps"] == 6
     assert metrics["train/final_loss"] < metrics["train/first_loss"] - 0.5
-    state = torch.load(run_dir / "checkpoints" / "step-000003.ckpt", weights_only=False)
-    assert state["step"] == 3 and {"model", "optimizer", "scheduler"} <= set(state)
+    ckpt = run_dir / "checkpoints" / "step-000003"  # self-describing: state, config, tokenizer, run record
+    state = torch.load(ckpt / "state.ckpt", weights_only=False)
+    assert state["step"] == 3 and {"model", "optimizer", "scheduler", "rng"} <= set(state)
+    assert AutoTokenizer.from_pretrained(ckpt).chat_template and "max_steps: 6" in (ckpt / "citrus_config.yaml").read_text()
+    assert json.loads((ckpt / "run.json").read_text())["job"] == "train"
     model_dir = run_dir / "model"
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)

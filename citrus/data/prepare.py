@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def training_file(data_cfg: Any, data_dir: str | Path) -> Path:
-    """The JSONL of SFT records for the data stage, generated first when it is quickstart."""
+    """The JSONL of training records (data.format) for the data stage, generated first when it is
+    quickstart."""
     if data_cfg.path:
         path = Path(data_cfg.path)
         if not path.is_file():
@@ -22,13 +23,14 @@ def training_file(data_cfg: Any, data_dir: str | Path) -> Path:
         return path
     if data_cfg.quickstart is not None:
         q = data_cfg.quickstart
-        return quickstart.write_train_split(Path(data_dir) / "quickstart", q.seed, q.n_train, q.n_options, data_cfg.prompt)
-    raise DataError(f"data={data_cfg.name}: set data.path (a JSONL of SFT records) or data.quickstart")
+        return quickstart.write_train_split(Path(data_dir) / "quickstart", q.seed, q.n_train, q.n_options, data_cfg.prompt,
+                                            data_cfg.format)
+    raise DataError(f"data={data_cfg.name}: set data.path (a JSONL of {data_cfg.format} records) or data.quickstart")
 
 
 def run(cfg: Any, run: Any) -> dict[str, float]:
     train_path = training_file(cfg.data, cfg.paths.data_dir)
-    n_train = len(load_records(train_path, "sft"))
+    n_train = len(load_records(train_path, cfg.data.format))
     run.record.add_input(train_path, f"data/{cfg.data.name}")
     log.info("training data %s: %d records -> %s", cfg.data.name, n_train, train_path)
     metrics = {f"data/{cfg.data.name}/records": n_train}

@@ -197,7 +197,8 @@ def reasoning_trace(shown: list[str], options: dict[str, Disease], answer: str, 
         if letter == answer:
             lines.append(f"{letter}. {d.name} explains {_join(shown)}.")
         else:
-            unexplained = [f for f in shown if f not in _findings(d)]
+            # the true disease explains everything; a wrong trace that rejects it has to misread a finding
+            unexplained = [f for f in shown if f not in _findings(d)] or shown[-1:]
             typical = [d.symptoms[0], d.signs[0]]
             lines.append(
                 f"{letter}. {d.name} would show {_join(typical)}; "
@@ -243,6 +244,9 @@ def _one_vignette(rng: random.Random, split: str, n_options: int) -> MCQuestion 
             "system": disease.system,
             "content_key": hashlib.md5(content.encode()).hexdigest()[:12],
             "reasoning": reasoning_trace(shown, options, answer, f"{age}-year-old {person}"),
+            # the same reasoning argued to the next option's disease: a confident wrong answer
+            "wrong_reasoning": reasoning_trace(shown, options, LETTERS[(LETTERS.index(answer) + 1) % len(options)],
+                                               f"{age}-year-old {person}"),
         },
     )
 
@@ -286,10 +290,20 @@ def to_sft_record(q: MCQuestion, prompt: str) -> dict:
         {"role": "assistant", "content": q.metadata["reasoning"]}]}
 
 
-def write_train_split(out_dir: str | Path, seed: int, n: int, n_options: int, prompt: str) -> Path:
-    """The SFT records of the train split as JSONL (reused when already generated)."""
-    path = Path(out_dir) / f"quickstart-seed{seed}-n{n}-o{n_options}-{prompt}.sft.jsonl"
+def to_preference_record(q: MCQuestion, prompt: str) -> dict:
+    """Chosen: the trace to the right answer; rejected: the same reasoning bent to a wrong one."""
+    return {"id": q.id, "messages": build_messages(q, prompt), "chosen": q.metadata["reasoning"],
+            "rejected": q.metadata["wrong_reasoning"]}
+
+
+RECORD_MAKERS = {"sft": to_sft_record, "preference": to_preference_record}
+
+
+def write_train_split(out_dir: str | Path, seed: int, n: int, n_options: int, prompt: str, format: str = "sft") -> Path:
+    """The training records (`format` sft or preference) of the train split as JSONL, reused
+    when already generated."""
+    path = Path(out_dir) / f"quickstart-seed{seed}-n{n}-o{n_options}-{prompt}.{format}.jsonl"
     if not path.is_file():
         items = generate("train", n, seed, n_options)
-        write_jsonl_atomic(path, (to_sft_record(q, prompt) for q in items))
+        write_jsonl_atomic(path, (RECORD_MAKERS[format](q, prompt) for q in items))
     return path

@@ -75,6 +75,26 @@ def validate_sft_record(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def validate_preference_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A prompt (messages ending with the user turn) and two replies, chosen over rejected."""
+    rid = record.get("id", "?")
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise DataError(f"preference record {rid!r}: 'messages' must be a non-empty list of messages")
+    if messages[-1].get("role") != "user":
+        raise DataError(f"preference record {rid!r}: the prompt must end with a user message")
+    validate_sft_record({"id": rid, "messages": [*messages, {"role": "assistant", "content": "x"}]})
+    for side in ("chosen", "rejected"):
+        if not isinstance(record.get(side), str) or not record[side].strip():
+            raise DataError(f"preference record {rid!r}: {side!r} must be a non-empty reply")
+    if record["chosen"] == record["rejected"]:
+        raise DataError(f"preference record {rid!r}: chosen and rejected are the same reply")
+    return record
+
+
+VALIDATORS = {"sft": validate_sft_record, "preference": validate_preference_record}
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Yield the JSON objects of a JSONL file; a bad line raises DataError naming file:line."""
     path = Path(path)
@@ -94,11 +114,14 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
 
 
 def load_records(path: str | os.PathLike, kind: str) -> list[Any]:
-    """Read and validate a whole file: kind 'mc' gives MCQuestions, 'sft' gives SFT dicts."""
+    """Read and validate a whole file: kind 'mc' gives MCQuestions, 'sft' / 'preference' give
+    validated training dicts."""
+    if kind != "mc" and kind not in VALIDATORS:
+        raise ValueError(f"unknown record kind {kind!r}; one of {['mc', *VALIDATORS]}")
     out, seen = [], set()
     for lineno, record in enumerate(read_jsonl(path), 1):
         try:
-            item = MCQuestion.from_dict(record) if kind == "mc" else validate_sft_record(record)
+            item = MCQuestion.from_dict(record) if kind == "mc" else VALIDATORS[kind](record)
         except (DataError, TypeError) as e:
             raise DataError(f"{path}: record {lineno}: {e}") from None
         rid = item.id if kind == "mc" else item.get("id")

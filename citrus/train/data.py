@@ -1,4 +1,5 @@
-"""SFT records -> token ids with completion-only labels, and right-padded batches."""
+"""Training records -> token ids with completion-only labels, and batches: padded SFT batches,
+packed SFT rows, chosen/rejected pairs."""
 
 from __future__ import annotations
 
@@ -53,4 +54,75 @@ class Collator:
             ids[i, :n] = torch.tensor(e["input_ids"])
             labels[i, :n] = torch.tensor(e["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "tokens": int(mask.sum())}
+
+
+def tokenize_pair(record: dict[str, Any], tokenizer, max_length: int) -> dict[str, dict]:
+    """A preference record (prompt messages, chosen and rejected replies) as two SFT examples
+    that share the prompt; labels cover each reply."""
+    prompt = record["messages"]
+    return {
+        side: tokenize_sft({"id": record.get("id", "?"), "messages": [*prompt, {"role": "assistant", "content": record[side]}]},
+                           tokenizer, max_length)
+        for side in ("chosen", "rejected")
+    }
+
+
+class PairCollator:
+    """Chosen replies then rejected ones in one batch of 2B rows, so a single forward pass scores
+    both sides (row i and row B + i are one pair)."""
+
+    def __init__(self, pad_id: int):
+        self.pad = Collator(pad_id)
+
+    def __call__(self, pairs: list[dict]) -> dict[str, torch.Tensor]:
+        return self.pad([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+
+
+def pack(examples: list[dict], length: int) -> list[dict]:
+    """Pack tokenized examples into rows of at most `length` tokens, first-fit by decreasing
+    length. Position ids restart at each example, which makes transformers attend only within
+    an example (its packed-sequence mask); the first label of each example is dropped so no
+    token is predicted across a boundary."""
+    rows: list[list[dict]] = []
+    room: list[int] = []
+    for e in sorted(examples, key=lambda e: -len(e["input_ids"])):
+        n = len(e["input_ids"])
+        if n > length:
+            raise DataError(f"an example of {n} tokens does not fit a packed row of {length}")
+        slot = next((i for i, r in enumerate(room) if r >= n), None)
+        if slot is None:
+            rows.append([])
+            room.append(length)
+            slot = len(rows) - 1
+        rows[slot].append(e)
+        room[slot] -= n
+    return [
+        {
+            "input_ids": [t for e in row for t in e["input_ids"]],
+            "labels": [t for e in row for t in [IGNORE, *e["labels"][1:]]],
+            "position_ids": [p for e in row for p in range(len(e["input_ids"]))],
+        }
+        for row in rows
+    ]
+
+
+class PackedCollator:
+    """Stack packed rows; padding is a sequence of its own (positions restart, labels ignored),
+    and there is no attention mask: the position ids delimit the examples."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        positions = torch.arange(width).repeat(len(rows), 1)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            labels[i, :n] = torch.tensor(r["labels"])
+            positions[i, :n] = torch.tensor(r["position_ids"])
+            positions[i, n:] = torch.arange(width - n)
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, "tokens": sum(len(r["input_ids"]) for r in rows)}

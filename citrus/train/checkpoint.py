@@ -1,0 +1,92 @@
+"""Training checkpoints: one self-describing directory per saved step, written atomically.
+
+    checkpoints/step-000200/
+        state.ckpt            model, optimizer, scheduler, step, RNG states (fabric.save; a
+                              directory of shards under FSDP2)
+        citrus_config.yaml    the resolved config that produced it
+        tokenizer files       so the directory loads on its own
+        run.json              the run record at the time of saving
+
+A checkpoint is written under `step-000200.tmp/` and renamed when complete, so a run killed
+mid-save never leaves a directory that looks finished; `.tmp` leftovers are ignored and removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+STEP_DIR = re.compile(r"^step-(\d{6,})$")
+STATE = "state.ckpt"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def completed(root: Path) -> list[Path]:
+    """Finished checkpoint directories under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / STATE).exists()]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def find_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
+    """What `trainer.resume` points at: null -> nothing; auto -> this run's newest checkpoint
+    (nothing on a first run); a checkpoint directory, or a run directory (its newest)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        found = completed(run_dir / "checkpoints")
+        return found[-1] if found else None
+    path = Path(resume)
+    if (path / STATE).exists():
+        return path
+    found = completed(path / "checkpoints") or completed(path)
+    if not found:
+        raise FileNotFoundError(f"trainer.resume={resume}: no finished checkpoint (a step-NNNNNN/{STATE}) there")
+    return found[-1]
+
+
+def save_checkpoint(fabric: Any, root: Path, step: int, state: dict[str, Any], cfg: Any, tokenizer: Any,
+                    run_record: Path | None, keep: int, filter: dict | None = None) -> Path:
+    """Write step `step` under `root`; keep the newest `keep` checkpoints (0: all)."""
+    final = root / f"step-{step:06d}"
+    tmp = root / f"step-{step:06d}.tmp"
+    if fabric.is_global_zero:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    fabric.barrier()
+    fabric.save(tmp / STATE, state, filter=filter)
+    if fabric.is_global_zero:
+        (tmp / "citrus_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        tokenizer.save_pretrained(tmp)
+        if run_record and run_record.is_file():
+            shutil.copy2(run_record, tmp / "run.json")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for stale in [p for p in root.iterdir() if p.name.endswith(".tmp")]:
+            shutil.rmtree(stale, ignore_errors=True)
+        if keep > 0:
+            for old in completed(root)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    fabric.barrier()
+    log.info("checkpoint %s", final)
+    return final
