@@ -153,7 +153,11 @@ def step_counts(window: list[dict], objective: str) -> dict[str, int]:
     if objective == "sft":
         return {"tokens": sum(targets(b["labels"]) for b in window)}
     pairs = [b["input_ids"].shape[0] // 2 for b in window]
-    return {"pairs": sum(pairs), "chosen_tokens": sum(targets(b["labels"][:n]) for b, n in zip(window, pairs))}
+    return {
+        "pairs": sum(pairs),
+        "chosen_tokens": sum(targets(b["labels"][:n]) for b, n in zip(window, pairs)),
+        "chosen_sequence_tokens": sum(int(b["attention_mask"][:n, 1:].sum()) for b, n in zip(window, pairs)),  # orpo
+    }
 
 
 def forward(model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -181,7 +185,10 @@ def preference_objective(model, batch, counts, algo, reference) -> tuple[torch.T
         chosen_reward, rejected_reward = algo.beta * c.detach(), algo.beta * r.detach()
     elif algo.objective == "orpo":
         pair, _ = losses.orpo_loss(avg[:n], avg[n:], algo.beta)
-        loss = pair.sum() / counts["pairs"] + chosen_nll / counts["chosen_tokens"]
+        # ORPO's SFT term covers prompt and reply, as in its reference code and TRL
+        whole = batch["input_ids"][:n].masked_fill(batch["attention_mask"][:n] == 0, IGNORE)
+        chosen_nll = losses.token_nll_sum(logits[:n], whole)[0]
+        loss = pair.sum() / counts["pairs"] + chosen_nll / counts["chosen_sequence_tokens"]
         chosen_reward, rejected_reward = algo.beta * avg[:n].detach(), algo.beta * avg[n:].detach()
     else:  # dpo
         with torch.no_grad():
@@ -194,7 +201,7 @@ def preference_objective(model, batch, counts, algo, reference) -> tuple[torch.T
     share = n / counts["pairs"]  # this micro-batch's part of the step's per-pair means
     metrics = {
         "loss": float(loss.detach()),
-        "nll": float(chosen_nll.detach()) / counts["chosen_tokens"],
+        "nll": float(chosen_nll.detach()) / counts["chosen_sequence_tokens" if algo.objective == "orpo" else "chosen_tokens"],
         "rewards/chosen": float(chosen_reward.mean()) * share,
         "rewards/rejected": float(rejected_reward.mean()) * share,
         "rewards/margins": float((chosen_reward - rejected_reward).mean()) * share,
