@@ -10,6 +10,7 @@ how a step is split into micro-batches. The run directory ends up with:
                                with trainer.resume=auto (this run dir) or =<checkpoint or run dir>
     model/                     the final model, tokenizer and config (save_pretrained, LoRA merged):
                                load it with `model.path=<run_dir>` or serve it with vLLM
+    train_log.jsonl            every logged step (loss, lr, grad norm, tokens/s, preference metrics)
     metrics.json               final loss, throughput, time
 """
 
@@ -27,7 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from citrus.data.prepare import training_file
-from citrus.data.schema import load_records
+from citrus.data.schema import append_jsonl, load_records, read_jsonl, write_jsonl_atomic
 from citrus.models import load_model, load_tokenizer
 from citrus.tracking import progress_bar
 from citrus.train import losses
@@ -161,6 +162,8 @@ def step_counts(window: list[dict], objective: str) -> dict[str, int]:
 
 
 def forward(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    # use_cache=False matters beyond memory: with a cache, transformers ignores the restarted
+    # position ids of packed rows and lets examples attend to each other
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     return model(**inputs, use_cache=False).logits
 
@@ -206,8 +209,8 @@ def preference_objective(model, batch, counts, algo, reference) -> tuple[torch.T
         "rewards/rejected": float(rejected_reward.mean()) * share,
         "rewards/margins": float((chosen_reward - rejected_reward).mean()) * share,
         "rewards/accuracies": float((chosen_reward > rejected_reward).float().mean()) * share,
-        "logps/chosen": float(logps[:n].mean()) * share,
-        "logps/rejected": float(logps[n:].mean()) * share,
+        "logps/chosen": float(logps[:n].detach().mean()) * share,
+        "logps/rejected": float(logps[n:].detach().mean()) * share,
     }
     return loss, metrics
 
@@ -232,6 +235,13 @@ def _without_adapters(model: torch.nn.Module, batch: dict) -> torch.Tensor:
         return forward(model, batch)
 
 
+def forget_after(log_path: Path, step: int) -> None:
+    """Drop the log lines of steps a resumed run will redo, so the curve has each step once."""
+    if log_path.is_file():
+        kept = [r for r in read_jsonl(log_path) if r["step"] <= step]
+        write_jsonl_atomic(log_path, kept)
+
+
 OBJECTIVE_FNS = {"sft": sft_objective, "cpo": preference_objective, "dpo": preference_objective, "orpo": preference_objective}
 
 
@@ -239,6 +249,7 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
     """Train cfg.model on cfg.data with cfg.algorithm; returns metrics and the exported model directory."""
     check_config(cfg)
     t, algo = cfg.trainer, cfg.algorithm
+    out_dir.mkdir(parents=True, exist_ok=True)
     fabric = L.Fabric(accelerator=t.accelerator, strategy=build_strategy(t), devices=t.devices,
                       num_nodes=t.num_nodes, precision=t.precision)
     fabric.launch()
@@ -264,6 +275,8 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
     if resume_from:
         fabric.load(resume_from / "state.ckpt", state, strict=saved_only is None)
         restore_rng(state["rng"])
+        if fabric.is_global_zero:
+            forget_after(out_dir / "train_log.jsonl", state["step"])
         log.info("resumed from %s at step %d", resume_from, state["step"])
     step = state["step"]
     log.info("%s %s on %d examples: steps %d..%d, %d x %d micro-batches of %d on %d process(es) (%s)",
@@ -308,6 +321,7 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
                 }
                 if fabric.is_global_zero:
                     run.tracker.log(logged, step=step)
+                    append_jsonl(out_dir / "train_log.jsonl", [{"step": step, **logged}])
                     log.info("step %d/%d loss %.4f lr %.2e", step, steps, sums["loss"], logged[f"{prefix}lr"])
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < steps:
                 state.update(step=step, rng=rng_state())

@@ -1,0 +1,118 @@
+"""Training on CPU: exact resume (SFT, CPO-SimPO, LoRA, packed SFT, DPO), packing without
+cross-example attention, LoRA export, and configs that cannot train failing before any work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from citrus.cli import execute
+from citrus.data import quickstart
+from citrus.models import load_model, load_tokenizer
+from citrus.train.data import PackedCollator, pack, tokenize_sft
+from citrus.train.losses import token_nll_sum
+from citrus.train.trainer import forward
+from conftest import compose_config
+
+TINY = (
+    "experiment=quickstart", "logger=none", "trainer.micro_batch_size=2", "trainer.grad_accum_steps=2",
+    "trainer.max_steps=6", "trainer.log_every=1", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=0",
+    "trainer.warmup_ratio=0.2",
+)
+SETUPS = {
+    "sft": ["data.quickstart.n_train=32"],
+    "sft_packed": ["data.quickstart.n_train=32", "trainer.packing=true", "model.max_length=700"],
+    "cpo_simpo": ["data=quickstart_pairs", "data.quickstart.n_train=32", "algorithm=cpo_simpo", "trainer.lr=1e-3"],
+    "lora": ["data.quickstart.n_train=32", "adapter=lora", "adapter.dropout=0.1"],
+    "dpo_lora": ["data=quickstart_pairs", "data.quickstart.n_train=32", "algorithm=dpo", "adapter=lora", "trainer.lr=1e-3"],
+}
+
+
+def train(run_dir, overrides):
+    overrides = [*TINY, *overrides]
+    return execute("train", compose_config("train", overrides), run_dir, overrides)
+
+
+def curve(run_dir):
+    return [(r["step"], r["train/loss"]) for r in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())]
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_resumed_run_matches_uninterrupted_one(setup, tmp_path):
+    """Resume from step 4 of a run into a fresh run dir: the same steps 5-6 and final weights."""
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    first = train(whole, SETUPS[setup])
+    assert first["train/steps"] == 6 and [s for s, _ in curve(whole)] == [1, 2, 3, 4, 5, 6]
+    checkpoint = whole / "checkpoints" / "step-000004"
+    assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    shutil.copytree(checkpoint, resumed / "checkpoints" / "step-000004")
+    again = train(resumed, [*SETUPS[setup], "trainer.resume=auto"])
+    assert again["train/steps"] == 6
+    assert curve(resumed) == [s for s in curve(whole) if s[0] > 4]  # bit-identical losses
+    a, b = load_file(whole / "model" / "model.safetensors"), load_file(resumed / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any("lora" in k for k in a)  # adapters merged into a plain model
+
+
+def test_resume_from_a_run_dir_and_resume_auto_on_a_fresh_run(tmp_path):
+    base = train(tmp_path / "a", SETUPS["sft"])
+    assert base["train/steps"] == 6
+    fresh = train(tmp_path / "b", [*SETUPS["sft"], "trainer.resume=auto"])  # nothing to resume: starts at 0
+    assert [s for s, _ in curve(tmp_path / "b")][0] == 1
+    with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
+        train(tmp_path / "c", [*SETUPS["sft"], f"trainer.resume={tmp_path / 'nowhere'}"])
+    assert fresh["train/final_loss"] == pytest.approx(base["train/final_loss"], rel=1e-6)
+
+
+def test_half_written_checkpoint_is_never_loaded(tmp_path):
+    train(tmp_path, SETUPS["sft"])
+    (tmp_path / "checkpoints" / "step-000006.tmp").mkdir()  # a save cut short by a kill
+    (tmp_path / "checkpoints" / "step-000008").mkdir()  # a directory without its state file
+    from citrus.train.checkpoint import find_checkpoint
+
+    assert find_checkpoint("auto", tmp_path).name == "step-000004"
+
+
+def test_packed_rows_score_like_separate_examples():
+    cfg = compose_config("train", ["experiment=quickstart"])
+    tokenizer, model = load_tokenizer(cfg.model), load_model(cfg.model).eval()
+    records = [quickstart.to_sft_record(q, "quickstart") for q in quickstart.generate("train", 5, seed=2)]
+    examples = [tokenize_sft(r, tokenizer, 1024) for r in records]
+    rows = pack(examples, 1024)
+    assert len(rows) < len(examples) and sum(len(r["input_ids"]) for r in rows) == sum(len(e["input_ids"]) for e in examples)
+    batch = PackedCollator(tokenizer.pad_token_id)(rows)
+    with torch.no_grad():
+        packed, n_packed = token_nll_sum(forward(model, batch), batch["labels"])
+        alone = [token_nll_sum(model(input_ids=torch.tensor([e["input_ids"]])).logits, torch.tensor([e["labels"]])) for e in examples]
+    assert int(n_packed) == sum(int(n) for _, n in alone)
+    assert float(packed) == pytest.approx(sum(float(s) for s, _ in alone), rel=1e-4)
+    # without the restarted positions, examples would attend across the boundary and score differently
+    with torch.no_grad():
+        leaky, _ = token_nll_sum(forward(model, {"input_ids": batch["input_ids"]}), batch["labels"])
+    assert float(leaky) != pytest.approx(float(packed), rel=1e-3)
+
+
+BAD = [
+    (["algorithm=dpo"], "trains on preference records"),
+    (["data=quickstart_pairs"], "trains on sft records"),
+    (["data=quickstart_pairs", "algorithm=cpo", "trainer.packing=true"], "only sft packs"),
+    (["data=quickstart_pairs", "algorithm=cpo", "algorithm.loss_type=robust"], "not a cpo loss"),
+    (["trainer.micro_batch_size=4", "trainer.global_batch_size=10"], "not a multiple"),
+    (["trainer.micro_batch_size=4", "trainer.global_batch_size=16", "trainer.grad_accum_steps=2"], "needs grad_accum_steps=4"),
+    (["algorithm.reference=/x"], "only dpo uses a reference"),
+    (["trainer.strategy=fsdp"], "trainer.strategy='fsdp'"),
+    (["adapter.name=qlora"], "adapter.name='qlora'"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[m for _, m in BAD])
+def test_configs_that_cannot_train_fail_first(overrides, message, tmp_path):
+    cfg = compose_config("train", ["experiment=quickstart", "logger=none", *overrides])
+    with pytest.raises(ValueError, match=message):
+        execute("train", cfg, tmp_path, overrides)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "train_log.jsonl").exists()
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
