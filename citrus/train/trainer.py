@@ -29,10 +29,11 @@ from omegaconf import OmegaConf
 
 from citrus.data.prepare import training_file
 from citrus.data.schema import append_jsonl, load_records, read_jsonl, write_jsonl_atomic
-from citrus.models import load_model, load_tokenizer
+from citrus.models import load_model, load_tokenizer, resolve_path
 from citrus.tracking import progress_bar
 from citrus.train import losses
 from citrus.train.checkpoint import find_checkpoint, restore_rng, rng_state, save_checkpoint
+from citrus.train.launch import start_workers, started_externally
 from citrus.train.data import IGNORE, Collator, PackedCollator, PairCollator, pack, tokenize_pair, tokenize_sft
 from citrus.train.schedule import warmup_cosine
 from citrus.train.strategy import build_strategy
@@ -57,6 +58,8 @@ def check_config(cfg: Any) -> None:
         raise ValueError(f"algorithm.reference is set, but only dpo uses a reference model (algorithm={a.name})")
     if cfg.adapter.name not in ("none", "lora"):
         raise ValueError(f"adapter.name={cfg.adapter.name!r}: one of ['none', 'lora']")
+    if cfg.adapter.name != "none" and t.strategy == "fsdp2":
+        raise ValueError("adapter=lora with trainer.strategy=fsdp2 is not supported yet; use trainer.strategy=ddp for LoRA")
     for key in ("micro_batch_size", "grad_accum_steps", "devices", "num_nodes"):
         if t[key] < 1:
             raise ValueError(f"trainer.{key} must be >= 1, got {t[key]}")
@@ -133,13 +136,24 @@ def add_adapter(model: torch.nn.Module, adapter: Any) -> torch.nn.Module:
     return get_peft_model(model, config)
 
 
-def export(model: torch.nn.Module, tokenizer, cfg: Any, out: Path) -> Path:
+def gather_full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) state dict of an FSDP2 model, on CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    inner = model.module if hasattr(model, "module") else model
+    full = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # named_parameters lists a tied weight once (embeddings, not lm_head): save it once too
+    keep = {n for n, _ in inner.named_parameters()} | {n for n, _ in inner.named_buffers()}
+    return {k: v for k, v in full.items() if k in keep}
+
+
+def export(model: torch.nn.Module, tokenizer, cfg: Any, out: Path, state_dict: dict | None = None) -> Path:
     """A Hugging Face model directory (what AutoModel, vLLM and `model.path=` load); LoRA
-    adapters are merged into the base weights first."""
+    adapters are merged into the base weights first; `state_dict` replaces sharded weights."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     (out / "citrus_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return out
@@ -235,6 +249,12 @@ def _without_adapters(model: torch.nn.Module, batch: dict) -> torch.Tensor:
         return forward(model, batch)
 
 
+def all_sum(fabric: L.Fabric, values: dict[str, float]) -> dict[str, float]:
+    """Sum a dict of numbers over every process."""
+    tensors = {k: torch.tensor(float(v), dtype=torch.float64, device=fabric.device) for k, v in values.items()}
+    return {k: float(v) for k, v in fabric.all_reduce(tensors, reduce_op="sum").items()}
+
+
 def forget_after(log_path: Path, step: int) -> None:
     """Drop the log lines of steps a resumed run will redo, so the curve has each step once."""
     if log_path.is_file():
@@ -250,6 +270,10 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
     check_config(cfg)
     t, algo = cfg.trainer, cfg.algorithm
     out_dir.mkdir(parents=True, exist_ok=True)
+    if t.devices * t.num_nodes > 1 and not started_externally():  # build shared inputs once, then start ranks 1..n-1
+        resolve_path(cfg.model)
+        training_file(cfg.data, cfg.paths.data_dir)
+    workers = start_workers(cfg, out_dir)
     fabric = L.Fabric(accelerator=t.accelerator, strategy=build_strategy(t), devices=t.devices,
                       num_nodes=t.num_nodes, precision=t.precision)
     fabric.launch()
@@ -268,20 +292,23 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
     reference = build_reference(cfg, model, fabric)
     objective = OBJECTIVE_FNS[algo.objective]
 
-    state: dict[str, Any] = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "step": 0, "rng": rng_state()}
+    # plain values besides model and optimizer: FSDP2's distributed checkpoint loads other stateful
+    # objects back as dicts instead of into the object
+    state: dict[str, Any] = {"model": model, "optimizer": optimizer, "scheduler": scheduler.state_dict(), "step": 0, "rng": rng_state()}
     # LoRA checkpoints hold only the adapters: the base weights never change
     saved_only = {"model": lambda k, v: "lora_" in k} if cfg.adapter.name != "none" else None
     resume_from = find_checkpoint(t.resume, out_dir)
     if resume_from:
         fabric.load(resume_from / "state.ckpt", state, strict=saved_only is None)
         restore_rng(state["rng"])
+        scheduler.load_state_dict(state["scheduler"])
         if fabric.is_global_zero:
             forget_after(out_dir / "train_log.jsonl", state["step"])
         log.info("resumed from %s at step %d", resume_from, state["step"])
     step = state["step"]
-    log.info("%s %s on %d examples: steps %d..%d, %d x %d micro-batches of %d on %d process(es) (%s)",
-             algo.name, cfg.model.name, len(dataset), step, steps, t.grad_accum_steps, fabric.world_size,
-             t.micro_batch_size, fabric.world_size, fabric.device)
+    log.info("%s %s on %d examples: steps %d..%d, each %d micro-batch(es) of %d on each of %d process(es) (%s)",
+             algo.name, cfg.model.name, len(dataset), step, steps, t.grad_accum_steps, t.micro_batch_size,
+             fabric.world_size, fabric.device)
 
     batches = micro_batches(len(dataset), t, cfg.seed, fabric.world_size, fabric.global_rank, step * t.grad_accum_steps)
     model.train()
@@ -293,15 +320,20 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
         while step < steps:
             window = [fabric.to_device(collate([dataset[i] for i in next(batches)])) for _ in range(t.grad_accum_steps)]
             counts = step_counts(window, algo.objective)
+            if fabric.world_size > 1:  # divide by the counts of the whole step, over every process
+                counts = {k: int(v) for k, v in all_sum(fabric, counts).items()}
             sums: dict[str, float] = {}
             for i, batch in enumerate(window):
                 with fabric.no_backward_sync(model, enabled=i < len(window) - 1):
                     loss, metrics = objective(model, batch, counts, algo, reference)
-                    fabric.backward(loss)
+                    # DDP / FSDP average gradients over processes; each loss is already a share of the global sum
+                    fabric.backward(loss * fabric.world_size)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                 tokens_seen += batch["tokens"]
                 padded_seen += batch["input_ids"].numel()
+            if fabric.world_size > 1:
+                sums = all_sum(fabric, sums)
             grad_norm = fabric.clip_gradients(model, optimizer, max_norm=t.max_grad_norm, error_if_nonfinite=False)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -324,14 +356,15 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
                     append_jsonl(out_dir / "train_log.jsonl", [{"step": step, **logged}])
                     log.info("step %d/%d loss %.4f lr %.2e", step, steps, sums["loss"], logged[f"{prefix}lr"])
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < steps:
-                state.update(step=step, rng=rng_state())
+                state.update(step=step, rng=rng_state(), scheduler=scheduler.state_dict())
                 save_checkpoint(fabric, out_dir / "checkpoints", step, state, cfg, tokenizer,
                                 getattr(run.record, "path", None), t.keep_checkpoints, saved_only)
 
     elapsed = time.perf_counter() - started
     model_dir = out_dir / "model"
+    full_state = gather_full_state(model) if t.strategy == "fsdp2" else None  # a collective: every rank
     if fabric.is_global_zero:
-        export(model.module if hasattr(model, "module") else model, tokenizer, cfg, model_dir)
+        export(model.module if hasattr(model, "module") else model, tokenizer, cfg, model_dir, full_state)
     fabric.barrier()
     tail = losses_seen[-max(1, min(10, len(losses_seen))):] or [float("nan")]
     result = {
@@ -346,6 +379,10 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
     if fabric.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         log.info("exported %s (final loss %.4f, %.0f tokens/s)", model_dir, result[f"{prefix}final_loss"], result[f"{prefix}tokens_per_s"])
+    if fabric.world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # a later job in this process starts its own
+    if workers:
+        workers.join()
     return {**result, "model_dir": str(model_dir)}
 
 

@@ -1,0 +1,110 @@
+"""Start the other local processes of a multi-process run (trainer.devices > 1) the way torchrun
+would, without re-running Hydra: this process is local rank 0; ranks 1..n-1 run
+`python -m citrus.train.launch <config>` on the resolved config written into the run directory.
+So a multi-process job makes one run directory, and a multirun sweep stays one sweep.
+
+Under torchrun or SLURM (srun) every process already exists and nothing is started here:
+Fabric reads the cluster environment (multi-node goes through those launchers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def started_externally() -> bool:
+    """torchrun, srun, or a launcher that set LOCAL_RANK already made every process."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return "LOCAL_RANK" in os.environ or TorchElasticEnvironment.detect() or SLURMEnvironment.detect()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Workers:
+    """Local ranks 1..n-1 as child processes, watched: if one fails, the others and this
+    process are stopped instead of waiting forever in a collective."""
+
+    def __init__(self, cfg: Any, out_dir: Path):
+        n = cfg.trainer.devices
+        if cfg.trainer.num_nodes > 1:
+            raise ValueError("trainer.num_nodes > 1: start one process per device with torchrun or srun "
+                             "(see hydra/launcher=submitit_slurm); citrus only starts processes on one node")
+        launch_dir = out_dir / ".citrus"
+        launch_dir.mkdir(parents=True, exist_ok=True)
+        config = launch_dir / "launch.yaml"
+        config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(n), "NODE_RANK": "0"}
+        os.environ.update({k: env[k] for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK")}, LOCAL_RANK="0")
+        self.logs = [launch_dir / f"rank{r}.log" for r in range(1, n)]
+        self.procs = [
+            subprocess.Popen([sys.executable, "-m", "citrus.train.launch", str(config), str(out_dir)],
+                             env={**env, "LOCAL_RANK": str(r)}, stdout=f.open("w"), stderr=subprocess.STDOUT)
+            for r, f in zip(range(1, n), self.logs)
+        ]
+        log.info("started %d worker process(es); their logs: %s", len(self.procs), launch_dir)
+        self.done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.done.is_set():
+            for proc, path in zip(self.procs, self.logs):
+                if proc.poll() not in (None, 0):
+                    log.error("worker %s exited with %s; stopping the run (see %s)", proc.args[-1], proc.returncode, path)
+                    self.stop()
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+            time.sleep(1)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+
+    def join(self) -> None:
+        self.done.set()
+        for proc, path in zip(self.procs, self.logs):
+            if proc.wait() != 0:
+                raise RuntimeError(f"worker process exited with {proc.returncode}; see {path}")
+        for key in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_PORT"):
+            os.environ.pop(key, None)
+
+
+def start_workers(cfg: Any, out_dir: Path) -> Workers | None:
+    if cfg.trainer.devices * cfg.trainer.num_nodes == 1 or started_externally():
+        return None
+    return Workers(cfg, out_dir)
+
+
+def worker_main(config_path: str, out_dir: str) -> None:
+    """Local rank > 0: train on the resolved config; rank 0 keeps the run record and the tracker."""
+    from citrus.config import Config
+    from citrus.tracking import Tracker
+    from citrus.train.trainer import train
+
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config_path))
+    logging.basicConfig(level=logging.WARNING, format=f"[rank {os.environ.get('LOCAL_RANK')}] %(levelname)s %(name)s: %(message)s")
+    record = SimpleNamespace(path=None, add_input=lambda path, role: "")
+    train(cfg, Path(out_dir), SimpleNamespace(dir=Path(out_dir), record=record, tracker=Tracker()))
+
+
+if __name__ == "__main__":
+    worker_main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,72 @@
+"""Two processes on CPU (gloo): DDP and FSDP2 train the same model as one process with twice
+the accumulation, FSDP2 resumes exactly from its sharded checkpoint, and a multi-process job
+makes one run directory (in a multirun too)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from citrus.cli import execute
+from conftest import compose_config, run_cli
+
+BASE = ("experiment=quickstart", "logger=none", "data.quickstart.n_train=32", "trainer.micro_batch_size=2",
+        "trainer.max_steps=4", "trainer.log_every=1", "trainer.accelerator=cpu")
+
+
+def train(run_dir: Path, *overrides: str) -> dict:
+    overrides = [*BASE, *overrides]
+    return execute("train", compose_config("train", overrides), run_dir, overrides)
+
+
+def curve(run_dir: Path) -> list[float]:
+    return [json.loads(line)["train/loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("single")
+    train(run_dir, "trainer.grad_accum_steps=2")
+    return run_dir
+
+
+def test_ddp_equals_one_process_with_twice_the_accumulation(one_process, tmp_path):
+    train(tmp_path, "trainer=ddp", "trainer.devices=2", "trainer.grad_accum_steps=1")
+    assert curve(tmp_path) == curve(one_process)
+    a, b = weights(one_process), weights(tmp_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / ".citrus" / "rank1.log").is_file()
+
+
+def test_fsdp2_trains_the_same_model_and_resumes_exactly(one_process, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    fsdp = ("trainer=fsdp2", "trainer.devices=2", "trainer.grad_accum_steps=1", "trainer.checkpoint_every=2")
+    train(whole, *fsdp)
+    assert curve(whole) == pytest.approx(curve(one_process), rel=1e-6)
+    a, b = weights(one_process), weights(whole)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert (whole / "checkpoints" / "step-000002" / "state.ckpt").is_dir()  # one shard per rank
+    shutil.copytree(whole / "checkpoints" / "step-000002", resumed / "checkpoints" / "step-000002")
+    train(resumed, *fsdp, "trainer.resume=auto")
+    assert curve(resumed) == curve(whole)[2:]
+    c = weights(resumed)
+    assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+def test_a_multi_process_multirun_makes_one_directory_per_job(tmp_path):
+    result = run_cli("train", "-m", *BASE, "trainer=ddp", "trainer.max_steps=2", "trainer.lr=1e-3,2e-3",
+                     env={"CITRUS_OUTPUTS": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = sorted(tmp_path.glob("**/run.json"))
+    assert len(records) == 2, records
+    assert {json.loads(r.read_text())["status"] for r in records} == {"completed"}
+    assert sorted(p.name for p in records[0].parent.parent.iterdir() if p.is_dir()) == ["0", "1"]
