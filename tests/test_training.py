@@ -68,6 +68,14 @@ def test_resume_from_a_run_dir_and_resume_auto_on_a_fresh_run(tmp_path):
     assert fresh["train/final_loss"] == pytest.approx(base["train/final_loss"], rel=1e-6)
 
 
+def test_sft_stages_chain_by_config(tmp_path):
+    """Stage 2 starts from stage 1's export: `model.path=<stage-1 run dir>`."""
+    first = train(tmp_path / "s1", SETUPS["sft"])
+    second = train(tmp_path / "s2", [*SETUPS["sft"], f"model.path={tmp_path / 's1'}", "data.quickstart.seed=1"])
+    assert second["train/first_loss"] < first["train/first_loss"] - 0.5
+    assert f"model.path={tmp_path / 's1'}" in json.loads((tmp_path / "s2" / "run.json").read_text())["command"]
+
+
 def test_half_written_checkpoint_is_never_loaded(tmp_path):
     train(tmp_path, SETUPS["sft"])
     (tmp_path / "checkpoints" / "step-000006.tmp").mkdir()  # a save cut short by a kill
@@ -106,6 +114,8 @@ BAD = [
     (["algorithm.reference=/x"], "only dpo uses a reference"),
     (["trainer.strategy=fsdp"], "trainer.strategy='fsdp'"),
     (["adapter.name=qlora"], "adapter.name='qlora'"),
+    (["adapter=lora", "trainer=fsdp2"], "not supported yet"),
+    (["data=citrus_s1"], "citrus_s1.jsonl does not exist"),
 ]
 
 
