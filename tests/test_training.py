@@ -76,6 +76,15 @@ def test_sft_stages_chain_by_config(tmp_path):
     assert f"model.path={tmp_path / 's1'}" in json.loads((tmp_path / "s2" / "run.json").read_text())["command"]
 
 
+def test_gradient_checkpointing_and_bf16_train_the_same_curve(tmp_path):
+    plain = train(tmp_path / "plain", SETUPS["sft"])
+    recomputed = train(tmp_path / "ckpt", [*SETUPS["sft"], "trainer.gradient_checkpointing=true"])
+    assert [l for _, l in curve(tmp_path / "ckpt")] == pytest.approx([l for _, l in curve(tmp_path / "plain")], rel=1e-5)
+    assert recomputed["train/final_loss"] == pytest.approx(plain["train/final_loss"], rel=1e-5)
+    bf16 = train(tmp_path / "bf16", [*SETUPS["sft"], "trainer.precision=bf16-mixed"])
+    assert bf16["train/final_loss"] == pytest.approx(plain["train/final_loss"], rel=0.05)  # autocast: close, not equal
+
+
 def test_half_written_checkpoint_is_never_loaded(tmp_path):
     train(tmp_path, SETUPS["sft"])
     (tmp_path / "checkpoints" / "step-000006.tmp").mkdir()  # a save cut short by a kill
@@ -102,6 +111,26 @@ def test_packed_rows_score_like_separate_examples():
     with torch.no_grad():
         leaky, _ = token_nll_sum(forward(model, {"input_ids": batch["input_ids"]}), batch["labels"])
     assert float(leaky) != pytest.approx(float(packed), rel=1e-3)
+
+
+def test_packed_attention_matches_the_masked_kernel():
+    """citrus_packed (per-example causal attention) gives sdpa-with-block-mask logits and grads."""
+    from citrus.train import packed_attention
+
+    cfg = compose_config("train", ["experiment=quickstart"])
+    tokenizer = load_tokenizer(cfg.model)
+    examples = [tokenize_sft(quickstart.to_sft_record(q, "quickstart"), tokenizer, 1024) for q in quickstart.generate("train", 7, seed=4)]
+    batch = PackedCollator(tokenizer.pad_token_id)(pack(examples, 1024))
+    results = []
+    for attention in ("sdpa", packed_attention.NAME):
+        model = load_model(cfg.model)
+        model.config._attn_implementation = attention
+        loss, _ = token_nll_sum(forward(model, batch), batch["labels"])
+        loss.backward()
+        results.append((float(loss.detach()), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    (masked, g1), (packed, g2) = results
+    assert packed == pytest.approx(masked, rel=1e-5)
+    assert torch.allclose(g1, g2, atol=1e-5, rtol=1e-4)
 
 
 BAD = [

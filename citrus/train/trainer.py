@@ -31,7 +31,7 @@ from citrus.data.prepare import training_file
 from citrus.data.schema import append_jsonl, load_records, read_jsonl, write_jsonl_atomic
 from citrus.models import load_model, load_tokenizer, resolve_path
 from citrus.tracking import progress_bar
-from citrus.train import losses
+from citrus.train import losses, packed_attention
 from citrus.train.checkpoint import find_checkpoint, restore_rng, rng_state, save_checkpoint
 from citrus.train.launch import start_workers, started_externally
 from citrus.train.data import IGNORE, Collator, PackedCollator, PairCollator, pack, tokenize_pair, tokenize_sft
@@ -123,7 +123,8 @@ def configure_optimizer(model: torch.nn.Module, t: Any) -> torch.optim.Optimizer
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
+    # fused: one kernel for every parameter (CPU and CUDA), as Hugging Face's Trainer defaults to
+    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=True)
 
 
 def add_adapter(model: torch.nn.Module, adapter: Any) -> torch.nn.Module:
@@ -283,7 +284,11 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
     steps = total_steps(t, len(dataset), fabric.world_size)
     warmup = int(t.warmup_ratio * steps)
 
-    model = add_adapter(load_model(cfg.model), cfg.adapter)
+    base = load_model(cfg.model)
+    attention = base.config._attn_implementation
+    if t.packing:  # each packed example attends to itself only, at sum(L_i^2) cost
+        base.config._attn_implementation = packed_attention.NAME
+    model = add_adapter(base, cfg.adapter)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = fabric.setup_module(model)
@@ -362,6 +367,7 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
 
     elapsed = time.perf_counter() - started
     model_dir = out_dir / "model"
+    base.config._attn_implementation = attention  # the export loads with the usual attention
     full_state = gather_full_state(model) if t.strategy == "fsdp2" else None  # a collective: every rank
     if fabric.is_global_zero:
         export(model.module if hasattr(model, "module") else model, tokenizer, cfg, model_dir, full_state)
