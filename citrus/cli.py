@@ -21,6 +21,10 @@ log = logging.getLogger("citrus")
 # job -> (module with `run(cfg, run) -> metrics`, one-line description)
 JOBS: dict[str, tuple[str, str]] = {
     "prepare": ("citrus.data.prepare", "generate or fetch the training data and benchmark files of a config"),
+    "label": ("citrus.synthesis.label", "rewrite questions in open-ended form and label their difficulty"),
+    "synthesize": ("citrus.synthesis.pathways", "expert-pathway reasoning traces for SFT (teacher, critic, judge, narrative)"),
+    "sample": ("citrus.synthesis.sample", "preference pairs from the policy's own answers (answer mapper, judges)"),
+    "decontaminate": ("citrus.synthesis.decontaminate", "n-gram overlap of data= with every benchmark= test set"),
     "train": ("citrus.train.trainer", "fine-tune model= on data= with algorithm= through Lightning Fabric"),
     "evaluate": ("citrus.evaluate.evaluator", "score model= on benchmark= through engine="),
     "pipeline": ("citrus.pipeline", "prepare -> evaluate -> train -> evaluate, with a before/after table"),

@@ -169,6 +169,41 @@ class RoleConfig:
     model: Optional[ModelConfig] = None
     max_new_tokens: int = 64
     temperature: float = 0.0
+    price_in_per_mtok: float = 0.0  # USD per million prompt tokens, for cost accounting (0: free)
+    price_out_per_mtok: float = 0.0  # USD per million completion tokens
+
+
+@dataclass
+class LabelConfig:
+    prompt: str = "citrus_expert"  # how the strong and weak roles answer the multiple-choice form
+    difficulty_samples: int = 1  # answers per model: difficulty from pass rates over k samples
+
+
+@dataclass
+class PathwayConfig:
+    num_loop: int = 8  # step -> critic -> judge rounds per question at most
+    complete_votes: int = 3  # stop once the judge has said "complete" this many times (Citrus: more than twice)
+    prompt: str = "citrus_expert"  # the user prompt of the SFT records written for kept traces
+
+
+@dataclass
+class SampleConfig:
+    num_samples: int = 10  # policy answers per question
+    prompt: str = "open_answer"  # how the policy is asked: open_answer (the open question) or an MC prompt
+    pairing: str = "judges"  # judges: pointwise + pairwise judges | rule: correct vs incorrect, no judges
+    worst: int = 5  # rejected candidates per question at most
+    bad_below: int = 60  # pointwise score under which an answer can be rejected
+
+
+@dataclass
+class SynthesisConfig:
+    source: Optional[str] = None  # JSONL of questions (unified schema, e.g. `citrus label` output); null: quickstart train
+    limit: Optional[int] = None  # first n questions of the source
+    chunk: int = 16  # questions whose requests go out together; each finished chunk is appended
+    decontaminate_ngram: int = 13  # `citrus decontaminate`: word n-gram length of an overlap
+    label: LabelConfig = field(default_factory=LabelConfig)
+    synthesize: PathwayConfig = field(default_factory=PathwayConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
 
 @dataclass
@@ -229,6 +264,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     roles: Dict[str, RoleConfig] = field(default_factory=dict)  # role name -> LLM (conf/role/)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)  # label / synthesize / sample jobs
 
 
 def register_configs() -> None:

@@ -10,7 +10,7 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 from citrus.config import CONF_DIR, EXPERIMENTS_DIR, SWEEPS_DIR, BenchmarkTask
 from conftest import compose_config, run_cli
 
-GROUPS = ["model", "data", "algorithm", "benchmark", "engine", "trainer", "logger"]
+GROUPS = ["model", "data", "algorithm", "adapter", "benchmark", "engine", "trainer", "logger", "synthesis"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
 

@@ -43,6 +43,7 @@ def build_role_engine(role: Any, job_engine: Any = None):
             raise ValueError(f"role {role.name!r} uses the job's engine, but this job has none; pick a role with its own engine")
         engine = copy.copy(job_engine)
         engine.cfg = OmegaConf.merge(job_engine.cfg, settings)
+        engine.stats = dict.fromkeys(job_engine.stats, 0)  # tokens counted per role
         return engine
     if role.model is None:
         raise ValueError(f"role {role.name!r}: an engine needs a model (roles.<role>.model)")

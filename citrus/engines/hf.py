@@ -21,6 +21,7 @@ class HFEngine:
         declared = self.model.generation_config.eos_token_id
         declared = declared if isinstance(declared, list) else [declared]
         self.eos_ids = sorted({i for i in [*declared, self.tokenizer.eos_token_id] if i is not None})
+        self.stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     def render(self, conversation: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
@@ -56,7 +57,11 @@ class HFEngine:
                 eos_token_id=self.eos_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-            texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            new_tokens = out[:, enc["input_ids"].shape[1]:]
+            texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            self.stats["requests"] += len(idx)
+            self.stats["prompt_tokens"] += int(enc["attention_mask"].sum())
+            self.stats["completion_tokens"] += int((~torch.isin(new_tokens, torch.tensor([self.tokenizer.pad_token_id, *self.eos_ids], device=new_tokens.device))).sum())
             for i, text in zip(idx, texts):
                 replies[i] = text
             if on_batch:

@@ -65,7 +65,7 @@ class OpenAIEngine:
         self.model = engine_cfg.served_model or str(model_cfg.path)
         self.api_key = os.environ.get(engine_cfg.api_key_env, "") if engine_cfg.api_key_env else ""
         self.cache = ResponseCache(cache_path)
-        self.stats = {"requests": 0, "retries": 0, "cached": 0}
+        self.stats = {"requests": 0, "retries": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     def request_body(self, conversation: list[dict[str, str]], seed: int | None = None) -> dict[str, Any]:
         body = {
@@ -126,9 +126,15 @@ class OpenAIEngine:
             if response.status_code >= 400:
                 raise RequestFailed(f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}")
             try:
-                return response.json()["choices"][0]["message"]["content"] or ""
+                payload = response.json()
+                reply = payload["choices"][0]["message"]["content"] or ""
             except (json.JSONDecodeError, KeyError, IndexError, TypeError):
                 problem, retry_after = "malformed body", None
+                continue
+            usage = payload.get("usage") or {}
+            self.stats["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+            self.stats["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+            return reply
         raise RequestFailed(f"{self.cfg.base_url}: gave up after {self.cfg.max_retries} retries (last: {problem})")
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:

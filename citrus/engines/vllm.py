@@ -26,6 +26,7 @@ class VLLMEngine:
             seed=engine_cfg.seed,
             trust_remote_code=model_cfg.trust_remote_code,
         )
+        self.stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     def generate(self, conversations: list[list[dict[str, str]]], on_batch: Callable[[list[int], list[str]], None] | None = None,
                  seeds: list[int] | None = None) -> list[str]:
@@ -41,6 +42,9 @@ class VLLMEngine:
             chunk = conversations[start : start + self.cfg.batch_size]
             outputs = self.llm.chat(chunk, params[start : start + len(chunk)], use_tqdm=False)
             texts = [o.outputs[0].text for o in outputs]
+            self.stats["requests"] += len(outputs)
+            self.stats["prompt_tokens"] += sum(len(o.prompt_token_ids or []) for o in outputs)
+            self.stats["completion_tokens"] += sum(len(o.outputs[0].token_ids) for o in outputs)
             replies += texts
             if on_batch:
                 on_batch(list(range(start, start + len(chunk))), texts)

@@ -9,6 +9,11 @@ before the reply.
 scores option letters after, as lm-evaluation-harness does for MedQA.
 `answer_check` asks an LLM which option a free-text reply chose (a `{response}` slot), the last
 rung of the extraction ladder when `benchmark.answer_check=true`.
+The data-synthesis roles (citrus/synthesis/) have one prompt each: `open_rewrite` (label),
+`pathway_step`, `pathway_critic`, `pathway_judge`, `pathway_narrative` (expert-pathway
+synthesis), `open_answer`, `xpo_pointwise`, `xpo_pairwise` (preference sampling). Slots other than
+`{question}` (the stem with its options) are filled by keyword: `{open_question}`, `{answer}`,
+`{trace}`, `{step}`, `{feedback}`, `{response}`, ...
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ def load_prompt(name: str) -> tuple[str | None, str]:
         raise FileNotFoundError(f"unknown prompt {name!r} (no {user}); known prompts: {known}")
     system = PROMPT_DIR / f"{name}.system.txt"
     template = user.read_text(encoding="utf-8").rstrip("\n")
-    if "{question}" not in template:
-        raise ValueError(f"{user}: the user prompt needs a {{question}} placeholder")
+    if "{question}" not in template and "{open_question}" not in template:
+        raise ValueError(f"{user}: the user prompt needs a {{question}} or {{open_question}} placeholder")
     return (system.read_text(encoding="utf-8").strip() if system.is_file() else None), template
 
 

@@ -1,0 +1,132 @@
+"""What the data jobs share: their questions, their LLM roles, and a resumable output log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from citrus.data import quickstart
+from citrus.data.schema import MCQuestion, append_jsonl, load_records
+from citrus.engines import build_engine, build_role_engine
+from citrus.tracking import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+def load_questions(cfg: Any, run: Any) -> list[MCQuestion]:
+    """synthesis.source (unified-schema JSONL, e.g. `citrus label` output), or the quickstart
+    train questions; the first synthesis.limit of them."""
+    s = cfg.synthesis
+    if s.source:
+        path = Path(s.source)
+        run.record.add_input(path, "synthesis/source")
+        questions = load_records(path, "mc")
+    else:
+        q = cfg.data.quickstart
+        seed, n = (q.seed, q.n_train) if q is not None else (0, 2000)
+        questions = quickstart.generate("train", s.limit or n, seed=seed)
+    return questions[: s.limit] if s.limit else questions
+
+
+def open_question(q: MCQuestion) -> str:
+    """The open-ended form `citrus label` wrote, else the stem (options left out)."""
+    return q.metadata.get("open_question") or (f"{q.context}\n\n{q.question}" if q.context else q.question)
+
+
+def gold(q: MCQuestion) -> str:
+    return f"{q.answer}. {q.answer_text}"
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class RoleEngines:
+    """Engines for the roles a job uses, built on first use; every role played by `self` shares
+    the one loaded job engine (cfg.engine + cfg.model)."""
+
+    def __init__(self, cfg: Any):
+        self.cfg, self.engines, self.job_engine = cfg, {}, None
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.engines:
+            if name not in self.cfg.roles:
+                raise KeyError(f"roles.{name} is not configured (conf/role/; e.g. role@roles.{name}=self)")
+            role = self.cfg.roles[name]
+            if role.engine is None and self.job_engine is None:
+                self.job_engine = build_engine(self.cfg.engine, self.cfg.model)
+            self.engines[name] = build_role_engine(role, self.job_engine)
+        return self.engines[name]
+
+    def usage(self) -> dict[str, float]:
+        """Requests, tokens and (where the role has prices) USD per role."""
+        out: dict[str, float] = {}
+        for name, engine in self.engines.items():
+            stats, role = engine.stats, self.cfg.roles[name]
+            out[f"usage/{name}/requests"] = stats.get("requests", 0)
+            out[f"usage/{name}/prompt_tokens"] = stats.get("prompt_tokens", 0)
+            out[f"usage/{name}/completion_tokens"] = stats.get("completion_tokens", 0)
+            out[f"usage/{name}/usd"] = (stats.get("prompt_tokens", 0) * role.price_in_per_mtok
+                                        + stats.get("completion_tokens", 0) * role.price_out_per_mtok) / 1e6
+        out["usage/usd"] = sum(v for k, v in out.items() if k.endswith("/usd"))
+        return out
+
+
+class KeyedLog:
+    """Append-only JSONL of finished items keyed by "id": a job rerun into the same run directory
+    skips what is done. A last line cut short by a kill is removed (that item is redone)."""
+
+    def __init__(self, path: Path):
+        self.path, self.done = path, {}
+        if path.is_file():
+            raw = path.read_bytes()
+            if raw and not raw.endswith(b"\n"):  # cut a line a kill left half-written: appending after it would spoil the next record
+                os.truncate(path, raw.rfind(b"\n") + 1)
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    self.done[record["id"]] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+        if self.done:
+            log.info("resuming: %d finished items in %s", len(self.done), path)
+
+    def append(self, records: list[dict]) -> None:
+        if records:
+            append_jsonl(self.path, records)
+            self.done.update((r["id"], r) for r in records)
+
+
+def process(questions: list[MCQuestion], out: KeyedLog, chunk_size: int, name: str,
+            work: Callable[[list[MCQuestion]], list[dict]], failed: Callable[[MCQuestion, str], dict]) -> dict[str, int]:
+    """Run `work` over the questions not yet in `out`, a chunk at a time, appending each chunk's
+    records. A chunk whose requests fail for good is recorded item by item as failed, with the
+    reason, and the job goes on."""
+    from citrus.engines.openai import RequestFailed
+
+    todo = [q for q in questions if q.id not in out.done]
+    counts = {"done": len(questions) - len(todo), "kept": 0, "failed": 0}
+    with progress_bar() as bar:
+        task = bar.add_task(name, total=len(questions), completed=counts["done"], info="")
+        for chunk in chunks(todo, chunk_size):
+            try:
+                records = work(chunk)
+            except RequestFailed as e:
+                records = [failed(q, f"request failed: {e}") for q in chunk]
+            out.append(records)
+            counts["done"] += len(records)
+            counts["kept"] += sum(r["status"] == "kept" for r in records)
+            counts["failed"] += sum(r["status"] == "failed" for r in records)
+            bar.update(task, advance=len(records), info=f"kept {counts['kept']} failed {counts['failed']}")
+    return counts
+
+
+def sha_seed(text: str) -> int:
+    """A stable small integer from a string (per-question seeds that survive reordering)."""
+    import hashlib
+
+    return int(hashlib.md5(text.encode()).hexdigest()[:8], 16)

@@ -1,0 +1,76 @@
+"""`citrus label`: rewrite each question in open-ended form and label its difficulty.
+
+Difficulty (Citrus): a weak and a strong model answer the multiple-choice form; weak wrong ->
+hard; weak right but strong wrong -> unknown; both right -> easy. With k samples per model
+(synthesis.label.difficulty_samples) "right" means a pass rate of at least 1/2; the pass rates
+are kept, so any other threshold can be applied later.
+
+Writes labeled.jsonl: the questions in the unified schema, with metadata.open_question,
+metadata.difficulty, metadata.pass_rate_{strong,weak} and metadata.label_audit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from citrus.data.schema import write_jsonl_atomic
+from citrus.evaluate.extract import extract_answer
+from citrus.prompts import build_messages
+from citrus.synthesis.common import KeyedLog, RoleEngines, load_questions, process
+from citrus.synthesis.parsers import parse_open_question
+
+
+def difficulty(strong_rate: float, weak_rate: float) -> str:
+    if weak_rate < 0.5:
+        return "hard"
+    return "unknown" if strong_rate < 0.5 else "easy"
+
+
+def pass_rates(engine: Any, questions: list, prompt: str, k: int, seed: int) -> tuple[list[float], list[list[str]]]:
+    """Each question asked k times (seeds seed..seed+k-1): the share answered right, and the replies."""
+    asked = [build_messages(q, prompt) for q in questions for _ in range(k)]
+    replies = engine.generate(asked, seeds=[seed + j for _ in questions for j in range(k)])
+    grouped = [replies[i * k : (i + 1) * k] for i in range(len(questions))]
+    rates = [sum(extract_answer(r, q.options).letter == q.answer for r in rs) / k for q, rs in zip(questions, grouped)]
+    return rates, grouped
+
+
+def label_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
+    lc = cfg.synthesis.label
+    rewrites = roles["teacher"].generate([build_messages(q, "open_rewrite") for q in chunk])
+    strong, strong_replies = pass_rates(roles["strong"], chunk, lc.prompt, lc.difficulty_samples, cfg.seed)
+    weak, weak_replies = pass_rates(roles["weak"], chunk, lc.prompt, lc.difficulty_samples, cfg.seed)
+    records = []
+    for q, rewrite, s, w, sr, wr in zip(chunk, rewrites, strong, weak, strong_replies, weak_replies):
+        open_form = parse_open_question(rewrite)
+        record = q.to_dict()
+        record["metadata"] = {
+            **q.metadata,
+            "open_question": open_form,
+            "difficulty": difficulty(s, w),
+            "pass_rate_strong": s,
+            "pass_rate_weak": w,
+            "label_audit": {"rewrite": rewrite, "strong": sr, "weak": wr},
+        }
+        # status is about the open rewrite; the difficulty label is always there
+        record.update(status="kept" if open_form else "failed", reason=None if open_form else "unreadable open rewrite")
+        records.append(record)
+    return records
+
+
+def run(cfg: Any, run: Any) -> dict[str, Any]:
+    questions = load_questions(cfg, run)
+    roles = RoleEngines(cfg)
+    out = KeyedLog(run.dir / "labeled.progress.jsonl")
+
+    def failed(q, reason):
+        return {**q.to_dict(), "status": "failed", "reason": reason}
+
+    counts = process(questions, out, cfg.synthesis.chunk, "label", lambda c: label_chunk(cfg, roles, c), failed)
+    done = [out.done[q.id] for q in questions if q.id in out.done]
+    # the labeled questions, in the unified schema (a `synthesis.source` for synthesize / sample)
+    write_jsonl_atomic(run.dir / "labeled.jsonl", [{k: v for k, v in r.items() if k not in ("status", "reason")} for r in done
+                                                   if "metadata" in r and "difficulty" in r["metadata"]])
+    levels = [r["metadata"]["difficulty"] for r in done if "difficulty" in r.get("metadata", {})]
+    return {**{f"label/{k}": v for k, v in counts.items()},
+            **{f"label/{d}": levels.count(d) for d in ("easy", "unknown", "hard")}, **roles.usage()}
