@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -244,8 +244,16 @@ class LoggerConfig:
 
 
 @dataclass
+class PreferenceStageConfig:
+    algorithm: str = "cpo_simpo"  # conf/algorithm/<name>.yaml
+    trainer: Dict[str, Any] = field(default_factory=dict)  # trainer.* overrides for this stage (lr, steps, ...)
+
+
+@dataclass
 class PipelineConfig:
     evaluate_base: bool = True  # evaluate the untrained model first, for a before/after table
+    stages: List[str] = field(default_factory=lambda: ["sft"])  # in order: synthesize, sft, sample, preference
+    preference: PreferenceStageConfig = field(default_factory=PreferenceStageConfig)
 
 
 @dataclass

@@ -232,3 +232,34 @@ def test_decontamination_flags_copied_benchmark_questions(tmp_path):
     assert metrics["decontaminate/flagged"] == 1 and list(report["overlaps"]) == ["leak"]
     assert report["overlaps"]["leak"] == [f"medqa/{leaked.id}"]
     assert [r["id"] for r in lines(tmp_path / "run" / "clean.jsonl")] == [r["id"] for r in records[:-1]]
+
+
+def test_pipeline_chains_synthesize_sft_sample_and_preference(tmp_path):
+    """Every stage, with the roles served over HTTP: synthesized traces join the SFT data, the
+    pairs train the preference stage from the SFT export, and the table has a column per stage."""
+    from conftest import SMOKE
+
+    with ChatServer(ScriptedClinician()) as server:
+        overrides = [*SMOKE, *over_http(server.url, tmp_path), f"synthesis.limit={LIMIT}", "synthesis.sample.num_samples=4",
+                     "pipeline.stages=[synthesize,sft,sample,preference]", "pipeline.preference.trainer.max_steps=2",
+                     "+pipeline.preference.trainer.micro_batch_size=2"]
+        metrics = execute("pipeline", compose_config("pipeline", overrides), tmp_path, overrides)
+    n_train = 48  # SMOKE's quickstart SFT data
+    assert len(lines(tmp_path / "synthesize" / "sft_data.jsonl")) == n_train + metrics["synthesize/kept"] > n_train
+    assert metrics["sft/steps"] == 6 and metrics["preference/steps"] == 2
+    assert "rewards/margins" in " ".join(metrics) and metrics["sample/pairs"] > 0
+    for stage in ("evaluate_base", "evaluate_sft", "evaluate_preference"):
+        assert (tmp_path / stage / "metrics.json").is_file()
+    cfg = json.loads((tmp_path / "preference" / "model" / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+    saved = (tmp_path / "preference" / "model" / "citrus_config.yaml").read_text()
+    assert "objective: cpo" in saved and f"path: {tmp_path / 'sft' / 'model'}" in saved  # started from the SFT export
+
+
+def test_pipeline_stages_are_checked_first(tmp_path):
+    from citrus.pipeline import check_stages
+
+    check_stages(["synthesize", "sft", "sample", "preference"])
+    for bad, message in ((["sft", "rlhf"], "unknown"), (["sample", "sft"], "in the order"), (["sft", "preference"], "add sample")):
+        with pytest.raises(ValueError, match=message):
+            check_stages(bad)

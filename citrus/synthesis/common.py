@@ -101,6 +101,22 @@ class KeyedLog:
             self.done.update((r["id"], r) for r in records)
 
 
+def failed_record(q: MCQuestion, reason: str) -> dict:
+    return {"id": q.id, "question": q.to_dict(), "status": "failed", "reason": reason}
+
+
+def run_chunks(cfg: Any, run: Any, name: str, log_name: str, work: Callable[[Any, RoleEngines, list], list[dict]],
+               failed: Callable[[MCQuestion, str], dict] = failed_record) -> tuple[list[dict], dict[str, int], RoleEngines]:
+    """A data job's frame: its questions, its roles, its resumable log in the run directory;
+    `work(cfg, roles, chunk)` turns a chunk of questions into records with a status. Returns the
+    records of every finished question (this run's and earlier runs'), counts and the roles."""
+    questions = load_questions(cfg, run)
+    roles = RoleEngines(cfg)
+    out = KeyedLog(run.dir / log_name)
+    counts = process(questions, out, cfg.synthesis.chunk, name, lambda chunk: work(cfg, roles, chunk), failed)
+    return [out.done[q.id] for q in questions if q.id in out.done], counts, roles
+
+
 def process(questions: list[MCQuestion], out: KeyedLog, chunk_size: int, name: str,
             work: Callable[[list[MCQuestion]], list[dict]], failed: Callable[[MCQuestion, str], dict]) -> dict[str, int]:
     """Run `work` over the questions not yet in `out`, a chunk at a time, appending each chunk's

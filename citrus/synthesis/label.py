@@ -16,7 +16,7 @@ from typing import Any
 from citrus.data.schema import write_jsonl_atomic
 from citrus.evaluate.extract import extract_answer
 from citrus.prompts import build_messages
-from citrus.synthesis.common import KeyedLog, RoleEngines, load_questions, process
+from citrus.synthesis.common import RoleEngines, run_chunks
 from citrus.synthesis.parsers import parse_open_question
 
 
@@ -59,18 +59,13 @@ def label_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
 
 
 def run(cfg: Any, run: Any) -> dict[str, Any]:
-    questions = load_questions(cfg, run)
-    roles = RoleEngines(cfg)
-    out = KeyedLog(run.dir / "labeled.progress.jsonl")
-
     def failed(q, reason):
         return {**q.to_dict(), "status": "failed", "reason": reason}
 
-    counts = process(questions, out, cfg.synthesis.chunk, "label", lambda c: label_chunk(cfg, roles, c), failed)
-    done = [out.done[q.id] for q in questions if q.id in out.done]
-    # the labeled questions, in the unified schema (a `synthesis.source` for synthesize / sample)
-    write_jsonl_atomic(run.dir / "labeled.jsonl", [{k: v for k, v in r.items() if k not in ("status", "reason")} for r in done
-                                                   if "metadata" in r and "difficulty" in r["metadata"]])
-    levels = [r["metadata"]["difficulty"] for r in done if "difficulty" in r.get("metadata", {})]
+    done, counts, roles = run_chunks(cfg, run, "label", "labeled.progress.jsonl", label_chunk, failed)
+    labeled = [r for r in done if "difficulty" in r.get("metadata", {})]
+    # the labeled questions in the unified schema: a `synthesis.source` for synthesize and sample
+    write_jsonl_atomic(run.dir / "labeled.jsonl", [{k: v for k, v in r.items() if k not in ("status", "reason")} for r in labeled])
+    levels = [r["metadata"]["difficulty"] for r in labeled]
     return {**{f"label/{k}": v for k, v in counts.items()},
             **{f"label/{d}": levels.count(d) for d in ("easy", "unknown", "hard")}, **roles.usage()}

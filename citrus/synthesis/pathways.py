@@ -23,7 +23,7 @@ from typing import Any
 from citrus.data.schema import write_jsonl_atomic
 from citrus.evaluate.extract import ANSWER_TAG, extract_answer
 from citrus.prompts import build_messages
-from citrus.synthesis.common import KeyedLog, RoleEngines, gold, load_questions, open_question, process
+from citrus.synthesis.common import RoleEngines, gold, open_question, run_chunks
 from citrus.synthesis.parsers import parse_rating, parse_step, parse_verdict
 
 
@@ -89,7 +89,7 @@ def finish(states: list[dict], roles: RoleEngines, record_prompt: str) -> list[d
         elif found.letter != q.answer:
             records.append({**audit, "status": "dropped", "reason": f"narrative concludes {found.letter}, gold is {q.answer}"})
         else:
-            sft = {"id": q.id, "messages": [*build_messages(q, record_prompt), {"role": "assistant", "content": narrative.strip()}]}
+            sft = {"id": f"{q.id}/pathway", "messages": [*build_messages(q, record_prompt), {"role": "assistant", "content": narrative.strip()}]}
             records.append({**audit, "status": "kept", "reason": None, "record": sft})
     return records
 
@@ -106,16 +106,9 @@ def synthesize_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
 
 
 def run(cfg: Any, run: Any) -> dict[str, Any]:
-    questions = load_questions(cfg, run)
-    roles = RoleEngines(cfg)
-    out = KeyedLog(run.dir / "pathways.jsonl")
-
-    def failed(q, reason):
-        return {"id": q.id, "question": q.to_dict(), "status": "failed", "reason": reason}
-
-    counts = process(questions, out, cfg.synthesis.chunk, "synthesize", lambda c: synthesize_chunk(cfg, roles, c), failed)
-    kept = [out.done[q.id]["record"] for q in questions if out.done.get(q.id, {}).get("status") == "kept"]
-    write_jsonl_atomic(run.dir / "sft.jsonl", kept)  # derived from the audit log, so it is never half-written
-    rounds = [len(r.get("rounds", [])) for r in out.done.values()]
+    done, counts, roles = run_chunks(cfg, run, "synthesize", "pathways.jsonl", synthesize_chunk)
+    # sft.jsonl is derived from the audit log, so it is never half-written
+    write_jsonl_atomic(run.dir / "sft.jsonl", [r["record"] for r in done if r["status"] == "kept"])
+    rounds = [len(r.get("rounds", [])) for r in done]
     return {**{f"synthesize/{k}": v for k, v in counts.items()},
             "synthesize/mean_rounds": sum(rounds) / max(1, len(rounds)), **roles.usage()}

@@ -24,7 +24,7 @@ from citrus.data.schema import write_jsonl_atomic
 from citrus.evaluate.answer_check import check_answers
 from citrus.evaluate.extract import extract_answer
 from citrus.prompts import build_messages
-from citrus.synthesis.common import KeyedLog, RoleEngines, gold, load_questions, open_question, process
+from citrus.synthesis.common import RoleEngines, gold, open_question, run_chunks
 from citrus.synthesis.parsers import parse_preference, parse_score
 
 PAIRINGS = ("judges", "rule")
@@ -104,15 +104,7 @@ def sample_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
 def run(cfg: Any, run: Any) -> dict[str, Any]:
     if cfg.synthesis.sample.pairing not in PAIRINGS:
         raise ValueError(f"synthesis.sample.pairing={cfg.synthesis.sample.pairing!r}: one of {list(PAIRINGS)}")
-    questions = load_questions(cfg, run)
-    roles = RoleEngines(cfg)
-    out = KeyedLog(run.dir / "samples.jsonl")
-
-    def failed(q, reason):
-        return {"id": q.id, "question": q.to_dict(), "status": "failed", "reason": reason}
-
-    counts = process(questions, out, cfg.synthesis.chunk, "sample", lambda c: sample_chunk(cfg, roles, c), failed)
-    done = [out.done[q.id] for q in questions if q.id in out.done]
+    done, counts, roles = run_chunks(cfg, run, "sample", "samples.jsonl", sample_chunk)
     pairs = [p for r in done for p in r.get("records", [])]
     write_jsonl_atomic(run.dir / "pairs.jsonl", pairs)  # derived from samples.jsonl
     answers = [s for r in done for s in r.get("samples", [])]
