@@ -25,9 +25,9 @@ JOBS: dict[str, tuple[str, str]] = {
     "synthesize": ("citrus.synthesis.pathways", "expert-pathway reasoning traces for SFT (teacher, critic, judge, narrative)"),
     "sample": ("citrus.synthesis.sample", "preference pairs from the policy's own answers (answer mapper, judges)"),
     "decontaminate": ("citrus.synthesis.decontaminate", "n-gram overlap of data= with every benchmark= test set"),
-    "train": ("citrus.train.trainer", "fine-tune model= on data= with algorithm= through Lightning Fabric"),
+    "train": ("citrus.train.trainer", "train model= on data= with algorithm= (SFT, CPO, DPO, SimPO, ORPO) through Lightning Fabric"),
     "evaluate": ("citrus.evaluate.evaluator", "score model= on benchmark= through engine="),
-    "pipeline": ("citrus.pipeline", "prepare -> evaluate -> train -> evaluate, with a before/after table"),
+    "pipeline": ("citrus.pipeline", "prepare -> evaluate -> pipeline.stages (synthesize, sft, sample, preference), evaluating after each"),
 }
 
 USAGE = """usage: citrus <job> [hydra overrides...] [-m] [--cfg job] [--help]
