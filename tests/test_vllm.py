@@ -90,3 +90,37 @@ def test_openai_engine_against_a_real_vllm_server(hf_reference, tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
             pytest.fail(f"vLLM server processes still running 60 s after SIGTERM: {leftovers}")
         time.sleep(1)
+
+
+def test_citrus_serve_answers_chat_and_stops_cleanly(tmp_path):
+    """`citrus serve` on 127.0.0.1 with the tiny model; a chat request through engine=openai; then
+    SIGTERM: citrus exits and no server or engine process is left."""
+    port = free_port()
+    run_dir = tmp_path / "serve"
+    citrus = subprocess.Popen(
+        [sys.executable, "-m", "citrus.cli", "serve", *SMOKE, f"serve.port={port}", "serve.gpu_memory_utilization=0.3",
+         "serve.max_model_len=1024", "serve.dtype=float32", f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while not (run_dir / "server.json").is_file():
+            assert citrus.poll() is None, citrus.stdout.read()[-3000:]
+            assert time.time() < deadline, "citrus serve did not come up in 300 s"
+            time.sleep(1)
+        info = json.loads((run_dir / "server.json").read_text())
+        assert info["base_url"] == f"http://127.0.0.1:{port}/v1" and info["served_model"] == "tiny_llama"
+        cfg = compose_config("evaluate", [*SMOKE, "engine=openai", f"engine.base_url={info['base_url']}",
+                                          f"engine.served_model={info['served_model']}", "engine.max_new_tokens=8"])
+        from citrus.engines import build_engine
+
+        reply = build_engine(cfg.engine, cfg.model).generate([[{"role": "user", "content": "Fever and flank pain?"}]])[0]
+        assert isinstance(reply, str) and reply
+    finally:
+        citrus.send_signal(signal.SIGTERM)
+        out, _ = citrus.communicate(timeout=120)
+    assert citrus.returncode == 0, out[-3000:]
+    assert f"engine=openai engine.base_url=http://127.0.0.1:{port}/v1 engine.served_model=tiny_llama" in out
+    for group in (info["pid"], citrus.pid):
+        assert subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split() == []
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"

