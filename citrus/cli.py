@@ -28,6 +28,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "train": ("citrus.train.trainer", "train model= on data= with algorithm= (SFT, CPO, DPO, SimPO, ORPO) through Lightning Fabric"),
     "evaluate": ("citrus.evaluate.evaluator", "score model= on benchmark= through engine="),
     "serve": ("citrus.serve", "serve model= through vLLM's OpenAI-compatible server (127.0.0.1 by default)"),
+    "chat": ("citrus.chat", "chat with model= through engine= using the Citrus expert prompt (chat.prompt=... asks once)"),
     "pipeline": ("citrus.pipeline", "prepare -> evaluate -> pipeline.stages (synthesize, sft, sample, preference), evaluating after each"),
 }
 

@@ -265,6 +265,11 @@ class ServeConfig:
 
 
 @dataclass
+class ChatConfig:
+    prompt: Optional[str] = None  # `citrus chat chat.prompt="..."`: ask once and exit; null: interactive
+
+
+@dataclass
 class PipelineConfig:
     evaluate_base: bool = True  # evaluate the untrained model first, for a before/after table
     stages: List[str] = field(default_factory=lambda: ["sft"])  # in order: synthesize, sft, sample, preference
@@ -289,6 +294,7 @@ class Config:
     roles: Dict[str, RoleConfig] = field(default_factory=dict)  # role name -> LLM (conf/role/)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)  # label / synthesize / sample jobs
     serve: ServeConfig = field(default_factory=ServeConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
 
 
 def register_configs() -> None:

@@ -38,6 +38,10 @@ class ChatServer:
                     return
                 with server.lock:  # one generation at a time: the model is shared
                     reply = server.engine.generate([body["messages"]])[0]
+                if body.get("stream"):  # server-sent events, a few characters per chunk
+                    events = [{"choices": [{"index": 0, "delta": {"content": reply[i : i + 7]}}]} for i in range(0, len(reply), 7)]
+                    raw = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+                    return self._send_raw(200, raw.encode(), "stream", {"Content-Type": "text/event-stream"})
                 payload = {"object": "chat.completion", "model": body["model"],
                            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}
                 if fault == "truncate":

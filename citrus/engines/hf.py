@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -67,6 +68,21 @@ class HFEngine:
             if on_batch:
                 on_batch(idx, texts)
         return replies  # type: ignore[return-value]
+
+    def stream(self, conversation: list[dict[str, str]]) -> Iterator[str]:
+        """One reply, piece by piece as it is generated (for `citrus chat`)."""
+        from transformers import TextIteratorStreamer
+
+        enc = self.tokenizer(self.render(conversation), return_tensors="pt", add_special_tokens=False).to(self.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sample = self.cfg.temperature > 0
+        kwargs = dict(**enc, max_new_tokens=self.cfg.max_new_tokens, do_sample=sample, top_k=None,
+                      temperature=self.cfg.temperature if sample else None, top_p=self.cfg.top_p if sample else None,
+                      eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id, streamer=streamer)
+        worker = threading.Thread(target=torch.inference_mode()(self.model.generate), kwargs=kwargs, daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
 
     @torch.inference_mode()
     def loglikelihoods(self, contexts: list[str], choices: list[list[str]], on_batch: Callable[[list[int], list[list[float]]], None] | None = None) -> list[list[float]]:

@@ -18,7 +18,7 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -83,6 +83,29 @@ class OpenAIEngine:
                  seeds: list[int] | None = None) -> list[str]:
         """Replies in input order; `on_batch([i], [reply])` fires as each one arrives."""
         return asyncio.run(self._generate_all(conversations, on_batch, seeds))
+
+    def stream(self, conversation: list[dict[str, str]]) -> Iterator[str]:
+        """One reply as server-sent events arrive (for `citrus chat`; interactive, so no retries
+        and no cache)."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        body = {**self.request_body(conversation), "stream": True}
+        with httpx.Client(base_url=self.cfg.base_url.rstrip("/"), headers=headers, timeout=self.cfg.timeout_s) as client:
+            with client.stream("POST", "/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise RequestFailed(f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}")
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[len("data:"):].strip()
+                    if data == "[DONE]":
+                        break
+                    try:
+                        piece = json.loads(data)["choices"][0].get("delta", {}).get("content")
+                    except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+                        raise RequestFailed(f"{self.cfg.base_url}: malformed stream event {data[:200]!r}") from None
+                    if piece:
+                        yield piece
 
     async def _generate_all(self, conversations, on_batch, seeds) -> list[str]:
         replies: list[str | None] = [None] * len(conversations)
