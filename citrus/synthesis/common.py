@@ -139,10 +139,3 @@ def process(questions: list[MCQuestion], out: KeyedLog, chunk_size: int, name: s
             counts["failed"] += sum(r["status"] == "failed" for r in records)
             bar.update(task, advance=len(records), info=f"kept {counts['kept']} failed {counts['failed']}")
     return counts
-
-
-def sha_seed(text: str) -> int:
-    """A stable small integer from a string (per-question seeds that survive reordering)."""
-    import hashlib
-
-    return int(hashlib.md5(text.encode()).hexdigest()[:8], 16)

@@ -22,7 +22,7 @@ from typing import Any
 
 from citrus.data.schema import write_jsonl_atomic
 from citrus.evaluate.answer_check import check_answers
-from citrus.evaluate.extract import extract_answer
+from citrus.evaluate.evaluator import sampled_row
 from citrus.prompts import build_messages
 from citrus.synthesis.common import RoleEngines, gold, open_question, run_chunks
 from citrus.synthesis.parsers import parse_preference, parse_score
@@ -34,15 +34,6 @@ def policy_prompt(q: Any, prompt: str) -> list[dict]:
     if prompt == "open_answer":
         return build_messages(q, prompt, open_question=open_question(q))
     return build_messages(q, prompt)
-
-
-def read_answers(q: Any, replies: list[str]) -> dict:
-    """A prediction row in the evaluator's shape, so the answer check can read what rules cannot."""
-    samples = []
-    for r in replies:
-        found = extract_answer(r, q.options)
-        samples.append({"response": r, "pred": found.letter, "rule": found.rule})
-    return {"id": q.id, "gold": q.answer, "pred": None, "samples": samples}
 
 
 def rule_pairs(samples: list[dict], worst: int) -> tuple[int | None, list[dict], str | None]:
@@ -81,7 +72,8 @@ def sample_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
     sc, n = cfg.synthesis.sample, cfg.synthesis.sample.num_samples
     prompts = [policy_prompt(q, sc.prompt) for q in chunk]
     replies = roles["policy"].generate([p for p in prompts for _ in range(n)], seeds=[cfg.seed + k for _ in prompts for k in range(n)])
-    rows = [read_answers(q, replies[i * n : (i + 1) * n]) for i, q in enumerate(chunk)]
+    # rows in the evaluator's shape (samples read by the extraction rules), so the answer check can map the rest
+    rows = [sampled_row("sample", q, p, replies[i * n : (i + 1) * n]) for i, (q, p) in enumerate(zip(chunk, prompts))]
     check_answers(roles["answer_mapper"], rows, chunk)
     records = []
     for q, prompt, row in zip(chunk, prompts, rows):

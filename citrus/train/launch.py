@@ -89,8 +89,15 @@ class Workers:
 
 
 def start_workers(cfg: Any, out_dir: Path) -> Workers | None:
+    """Ranks 1..n-1 of a multi-process run that nobody else started; the model and the training
+    file every rank reads are built first, once."""
     if cfg.trainer.devices * cfg.trainer.num_nodes == 1 or started_externally():
         return None
+    from citrus.data.prepare import training_file
+    from citrus.models import resolve_path
+
+    resolve_path(cfg.model)
+    training_file(cfg.data, cfg.paths.data_dir)
     return Workers(cfg, out_dir)
 
 

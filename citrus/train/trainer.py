@@ -29,11 +29,11 @@ from omegaconf import OmegaConf
 
 from citrus.data.prepare import training_file
 from citrus.data.schema import append_jsonl, load_records, read_jsonl, write_jsonl_atomic
-from citrus.models import load_model, load_tokenizer, resolve_path
+from citrus.models import load_model, load_tokenizer
 from citrus.tracking import progress_bar
 from citrus.train import losses, packed_attention
 from citrus.train.checkpoint import find_checkpoint, restore_rng, rng_state, save_checkpoint
-from citrus.train.launch import start_workers, started_externally
+from citrus.train.launch import start_workers
 from citrus.train.data import IGNORE, Collator, PackedCollator, PairCollator, pack, tokenize_pair, tokenize_sft
 from citrus.train.schedule import warmup_cosine
 from citrus.train.strategy import build_strategy
@@ -137,11 +137,16 @@ def add_adapter(model: torch.nn.Module, adapter: Any) -> torch.nn.Module:
     return get_peft_model(model, config)
 
 
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside Fabric's wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
 def gather_full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The whole (unsharded) state dict of an FSDP2 model, on CPU."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    inner = model.module if hasattr(model, "module") else model
+    inner = unwrapped(model)
     full = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     # named_parameters lists a tied weight once (embeddings, not lm_head): save it once too
     keep = {n for n, _ in inner.named_parameters()} | {n for n, _ in inner.named_buffers()}
@@ -245,8 +250,7 @@ def build_reference(cfg: Any, model: torch.nn.Module, fabric: L.Fabric) -> Calla
 
 
 def _without_adapters(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    inner = model.module if hasattr(model, "module") else model
-    with inner.disable_adapter():
+    with unwrapped(model).disable_adapter():
         return forward(model, batch)
 
 
@@ -271,9 +275,6 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
     check_config(cfg)
     t, algo = cfg.trainer, cfg.algorithm
     out_dir.mkdir(parents=True, exist_ok=True)
-    if t.devices * t.num_nodes > 1 and not started_externally():  # build shared inputs once, then start ranks 1..n-1
-        resolve_path(cfg.model)
-        training_file(cfg.data, cfg.paths.data_dir)
     workers = start_workers(cfg, out_dir)
     fabric = L.Fabric(accelerator=t.accelerator, strategy=build_strategy(t), devices=t.devices,
                       num_nodes=t.num_nodes, precision=t.precision)
@@ -370,7 +371,7 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
     base.config._attn_implementation = attention  # the export loads with the usual attention
     full_state = gather_full_state(model) if t.strategy == "fsdp2" else None  # a collective: every rank
     if fabric.is_global_zero:
-        export(model.module if hasattr(model, "module") else model, tokenizer, cfg, model_dir, full_state)
+        export(unwrapped(model), tokenizer, cfg, model_dir, full_state)
     fabric.barrier()
     tail = losses_seen[-max(1, min(10, len(losses_seen))):] or [float("nan")]
     result = {
