@@ -63,7 +63,8 @@ class ModelConfig:
     family: str = "llama"  # llama | qwen2: picks the chat template of built models
     dtype: str = "float32"  # float32 | bfloat16 | float16
     max_length: int = 2048  # longest training sequence (prompt + completion) in tokens
-    chat_template: Optional[str] = None  # jinja override for tokenizers that lack one
+    chat_template: Optional[str] = None  # jinja override for tokenizers that lack one; null: the tokenizer's own
+    tensor_parallel_size: int = 1  # GPUs one copy is served on (vLLM engine, `citrus serve`)
     trust_remote_code: bool = False
     build: Optional[BuildConfig] = None  # set: build from config into `path` when absent
 
@@ -76,10 +77,22 @@ class QuickstartConfig:
 
 
 @dataclass
+class HubDataConfig:
+    """A released dataset on the Hugging Face hub, read with `datasets` in its own record layout
+    (citrus/data/layouts.py) and converted into the training schema."""
+
+    repo: str = MISSING  # e.g. jdh-algo/Citrus_S3
+    data_files: Optional[str] = None  # a file of the repo, e.g. Citrus_S3.jsonl
+    split: str = "train"
+    revision: Optional[str] = None  # a commit or tag, for a pinned run
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     format: str = "sft"  # sft: chat records whose last assistant turn is the target; preference: prompt + chosen/rejected
-    path: Optional[str] = None  # jsonl of training records; null when generated
+    path: Optional[str] = None  # jsonl of training records; null when generated or from the hub
+    hub: Optional[HubDataConfig] = None  # set: released data; data.path then names a local copy of it
     quickstart: Optional[QuickstartConfig] = None  # set: generate the quickstart train split
     prompt: str = "citrus_expert"  # prompt that wraps questions turned into training records
 
@@ -111,7 +124,9 @@ class AdapterConfig:
 @dataclass
 class BenchmarkTask:
     loader: str = MISSING  # key in citrus.data.benchmarks.LOADERS
-    file: Optional[str] = None  # original file, relative to benchmark.data_root / base_url
+    file: Optional[str] = None  # original file, relative to benchmark.data_root / base_url (hub: in the repo)
+    dataset: Optional[str] = None  # loader hub: the hub dataset id, read with `datasets`
+    revision: Optional[str] = None  # loader hub: a commit or tag
     url: Optional[str] = None  # where to fetch `file` when it is not under base_url
     split_file: Optional[str] = None  # ids of the official split (PubMedQA test)
     split: str = "test"

@@ -34,6 +34,8 @@ def server_command(cfg: Any) -> list[str]:
            "--dtype", s.dtype or cfg.model.dtype]
     if s.max_model_len:
         cmd += ["--max-model-len", str(s.max_model_len)]
+    if cfg.model.chat_template:  # vLLM takes the template itself as well as a file
+        cmd += ["--chat-template", cfg.model.chat_template]
     if cfg.model.trust_remote_code:
         cmd.append("--trust-remote-code")
     return cmd + list(s.extra_args)

@@ -139,3 +139,24 @@ def test_cli_prints_the_composed_config():
     assert result.returncode == 0, result.stderr
     cfg = OmegaConf.create(result.stdout)
     assert cfg.job == "train" and cfg.trainer.max_steps == 7 and cfg.name == "quickstart"
+
+
+@pytest.mark.parametrize("model,path", [("citrus1.0-llama-70b", "jdh-algo/Citrus1.0-llama-70B"),
+                                        ("citrus1.0-qwen-72b", "jdh-algo/Citrus1.0-Qwen-72B")])
+def test_released_models_serve_on_8_gpus_as_the_citrus_readme_does(model, path):
+    from citrus.serve import server_command
+
+    cfg = compose_config("serve", [f"model={model}"])
+    cmd = server_command(cfg)
+    assert cmd[cmd.index("--model") + 1] == path and cmd[cmd.index("--tensor-parallel-size") + 1] == "8"
+    assert cmd[cmd.index("--served-model-name") + 1] == model and "--chat-template" not in cmd  # the tokenizer's own
+    assert compose_config("evaluate", [f"model={model}", "engine=vllm"]).engine.tensor_parallel_size == 8
+    local = compose_config("evaluate", [f"model={model}", "engine=local_vllm", "serve.port=8123"]).engine
+    assert (local.base_url, local.served_model, local.api_key_env) == ("http://127.0.0.1:8123/v1", model, None)
+
+
+def test_a_chat_template_override_reaches_the_vllm_server():
+    from citrus.serve import server_command
+
+    cmd = server_command(compose_config("serve", ["model=qwen2.5-0.5b-instruct", "model.chat_template='{{ messages }}'"]))
+    assert cmd[cmd.index("--chat-template") + 1] == "{{ messages }}"

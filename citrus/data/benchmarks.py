@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from citrus.data import quickstart
+from citrus.data.layouts import load_rows, to_mc_question
 from citrus.data.schema import LETTERS, DataError, MCQuestion, load_records, read_jsonl, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,20 @@ def load_unified(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask
     return LoadedTask(load_records(path, "mc"), [path])
 
 
+def load_hub(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
+    """A hub dataset read with `datasets` (task.dataset, task.file in it), or its local copy under
+    benchmark.data_root; any layout citrus/data/layouts.py knows is mapped to the unified schema."""
+    if bench.data_root:
+        source = task_file(task, name, bench, data_dir)
+        rows = load_rows(str(source))
+    elif task.dataset:
+        source = Path(f"{task.dataset}/{task.file or ''}@{task.revision or 'main'}")
+        rows = load_rows(task.dataset, task.file, "train", task.revision)
+    else:
+        raise DataError(f"benchmark task {name!r}: loader hub needs `dataset` (a hub id) or benchmark.data_root")
+    return _convert(((f"record {n + 1}", row) for n, row in enumerate(rows)), to_mc_question, name, source, bench.strict)
+
+
 LOADERS: dict[str, Callable[[Any, str, Any, Path], LoadedTask]] = {
     "medqa": _single_file(_jsonl, medqa),
     "pubmedqa": load_pubmedqa,
@@ -254,6 +269,7 @@ LOADERS: dict[str, Callable[[Any, str, Any, Path], LoadedTask]] = {
     "jmed": _single_file(_xlsx, jmed),
     "quickstart": load_quickstart,
     "unified": load_unified,
+    "hub": load_hub,
 }
 
 

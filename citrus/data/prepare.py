@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
 from citrus.data import quickstart
 from citrus.data.benchmarks import load_task
-from citrus.data.schema import DataError, load_records
+from citrus.data.layouts import TRAINING_CONVERTERS, load_rows
+from citrus.data.schema import DataError, load_records, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
 
+def converted_file(data_cfg: Any, data_dir: str | Path) -> Path:
+    """Released data (data.hub, or data.path holding a local copy of it) read with `datasets` and
+    converted record by record into the training schema; the file is named by its source."""
+    hub = data_cfg.hub
+    if data_cfg.path:
+        source = Path(data_cfg.path)
+        if not source.is_file():
+            raise DataError(f"data.path: {source} does not exist (data={data_cfg.name}, a local copy of {hub.repo})")
+        rows = load_rows(str(source))
+        key = f"{source.resolve()}:{source.stat().st_size}:{source.stat().st_mtime_ns}"
+    else:
+        source = f"{hub.repo}/{hub.data_files or ''}@{hub.revision or 'main'}"
+        rows = load_rows(hub.repo, hub.data_files, hub.split, hub.revision)
+        key = f"{source}:{hub.split}"
+    convert = TRAINING_CONVERTERS[data_cfg.format]
+    records = []
+    for n, row in enumerate(rows):
+        try:
+            records.append(convert(row, default_id=f"{data_cfg.name}-{n}"))
+        except DataError as e:
+            raise DataError(f"{source}: record {n + 1}: {e} (data={data_cfg.name}, data.format={data_cfg.format})") from None
+    digest = hashlib.md5(key.encode()).hexdigest()[:10]
+    path = write_jsonl_atomic(Path(data_dir) / "converted" / f"{data_cfg.name}-{digest}.jsonl", records)
+    log.info("converted %d %s records of %s -> %s", len(records), data_cfg.format, source, path)
+    return path
+
+
 def training_file(data_cfg: Any, data_dir: str | Path) -> Path:
-    """The JSONL of training records (data.format) for the data stage, generated first when it is
-    quickstart."""
+    """The JSONL of training records (data.format) for the data stage: converted first when it is
+    released data in its own layout, generated first when it is quickstart."""
+    if data_cfg.hub is not None:
+        return converted_file(data_cfg, data_dir)
     if data_cfg.path:
         path = Path(data_cfg.path)
         if not path.is_file():
@@ -25,7 +56,7 @@ def training_file(data_cfg: Any, data_dir: str | Path) -> Path:
         q = data_cfg.quickstart
         return quickstart.write_train_split(Path(data_dir) / "quickstart", q.seed, q.n_train, q.n_options, data_cfg.prompt,
                                             data_cfg.format)
-    raise DataError(f"data={data_cfg.name}: set data.path (a JSONL of {data_cfg.format} records) or data.quickstart")
+    raise DataError(f"data={data_cfg.name}: set data.path (a JSONL of {data_cfg.format} records), data.hub or data.quickstart")
 
 
 def run(cfg: Any, run: Any) -> dict[str, float]:
