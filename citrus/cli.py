@@ -29,7 +29,8 @@ JOBS: dict[str, tuple[str, str]] = {
     "evaluate": ("citrus.evaluate.evaluator", "score model= on benchmark= through engine="),
     "serve": ("citrus.serve", "serve model= through vLLM's OpenAI-compatible server (127.0.0.1 by default)"),
     "chat": ("citrus.chat", "chat with model= through engine= using the Citrus expert prompt (chat.prompt=... asks once)"),
-    "pipeline": ("citrus.pipeline", "prepare -> evaluate -> pipeline.stages (synthesize, sft, sample, preference), evaluating after each"),
+    "pipeline": ("citrus.pipeline", "prepare -> evaluate -> pipeline.stages (label, synthesize, sft, sample, preference), evaluating after each"),
+    "report": ("citrus.report", "markdown/HTML report with plots of report.runs=[run or sweep dirs] (and a W&B report when online)"),
 }
 
 USAGE = """usage: citrus <job> [hydra overrides...] [-m] [--cfg job] [--help]
@@ -67,7 +68,10 @@ def execute(job: str, cfg: Any, run_dir: Path, overrides: list[str], sweep: dict
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     record = RunRecord(run_dir, job, overrides, config, sweep)
-    tracker = open_tracker(cfg.logger, config, run_dir, job, cfg.name)
+    tracker = open_tracker(cfg.logger, config, run_dir, job, cfg.name, sweep)
+    if tracker.info:
+        record.data["wandb"] = tracker.info
+        record.write()
     try:
         metrics = importlib.import_module(JOBS[job][0]).run(cfg, Run(run_dir, record, tracker))
     except BaseException as e:
@@ -78,8 +82,19 @@ def execute(job: str, cfg: Any, run_dir: Path, overrides: list[str], sweep: dict
             return None
         raise
     record.finish("completed", metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+    tracker.log_artifacts(record.data["inputs"], {k: v for k, v in metrics.items() if k.endswith("model_dir")})
     tracker.finish()
     return metrics
+
+
+def objective(metrics: dict[str, Any] | None, key: str) -> float:
+    """What an Optuna sweep maximises: one metric of the job; NaN (a failed trial) if it failed."""
+    if metrics is None:
+        return float("nan")
+    if key not in metrics:
+        numeric = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+        raise KeyError(f"optimized_metric={key!r} is not a metric of this job; it has {numeric}")
+    return float(metrics[key])
 
 
 def _quiet_libraries() -> None:
@@ -122,7 +137,8 @@ def main(argv: list[str] | None = None) -> int | None:
         hc = HydraConfig.get()
         user_overrides = [o for o in hc.overrides.task if not o.startswith("job=")]
         sweep = {"dir": hc.sweep.dir, "job_num": hc.job.num} if hc.mode == RunMode.MULTIRUN else None
-        return execute(job, cfg, Path(hc.runtime.output_dir), user_overrides, sweep)
+        metrics = execute(job, cfg, Path(hc.runtime.output_dir), user_overrides, sweep)
+        return objective(metrics, cfg.optimized_metric) if cfg.optimized_metric else metrics
 
     # Hydra's parser wants every override before the options (`--cfg job`, `-m`, `--info`).
     is_override = [("=" in a and not a.startswith("-")) for a in overrides]

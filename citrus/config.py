@@ -261,6 +261,8 @@ class LoggerConfig:
 @dataclass
 class PreferenceStageConfig:
     algorithm: str = "cpo_simpo"  # conf/algorithm/<name>.yaml
+    data: Optional[str] = None  # a preference data config to train on instead of the sample stage's pairs
+    algorithm_params: Dict[str, Any] = field(default_factory=dict)  # algorithm.* overrides for this stage (beta, simpo_gamma, ...)
     trainer: Dict[str, Any] = field(default_factory=dict)  # trainer.* overrides for this stage (lr, steps, ...)
 
 
@@ -285,9 +287,19 @@ class ChatConfig:
 
 
 @dataclass
+class ReportConfig:
+    """`citrus report`: runs to review (run dirs, or sweep dirs holding them)."""
+
+    runs: List[str] = field(default_factory=list)
+    title: Optional[str] = None
+
+
+@dataclass
 class PipelineConfig:
     evaluate_base: bool = True  # evaluate the untrained model first, for a before/after table
-    stages: List[str] = field(default_factory=lambda: ["sft"])  # in order: synthesize, sft, sample, preference
+    stages: List[str] = field(default_factory=lambda: ["sft"])  # in order: label, synthesize, sft, sample, preference
+    sft_data: List[str] = field(default_factory=list)  # data configs of successive SFT stages (Citrus S1, S2, S3); []: data=
+    synthesis_limit: Optional[int] = None  # questions the label and synthesize stages work on; null: synthesis.limit
     preference: PreferenceStageConfig = field(default_factory=PreferenceStageConfig)
 
 
@@ -310,6 +322,10 @@ class Config:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)  # label / synthesize / sample jobs
     serve: ServeConfig = field(default_factory=ServeConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    # a multirun's objective (Optuna): the job returns this metric of its run.json, e.g.
+    # preference/mean_accuracy; a failed job returns NaN, which Optuna records as a failed trial
+    optimized_metric: Optional[str] = None
 
 
 def register_configs() -> None:

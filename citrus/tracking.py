@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ class Tracker:
 
     def __init__(self, wandb_run: Any = None):
         self.wandb_run = wandb_run
+        # where the run lives in W&B, for run.json and `citrus report`
+        self.info = {} if wandb_run is None else {"id": wandb_run.id, "project": wandb_run.project, "group": wandb_run.group,
+                                                   "tags": list(wandb_run.tags), "mode": wandb_run.settings.mode}
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.wandb_run is not None:
@@ -67,13 +71,54 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.summary.update(metrics)
 
+    def log_artifacts(self, inputs: dict[str, dict], models: dict[str, str]) -> None:
+        """Data files read (uploaded: they are small) and exported models (by reference: a 70B
+        export is 140 GB; W&B records where it is, not a copy)."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        for path, meta in inputs.items():
+            artifact = wandb.Artifact(_artifact_name(meta["role"]), type="dataset", metadata={"md5": meta["md5"], "path": path})
+            artifact.add_file(path)
+            self.wandb_run.log_artifact(artifact)
+        for key, model_dir in models.items():
+            artifact = wandb.Artifact(_artifact_name(f"{self.wandb_run.group}-{key.removesuffix('model_dir')}model"), type="model",
+                                      metadata={"path": model_dir})
+            artifact.add_reference(Path(model_dir).resolve().as_uri(), checksum=False)
+            self.wandb_run.log_artifact(artifact)
+
     def finish(self, exit_code: int = 0) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish(exit_code=exit_code)
             self.wandb_run = None
 
 
-def open_tracker(logger_cfg: Any, config: dict[str, Any], run_dir: Path, job: str, name: str) -> Tracker:
+def _artifact_name(text: str) -> str:
+    """W&B artifact names allow letters, digits, dashes, underscores and dots."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def run_group(name: str, sweep: dict | None) -> str:
+    """A sweep's jobs share a group named after the sweep; a single run groups under its experiment."""
+    if sweep is None:
+        return name
+    parts = Path(sweep["dir"]).parts
+    return _artifact_name("-".join([name, *parts[-3:]]))
+
+
+def run_tags(config: dict[str, Any], job: str) -> list[str]:
+    """What the run trained and measured, as W&B tags to filter by."""
+    tags = [f"job:{job}"]
+    for group in ("model", "data", "algorithm", "benchmark"):
+        value = (config.get(group) or {}).get("name")
+        if value:
+            tags.append(f"{group}:{value}")
+    return tags
+
+
+def open_tracker(logger_cfg: Any, config: dict[str, Any], run_dir: Path, job: str, name: str,
+                 sweep: dict | None = None) -> Tracker:
     if logger_cfg.name == "none":
         return Tracker()
     if logger_cfg.name != "wandb":
@@ -84,8 +129,8 @@ def open_tracker(logger_cfg: Any, config: dict[str, Any], run_dir: Path, job: st
     run = wandb.init(
         project=logger_cfg.project,
         entity=logger_cfg.entity,
-        group=logger_cfg.group,
-        tags=list(logger_cfg.tags),
+        group=logger_cfg.group or run_group(name, sweep),
+        tags=[*run_tags(config, job), *logger_cfg.tags],
         name=f"{name}-{job}-{run_dir.name}",
         job_type=job,
         dir=str(run_dir),

@@ -160,3 +160,39 @@ def test_a_chat_template_override_reaches_the_vllm_server():
 
     cmd = server_command(compose_config("serve", ["model=qwen2.5-0.5b-instruct", "model.chat_template='{{ messages }}'"]))
     assert cmd[cmd.index("--chat-template") + 1] == "{{ messages }}"
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_debug_smoke_shrinks_every_preset_to_one_cpu_process(path):
+    cfg = compose_config("pipeline", [f"experiment={path.stem}", "debug=smoke"])
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert cfg.model.name == "tiny_llama" and cfg.engine.name == "hf" and cfg.logger.name == "none"
+    t = cfg.trainer
+    assert (t.accelerator, t.devices, t.num_nodes, t.strategy, t.max_steps) == ("cpu", 1, 1, "auto", 4)
+    assert all(role.engine is None for role in cfg.roles.values())  # the tiny model plays every part
+    assert list(cfg.pipeline.sft_data) == ["quickstart", "quickstart"]
+
+
+@pytest.mark.parametrize("preset,backbone", [("citrus_llama70b", "llama-3.1-70b-instruct"), ("citrus_qwen72b", "qwen2.5-72b-instruct")])
+def test_citrus_presets_chain_the_three_sft_stages_then_cpo_simpo_on_a_cluster(preset, backbone):
+    cfg = compose_config("pipeline", [f"experiment={preset}"])
+    assert cfg.model.name == backbone and list(cfg.pipeline.sft_data) == ["citrus_s1", "citrus_s2", "citrus_s3"]
+    assert list(cfg.pipeline.stages) == ["sft", "sample", "preference"] and cfg.pipeline.preference.algorithm == "cpo_simpo"
+    t = cfg.trainer
+    assert (t.strategy, t.devices * t.num_nodes, t.precision, t.gradient_checkpointing, t.resume) == ("fsdp2", 32, "bf16-mixed", True, "auto")
+    assert t.global_batch_size == t.micro_batch_size * t.grad_accum_steps * t.devices * t.num_nodes
+
+
+def test_slurm_launcher_takes_nodes_and_gpus_from_the_trainer_and_requeues():
+    from hydra import compose, initialize_config_dir
+
+    from citrus.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["job=pipeline", "experiment=citrus_qwen72b", "hydra/launcher=citrus_slurm",
+                                           "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (4, 8, 8, "gpu")
+    assert launcher.max_num_timeout > 0 and launcher.setup
