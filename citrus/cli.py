@@ -34,9 +34,11 @@ JOBS: dict[str, tuple[str, str]] = {
 }
 
 USAGE = """usage: citrus <job> [hydra overrides...] [-m] [--cfg job] [--help]
+       citrus reproduce <run_dir> [overrides...]
 
 jobs:
 {jobs}
+  {reproduce:<{width}}  re-run a run from its run.json (same job and overrides, a new run directory) and compare metrics
 
 Every job composes conf/config.yaml; override any key or group on the command line, e.g.
   citrus pipeline experiment=quickstart
@@ -97,6 +99,63 @@ def objective(metrics: dict[str, Any] | None, key: str) -> float:
     return float(metrics[key])
 
 
+def reproduce(argv: list[str]) -> int:
+    """`citrus reproduce <run_dir> [overrides]`: the run's job with its recorded overrides (plus
+    any given) into <run_dir>-reproduced, then the two runs' metrics side by side."""
+    import json
+
+    from citrus.record import REDACTED, git_state
+
+    if not argv or argv[0].startswith("-"):
+        print("usage: citrus reproduce <run_dir> [overrides...]", file=sys.stderr)
+        return 2
+    source = Path(argv[0])
+    path = source / "run.json"
+    if not path.is_file():
+        print(f"citrus reproduce: no run.json in {source}", file=sys.stderr)
+        return 2
+    record = json.loads(path.read_text())
+    redacted = [o for o in record["overrides"] if o.endswith("=" + REDACTED)]
+    if redacted:
+        print(f"citrus reproduce: {', '.join(redacted)} held a secret; pass it again from the environment", file=sys.stderr)
+        return 2
+    now = git_state()
+    if record["git"].get("commit") and (now["commit"], now["dirty"]) != (record["git"]["commit"], False):
+        log.warning("the code is at %s%s, the run was made at %s%s: results may differ", now["commit"],
+                    " (dirty)" if now["dirty"] else "", record["git"]["commit"], " (dirty)" if record["git"]["dirty"] else "")
+    # where the original ran is not part of the experiment: a fresh directory next to it
+    keep = [o for o in record["overrides"] if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode="))]
+    target = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("hydra.run.dir=")), None)
+    target = Path(target) if target else _fresh(source.with_name(source.name + "-reproduced"))
+    extra = [a for a in argv[1:] if not a.startswith("hydra.run.dir=")]
+    code = main([record["job"], *keep, *extra, "hydra.mode=RUN", f"hydra.run.dir={target}"])
+    again = json.loads((target / "run.json").read_text())
+    if again["status"] != "completed":
+        print(f"the reproduction {again['status']}: {again.get('error')}", file=sys.stderr)
+        return 1
+    print(compare_metrics(record.get("metrics", {}), again.get("metrics", {}), source, target))
+    return code
+
+
+def _fresh(path: Path) -> Path:
+    n, out = 1, path
+    while out.exists():
+        n += 1
+        out = path.with_name(f"{path.name}-{n}")
+    return out
+
+
+def compare_metrics(before: dict[str, Any], after: dict[str, Any], source: Path, target: Path) -> str:
+    """The numeric metrics of both runs, and which differ (timings always do: left out)."""
+    timing = ("seconds", "tokens_per_s", "_model_dir", "model_dir")
+    keys = sorted(k for k in set(before) | set(after) if isinstance(before.get(k, after.get(k)), (int, float))
+                  and not k.endswith(timing))
+    differ = [k for k in keys if before.get(k) != after.get(k)]
+    lines = [f"reproduced {source} -> {target}: {len(keys) - len(differ)}/{len(keys)} metrics identical"]
+    lines += [f"  {k}: {before.get(k)} -> {after.get(k)}" for k in differ]
+    return "\n".join(lines)
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -112,8 +171,10 @@ def main(argv: list[str] | None = None) -> int | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         width = max(map(len, JOBS))
-        print(USAGE.format(jobs="\n".join(f"  {j:<{width}}  {d}" for j, (_, d) in JOBS.items())))
+        print(USAGE.format(jobs="\n".join(f"  {j:<{width}}  {d}" for j, (_, d) in JOBS.items()), reproduce="reproduce", width=width))
         return 0
+    if argv[0] == "reproduce":
+        return reproduce(argv[1:])
     if argv[0] == "--version":
         from importlib.metadata import version
 

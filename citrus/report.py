@@ -63,11 +63,11 @@ def load_run(run_dir: Path) -> RunSummary:
     record = json.loads((run_dir / "run.json").read_text())
     out = RunSummary(run_dir, record["job"], record["status"], record.get("overrides", []), record.get("sweep"),
                      record.get("metrics", {}), record.get("error"), (record.get("wandb") or {}).get("group"))
-    for path in sorted(run_dir.rglob("metrics.json")):
+    for path in sorted(run_dir.rglob("metrics.json"), key=lambda p: p.stat().st_mtime_ns):  # stage order
         metrics = json.loads(path.read_text())
         if isinstance(metrics, dict) and isinstance(metrics.get("tasks"), dict):
             out.accuracy[_stage(path.parent, run_dir, out.job)] = {t: m["accuracy"] for t, m in metrics["tasks"].items()}
-    for path in sorted(run_dir.rglob("train_log.jsonl")):
+    for path in sorted(run_dir.rglob("train_log.jsonl"), key=lambda p: p.stat().st_mtime_ns):
         stage = _stage(path.parent, run_dir, out.job)
         for row in _jsonl(path):
             for key, value in row.items():
@@ -79,13 +79,16 @@ def load_run(run_dir: Path) -> RunSummary:
 
 
 def find_runs(paths: list[str | Path]) -> list[RunSummary]:
-    """Every run directory at or under the paths (a sweep dir holds one per job), in order."""
+    """Every run directory at or under the paths (a sweep dir holds one per job), in order. Only
+    the outermost run.json counts: checkpoints carry a copy of theirs."""
     dirs: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"report.runs: {p} does not exist")
-        found = [p] if (p / "run.json").is_file() else sorted({r.parent for r in p.rglob("run.json")},
-                                                              key=lambda d: (len(d.parts), _job_num(d), str(d)))
+        found: list[Path] = []
+        for d in sorted({r.parent for r in p.rglob("run.json")}, key=lambda d: (len(d.parts), _job_num(d), str(d))):
+            if not any(a in found for a in d.parents):
+                found.append(d)
         if not found:
             raise FileNotFoundError(f"report.runs: no run.json at or under {p}")
         dirs += [d for d in found if d not in dirs]
@@ -102,8 +105,14 @@ def label_runs(runs: list[RunSummary]) -> None:
     """Name each run by the overrides the others do not share (a sweep's parameters)."""
     common = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
     for r in runs:
-        own = [o for o in r.overrides if o not in common and not o.startswith("hydra.")]
+        own = [o.lstrip("+~") for o in r.overrides if o not in common and not o.startswith("hydra.")]
         r.label = " ".join(own) or r.dir.name
+
+
+def short(label: str) -> str:
+    """pipeline.preference.trainer.lr=1e-06 -> lr=1e-06, for legends and axes."""
+    return " ".join(part.split("=", 1)[0].rsplit(".", 1)[-1] + ("=" + part.split("=", 1)[1] if "=" in part else "")
+                    for part in label.split())
 
 
 # ---------------------------------------------------------------- plots
@@ -126,7 +135,7 @@ def _plots(runs: list[RunSummary], out: Path) -> dict[str, Path]:
             for i, stage in enumerate(stages):
                 values = [r.accuracy.get(stage, {}).get(task, math.nan) for r in runs]
                 ax.bar([x + i * width for x in range(len(runs))], values, width, label=stage)
-            ax.set_xticks([x + width * (len(stages) - 1) / 2 for x in range(len(runs))], [r.label for r in runs],
+            ax.set_xticks([x + width * (len(stages) - 1) / 2 for x in range(len(runs))], [short(r.label) for r in runs],
                           rotation=20, ha="right", fontsize=7)
             ax.set_ylim(0, 1)
             ax.set_title(f"{task}: accuracy after each stage")
@@ -141,7 +150,7 @@ def _plots(runs: list[RunSummary], out: Path) -> dict[str, Path]:
             for r in runs:
                 points = getattr(r, kind).get(stage)
                 if points:
-                    ax.plot(*zip(*points), label=r.label)
+                    ax.plot(*zip(*points), marker="o", markersize=3, label=short(r.label))
             ax.set_title(f"{stage}: {title}", fontsize=9)
             ax.set_xlabel("step")
             ax.legend(fontsize=6)

@@ -94,6 +94,12 @@ def test_cli_train_with_wandb_offline_keeps_secrets_out(tmp_path):
     assert record["status"] == "completed" and record["command"].startswith("citrus train experiment=quickstart")
     offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert offline, "W&B offline run files were not written"
+    wandb = record["wandb"]
+    assert wandb["mode"] == "offline" and wandb["group"] == "quickstart"
+    assert {"job:train", "model:tiny_llama", "data:quickstart", "algorithm:sft"} <= set(wandb["tags"])
+    logged = offline[0].read_bytes()
+    assert b"data-quickstart" in logged  # the training data, as a dataset artifact
+    assert b"quickstart-model" in logged and (run_dir / "model").resolve().as_uri().encode() in logged  # the export, by reference
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), f"secret leaked into {path}"
