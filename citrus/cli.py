@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ def execute(job: str, cfg: Any, run_dir: Path, overrides: list[str], sweep: dict
     from citrus.record import RunRecord
     from citrus.tracking import open_tracker
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable([run_dir, Path(cfg.paths.cache_dir)], cfg.paths.min_free_gb)
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     record = RunRecord(run_dir, job, overrides, config, sweep)
     tracker = open_tracker(cfg.logger, config, run_dir, job, cfg.name, sweep)
@@ -87,6 +88,27 @@ def execute(job: str, cfg: Any, run_dir: Path, overrides: list[str], sweep: dict
     tracker.log_artifacts(record.data["inputs"], {k: v for k, v in metrics.items() if k.endswith("model_dir")})
     tracker.finish()
     return metrics
+
+
+class StorageError(OSError):
+    """A run directory or cache that cannot take the job's output: found before any work."""
+
+
+def check_writable(dirs: list[Path], min_free_gb: float) -> None:
+    """Each directory can be created and written to, and has min_free_gb free: hours into a run is
+    the wrong time to find out."""
+    for d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / f".citrus-write-probe-{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as e:
+            raise StorageError(f"{d} is not writable ({e.strerror or e}); choose another hydra.run.dir / paths.*") from None
+        free_gb = shutil.disk_usage(d).free / 1e9
+        if free_gb < min_free_gb:
+            raise StorageError(f"{d}: only {free_gb:.1f} GB free, the job wants paths.min_free_gb={min_free_gb:g}; "
+                               "free space or lower paths.min_free_gb")
 
 
 def objective(metrics: dict[str, Any] | None, key: str) -> float:

@@ -36,6 +36,7 @@ class PathsConfig:
     cache_dir: str = MISSING  # built tiny models, generated data, downloads
     data_dir: str = MISSING
     output_dir: str = MISSING  # root of the Hydra run directories
+    min_free_gb: float = 1.0  # a job refuses to start with less free disk under its run dir or the cache
 
 
 @dataclass

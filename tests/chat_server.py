@@ -1,19 +1,25 @@
 """A real OpenAI-compatible chat-completions server on 127.0.0.1 for tests: it answers with a
 real tiny model through the transformers engine, and can inject the faults real APIs produce
-(429 with Retry-After, 500, dropped connections, truncated bodies, slow replies)."""
+(429 with Retry-After, 500, dropped connections, truncated or malformed bodies, replies slower
+than the client's timeout), from a list in order or at random at a configurable rate."""
 
 from __future__ import annotations
 
 import http.server
 import json
+import random
 import threading
 from collections import Counter, deque
 
+FAULTS = ("429", "500", "drop", "truncate", "malformed", "slow")
+
 
 class ChatServer:
-    def __init__(self, engine, faults: list[str] | None = None, api_key: str | None = None):
-        self.engine, self.api_key = engine, api_key
+    def __init__(self, engine, faults: list[str] | None = None, api_key: str | None = None, fault_rate: float = 0.0,
+                 seed: int = 0, delay: float = 0.0):
+        self.engine, self.api_key, self.delay = engine, api_key, delay  # delay: seconds added to each reply
         self.faults = deque(faults or [])  # consumed one per request, in order
+        self.fault_rate, self.rng = fault_rate, random.Random(seed)  # then: each request, a random fault at this rate
         self.seen: Counter = Counter()  # what happened: "ok", "429", "500", "drop", "truncate", "slow", "401"
         self.lock = threading.Lock()
         server = self
@@ -27,7 +33,12 @@ class ChatServer:
                 if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                     return self._send(401, {"error": "bad key"}, "401")
                 with server.lock:
-                    fault = server.faults.popleft() if server.faults else "ok"
+                    if server.faults:
+                        fault = server.faults.popleft()
+                    elif server.rng.random() < server.fault_rate:
+                        fault = server.rng.choice(FAULTS)
+                    else:
+                        fault = "ok"
                 if fault == "429":
                     return self._send(429, {"error": "slow down"}, "429", {"Retry-After": "0.05"})
                 if fault == "500":
@@ -36,6 +47,8 @@ class ChatServer:
                     server.seen["drop"] += 1
                     self.connection.close()
                     return
+                if server.delay:
+                    threading.Event().wait(server.delay)
                 with server.lock:  # one generation at a time: the model is shared
                     reply = server.engine.generate([body["messages"]])[0]
                 if body.get("stream"):  # server-sent events, a few characters per chunk
@@ -47,6 +60,8 @@ class ChatServer:
                 if fault == "truncate":
                     raw = json.dumps(payload).encode()[:40]
                     return self._send_raw(200, raw, "truncate")
+                if fault == "malformed":  # valid JSON, not a chat completion (a proxy's error page, say)
+                    return self._send(200, {"error": {"message": "upstream overloaded"}}, "malformed")
                 if fault == "slow":
                     threading.Event().wait(1.5)
                 self._send(200, payload, fault)
@@ -71,6 +86,10 @@ class ChatServer:
     def __enter__(self):
         self.thread.start()
         return self
+
+    def injected(self) -> int:
+        """Faults served so far."""
+        return sum(n for tag, n in self.seen.items() if tag in FAULTS)
 
     def __exit__(self, *exc):
         self.httpd.shutdown()

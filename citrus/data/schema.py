@@ -10,6 +10,7 @@ Readers name the file and line of a bad record, so a broken file fails loudly an
 from __future__ import annotations
 
 import json
+import logging
 import os
 import string
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 LETTERS = string.ascii_uppercase
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -157,3 +159,28 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Any]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+class KeyedLog:
+    """Append-only JSONL of finished items keyed by "id": a job rerun into the same run directory
+    skips what is done. A last line cut short by a kill is removed (that item is redone)."""
+
+    def __init__(self, path: Path):
+        self.path, self.done = path, {}
+        if path.is_file():
+            raw = path.read_bytes()
+            if raw and not raw.endswith(b"\n"):  # cut a line a kill left half-written: appending after it would spoil the next record
+                os.truncate(path, raw.rfind(b"\n") + 1)
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    self.done[record["id"]] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+        if self.done:
+            log.info("resuming: %d finished items in %s", len(self.done), path)
+
+    def append(self, records: list[dict]) -> None:
+        if records:
+            append_jsonl(self.path, records)
+            self.done.update((r["id"], r) for r in records)

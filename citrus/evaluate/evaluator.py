@@ -8,6 +8,7 @@ Writes, per run directory:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -17,7 +18,7 @@ from omegaconf import OmegaConf
 from rich.table import Table
 
 from citrus.data.benchmarks import load_task
-from citrus.data.schema import append_jsonl
+from citrus.data.schema import KeyedLog
 from citrus.engines import build_engine, build_role_engine
 from citrus.evaluate.answer_check import check_answers, unread
 from citrus.evaluate.extract import EXTRACTOR_VERSION, extract_answer
@@ -90,41 +91,46 @@ def likelihood_row(task: str, q: Any, context: str, scores: list[float]) -> dict
     }
 
 
-def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds_path: Path, advance: Any, seed: int = 0,
+def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds: KeyedLog, advance: Any, seed: int = 0,
                   mapper: Any = None) -> tuple[dict, list[dict]]:
-    """Ask every question, append each finished batch to predictions.jsonl, score the task.
+    """Ask every question not already in predictions.jsonl (a killed run resumes), append each
+    finished batch to it, score the task.
 
     generate: the model reasons, then the extraction ladder reads its answer; with a `mapper`
     engine, rows with an unread answer wait for its answer check before they are written.
     likelihood: the option letter the model finds most likely after the question."""
+    rows: dict[int, dict] = {i: preds.done[q.id] for i, q in enumerate(items) if q.id in preds.done}
+    advance(len(rows))
+    todo = [i for i in range(len(items)) if i not in rows]
+    asked = [items[i] for i in todo]
     n = engine.cfg.num_samples
     if bench.mode == "generate" and n > 1:
-        prompts = [build_messages(q, bench.prompt) for q in items]
+        prompts = [build_messages(q, bench.prompt) for q in asked]
         make_row, ask = sampled_row, lambda save: ask_samples(engine, prompts, n, engine.cfg.seed, save)
     elif bench.mode == "generate":
-        prompts = [build_messages(q, bench.prompt) for q in items]
+        prompts = [build_messages(q, bench.prompt) for q in asked]
         make_row, ask = prediction_row, lambda save: engine.generate(prompts, on_batch=save)
     elif bench.mode == "likelihood":
-        prompts = [build_text(q, bench.prompt) for q in items]
-        letters = [[f" {k}" for k in q.options] for q in items]
+        prompts = [build_text(q, bench.prompt) for q in asked]
+        letters = [[f" {k}" for k in q.options] for q in asked]
         make_row, ask = likelihood_row, lambda save: engine.loglikelihoods(prompts, letters, on_batch=save)
     else:
         raise ValueError(f"benchmark.mode: unknown {bench.mode!r}; one of ['generate', 'likelihood']")
-    rows: dict[int, dict] = {}
     held: list[int] = []  # rows waiting for the answer check
 
     def save(indices: list[int], outputs: list[Any]) -> None:
-        batch = {i: make_row(task, items[i], prompts[i], out) for i, out in zip(indices, outputs)}
+        batch = {todo[j]: make_row(task, asked[j], prompts[j], out) for j, out in zip(indices, outputs)}
         rows.update(batch)
         waiting = [i for i, row in batch.items() if mapper and unread(row)]
         held.extend(waiting)
-        append_jsonl(preds_path, [row for i, row in batch.items() if i not in waiting])
+        preds.append([row for i, row in batch.items() if i not in waiting])
         advance(len(batch))
 
-    ask(save)
+    if todo:
+        ask(save)
     if held:  # a second pass: the engine's own call may not be re-entered from its callback
         check_answers(mapper, [rows[i] for i in held], [items[i] for i in held])
-        append_jsonl(preds_path, [rows[i] for i in held])
+        preds.append([rows[i] for i in held])
     ordered = [rows[i] for i in range(len(items))]
     samples = [r.get("samples") or [r] for r in ordered]  # one answer per question unless sampled
     metrics = summarize(
@@ -134,13 +140,25 @@ def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds_path: P
     return metrics, ordered
 
 
+def resumable_predictions(out_dir: Path, cfg: Any) -> KeyedLog:
+    """predictions.jsonl of this directory, kept for a rerun of the same evaluation (same model,
+    engine settings, benchmark and prompt: its stamp), started afresh otherwise."""
+    what = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "engine", "benchmark")}
+    what["answer_mapper"] = OmegaConf.to_container(cfg.roles.answer_mapper, resolve=True) if cfg.benchmark.answer_check else None
+    stamp = hashlib.md5(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    path, stamp_path = out_dir / "predictions.jsonl", out_dir / "predictions.stamp"
+    if not stamp_path.is_file() or stamp_path.read_text() != stamp:
+        path.unlink(missing_ok=True)
+        stamp_path.write_text(stamp)
+    return KeyedLog(path)
+
+
 def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     engine = build_engine(cfg.engine, cfg.model)
     mapper_role = cfg.roles.answer_mapper if cfg.benchmark.answer_check else None
     mapper = build_role_engine(mapper_role, engine) if mapper_role else None
-    preds_path = out_dir / "predictions.jsonl"
-    preds_path.unlink(missing_ok=True)
+    preds = resumable_predictions(out_dir, cfg)
     per_task: dict[str, dict[str, float]] = {}
     files: dict[str, dict[str, str]] = {}
     table_rows: list[list[Any]] = []
@@ -150,7 +168,7 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
             files[name] = {str(p): run.record.add_input(p, f"benchmark/{name}") for p in loaded.files}
             bar_id = bar.add_task(f"eval {name}", total=len(loaded.items), info="")
             metrics, rows = evaluate_task(
-                engine, name, loaded.items, cfg.benchmark, preds_path,
+                engine, name, loaded.items, cfg.benchmark, preds,
                 lambda n, bar_id=bar_id: bar.update(bar_id, advance=n), seed=cfg.seed, mapper=mapper,
             )
             metrics["skipped"] = len(loaded.skipped)

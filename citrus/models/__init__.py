@@ -30,7 +30,15 @@ def resolve_path(model_cfg: Any) -> str:
         from citrus.models.tiny import check_build
 
         check_build(path, model_cfg.family, model_cfg.build)
+    elif is_local(str(model_cfg.path)) and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model.path={model_cfg.path}: no model there (no config.json, nor a run's model/) "
+                                f"for model={model_cfg.name}; a hub id looks like org/name")
     return str(model_cfg.path)
+
+
+def is_local(path: str) -> bool:
+    """A filesystem path rather than a hub id (org/name): absolute, relative-dotted, ~, or deeper."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or Path(path).exists()
 
 
 def load_tokenizer(model_cfg: Any, padding_side: str = "right"):

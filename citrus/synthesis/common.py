@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from citrus.data import quickstart
-from citrus.data.schema import MCQuestion, append_jsonl, load_records
+from citrus.data.schema import KeyedLog, MCQuestion, load_records
 from citrus.engines import build_engine, build_role_engine
 from citrus.tracking import progress_bar
 
-log = logging.getLogger(__name__)
 
 
 def load_questions(cfg: Any, run: Any) -> list[MCQuestion]:
@@ -74,31 +70,6 @@ class RoleEngines:
                                         + stats.get("completion_tokens", 0) * role.price_out_per_mtok) / 1e6
         out["usage/usd"] = sum(v for k, v in out.items() if k.endswith("/usd"))
         return out
-
-
-class KeyedLog:
-    """Append-only JSONL of finished items keyed by "id": a job rerun into the same run directory
-    skips what is done. A last line cut short by a kill is removed (that item is redone)."""
-
-    def __init__(self, path: Path):
-        self.path, self.done = path, {}
-        if path.is_file():
-            raw = path.read_bytes()
-            if raw and not raw.endswith(b"\n"):  # cut a line a kill left half-written: appending after it would spoil the next record
-                os.truncate(path, raw.rfind(b"\n") + 1)
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                    self.done[record["id"]] = record
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
-        if self.done:
-            log.info("resuming: %d finished items in %s", len(self.done), path)
-
-    def append(self, records: list[dict]) -> None:
-        if records:
-            append_jsonl(self.path, records)
-            self.done.update((r["id"], r) for r in records)
 
 
 def failed_record(q: MCQuestion, reason: str) -> dict:
