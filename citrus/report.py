@@ -78,16 +78,17 @@ def load_run(run_dir: Path) -> RunSummary:
     return out
 
 
-def find_runs(paths: list[str | Path]) -> list[RunSummary]:
+def find_runs(paths: list[str | Path], exclude: Path | None = None) -> list[RunSummary]:
     """Every run directory at or under the paths (a sweep dir holds one per job), in order. Only
-    the outermost run.json counts: checkpoints carry a copy of theirs."""
+    the outermost run.json counts: checkpoints carry a copy of theirs; `exclude` (the report's
+    own run) does not count."""
     dirs: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"report.runs: {p} does not exist")
         found: list[Path] = []
         for d in sorted({r.parent for r in p.rglob("run.json")}, key=lambda d: (len(d.parts), _job_num(d), str(d))):
-            if not any(a in found for a in d.parents):
+            if d != exclude and not any(a in found for a in d.parents):
                 found.append(d)
         if not found:
             raise FileNotFoundError(f"report.runs: no run.json at or under {p}")
@@ -225,7 +226,7 @@ def wandb_report(runs: list[RunSummary], project: str, entity: str | None, title
 
 
 def run(cfg: Any, run: Any) -> dict[str, Any]:
-    runs = find_runs(list(cfg.report.runs))
+    runs = find_runs(list(cfg.report.runs), exclude=run.dir)
     title = cfg.report.title or f"citrus report: {len(runs)} runs"
     path = write_report(runs, run.dir, title)
     out: dict[str, Any] = {"runs": len(runs), "completed": sum(r.status == "completed" for r in runs), "report": str(path)}

@@ -280,3 +280,14 @@ def test_an_api_key_reaches_no_file_log_or_wandb_record(tiny_server_engine, tmp_
     leaks = [p for p in files if secret.encode() in p.read_bytes()]
     assert not leaks, f"the key leaked into {leaks}"
     assert secret not in result.stdout + result.stderr
+
+
+def test_a_training_log_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
+    from citrus.train.trainer import forget_after
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n{"step": 3, "train/lo')
+    forget_after(log, 2)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
+    forget_after(log, 0)  # a fresh start keeps nothing of an earlier attempt
+    assert log.read_text() == ""

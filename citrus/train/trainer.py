@@ -28,7 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from citrus.data.prepare import training_file
-from citrus.data.schema import append_jsonl, load_records, read_jsonl, write_jsonl_atomic
+from citrus.data.schema import append_jsonl, load_records, write_jsonl_atomic
 from citrus.models import load_model, load_tokenizer
 from citrus.tracking import progress_bar
 from citrus.train import losses, packed_attention
@@ -261,9 +261,17 @@ def all_sum(fabric: L.Fabric, values: dict[str, float]) -> dict[str, float]:
 
 
 def forget_after(log_path: Path, step: int) -> None:
-    """Drop the log lines of steps a resumed run will redo, so the curve has each step once."""
+    """Drop the log lines of steps this run will (re)do, so the curve has each step once: those
+    after the checkpoint it resumes from, all of them on a fresh start, and a line a kill cut."""
     if log_path.is_file():
-        kept = [r for r in read_jsonl(log_path) if r["step"] <= step]
+        kept = []
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row["step"] <= step:
+                kept.append(row)
         write_jsonl_atomic(log_path, kept)
 
 
@@ -308,9 +316,9 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
         fabric.load(resume_from / "state.ckpt", state, strict=saved_only is None)
         restore_rng(state["rng"])
         scheduler.load_state_dict(state["scheduler"])
-        if fabric.is_global_zero:
-            forget_after(out_dir / "train_log.jsonl", state["step"])
         log.info("resumed from %s at step %d", resume_from, state["step"])
+    if fabric.is_global_zero:
+        forget_after(out_dir / "train_log.jsonl", state["step"])
     step = state["step"]
     log.info("%s %s on %d examples: steps %d..%d, each %d micro-batch(es) of %d on each of %d process(es) (%s)",
              algo.name, cfg.model.name, len(dataset), step, steps, t.grad_accum_steps, t.micro_batch_size,
