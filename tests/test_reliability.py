@@ -55,17 +55,21 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
     proc.wait()
 
 
-def logged_steps(run_dir: Path) -> list[int]:
-    path = run_dir / "train_log.jsonl"
+def field_values(path: Path, key: str) -> list:
+    """`key` of each whole line of a JSONL file a job may still be writing (or was killed in)."""
     if not path.is_file():
         return []
-    steps = []
+    values = []
     for line in path.read_text().splitlines():
         try:
-            steps.append(json.loads(line)["step"])
+            values.append(json.loads(line)[key])
         except (json.JSONDecodeError, KeyError):
             pass
-    return steps
+    return values
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    return field_values(run_dir / "train_log.jsonl", "step")
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -165,16 +169,7 @@ def tiny_server_engine():
 
 
 def prediction_ids(run_dir: Path) -> list[str]:
-    path = run_dir / "predictions.jsonl"
-    if not path.is_file():
-        return []
-    ids = []
-    for line in path.read_text().splitlines():
-        try:
-            ids.append(json.loads(line)["id"])
-        except (json.JSONDecodeError, KeyError):
-            pass
-    return ids
+    return field_values(run_dir / "predictions.jsonl", "id")
 
 
 def test_evaluation_killed_mid_run_resumes_without_asking_twice(tiny_server_engine, tmp_path):
