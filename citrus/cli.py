@@ -151,6 +151,9 @@ def reproduce(argv: list[str]) -> int:
     target = Path(target) if target else _fresh(source.with_name(source.name + "-reproduced"))
     extra = [a for a in argv[1:] if not a.startswith("hydra.run.dir=")]
     code = main([record["job"], *keep, *extra, "hydra.mode=RUN", f"hydra.run.dir={target}"])
+    if not (target / "run.json").is_file():
+        print(f"the reproduction stopped before it started (see {target})", file=sys.stderr)
+        return 1
     again = json.loads((target / "run.json").read_text())
     if again["status"] != "completed":
         print(f"the reproduction {again['status']}: {again.get('error')}", file=sys.stderr)

@@ -96,11 +96,11 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
         summary["base/mean_accuracy"] = base["mean_accuracy"]
     policy = copy.deepcopy(cfg)
 
-    def evaluated(stage_cfg: Any, model_dir: str, name: str, label: str) -> None:
+    def evaluated(stage_cfg: Any, model_dir: str, name: str, column: str) -> None:
         after = copy.deepcopy(stage_cfg)
         after.model.path = model_dir
         result = evaluate(after, run.dir / f"evaluate_{name}", run, prefix=f"{name}/")
-        columns[label] = result["tasks"]
+        columns[column] = result["tasks"]
         summary[f"{name}/mean_accuracy"] = result["mean_accuracy"]
 
     labeled = None
