@@ -83,8 +83,7 @@ class HubDataConfig:
     (citrus/data/layouts.py) and converted into the training schema."""
 
     repo: str = MISSING  # e.g. jdh-algo/Citrus_S3
-    data_files: Optional[str] = None  # a file of the repo, e.g. Citrus_S3.jsonl
-    split: str = "train"
+    data_files: Optional[str] = None  # the file of the repo to read, e.g. Citrus_S3.jsonl
     revision: Optional[str] = None  # a commit or tag, for a pinned run
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from citrus.data.schema import whole_records
+
 log = logging.getLogger(__name__)
 
 
@@ -49,16 +51,6 @@ def _stage(path: Path, run_dir: Path, job: str) -> str:
     return path.name.removeprefix("evaluate_")
 
 
-def _jsonl(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a kill: the rows before it stand
-    return rows
-
-
 def load_run(run_dir: Path) -> RunSummary:
     record = json.loads((run_dir / "run.json").read_text())
     out = RunSummary(run_dir, record["job"], record["status"], record.get("overrides", []), record.get("sweep"),
@@ -69,7 +61,7 @@ def load_run(run_dir: Path) -> RunSummary:
             out.accuracy[_stage(path.parent, run_dir, out.job)] = {t: m["accuracy"] for t, m in metrics["tasks"].items()}
     for path in sorted(run_dir.rglob("train_log.jsonl"), key=lambda p: p.stat().st_mtime_ns):
         stage = _stage(path.parent, run_dir, out.job)
-        for row in _jsonl(path):
+        for row in whole_records(path):
             for key, value in row.items():
                 if key.endswith("/loss"):
                     out.curves.setdefault(stage, []).append((row["step"], value))

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from chat_server import ChatServer
 from citrus.cli import execute
 from citrus.data import quickstart
+from citrus.data.schema import whole_records
 from citrus.engines.hf import HFEngine
 from conftest import REPO, compose_config, run_cli
 
@@ -57,15 +58,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
 
 def field_values(path: Path, key: str) -> list:
     """`key` of each whole line of a JSONL file a job may still be writing (or was killed in)."""
-    if not path.is_file():
-        return []
-    values = []
-    for line in path.read_text().splitlines():
-        try:
-            values.append(json.loads(line)[key])
-        except (json.JSONDecodeError, KeyError):
-            pass
-    return values
+    return [r[key] for r in whole_records(path) if key in r] if path.is_file() else []
 
 
 def logged_steps(run_dir: Path) -> list[int]:

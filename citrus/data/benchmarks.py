@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from citrus.data import quickstart
-from citrus.data.layouts import load_rows, to_mc_question
+from citrus.data.layouts import hub_file, load_rows, to_mc_question
 from citrus.data.schema import LETTERS, DataError, MCQuestion, load_records, read_jsonl, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -153,14 +153,6 @@ def medmcqa(raw: dict, task: str, n: int, zero_based: bool) -> MCQuestion:
                       _letter(raw["cop"], 0 if zero_based else 1), metadata={"subject": raw.get("subject_name")})
 
 
-def jmed(raw: dict, task: str, n: int) -> MCQuestion:
-    options = json.loads(raw["final_options"])["options"]
-    answers = ast.literal_eval(raw["final_correct_answer"])
-    if len(answers) != 1:
-        raise DataError(f"expected one correct option, got {answers}")
-    return MCQuestion(f"{task}-{raw['diagId']}", task, raw["final_question"], dict(sorted(options.items())), answers[0])
-
-
 # ---------------------------------------------------------------- loaders: task -> LoadedTask
 
 
@@ -249,12 +241,11 @@ def load_hub(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
     benchmark.data_root; any layout citrus/data/layouts.py knows is mapped to the unified schema."""
     if bench.data_root:
         source = task_file(task, name, bench, data_dir)
-        rows = load_rows(str(source))
     elif task.dataset:
-        source = Path(f"{task.dataset}/{task.file or ''}@{task.revision or 'main'}")
-        rows = load_rows(task.dataset, task.file, "train", task.revision)
+        source = hub_file(task.dataset, task.file, task.revision)
     else:
         raise DataError(f"benchmark task {name!r}: loader hub needs `dataset` (a hub id) or benchmark.data_root")
+    rows = load_rows(source)
     return _convert(((f"record {n + 1}", row) for n, row in enumerate(rows)), to_mc_question, name, source, bench.strict)
 
 
@@ -266,7 +257,7 @@ LOADERS: dict[str, Callable[[Any, str, Any, Path], LoadedTask]] = {
     "mmlu_pro": _single_file(_jsonl, mmlu_pro),
     "medbullets": _single_file(_pandas_columns, medbullets),
     "careqa": _single_file(_jsonl, careqa),
-    "jmed": _single_file(_xlsx, jmed),
+    "jmed": _single_file(_xlsx, to_mc_question),  # the sheet's layout: final_question / final_options / final_correct_answer
     "quickstart": load_quickstart,
     "unified": load_unified,
     "hub": load_hub,

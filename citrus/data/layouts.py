@@ -20,23 +20,30 @@ from citrus.data.schema import LETTERS, DataError, MCQuestion, validate_preferen
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
-def load_rows(source: str, data_files: str | None = None, split: str = "train", revision: str | None = None) -> list[dict]:
-    """Rows of a hub dataset (`source` a repo id) or of a local JSON/JSONL/Parquet file, through
-    `datasets` (its cache makes a second load free)."""
+def hub_file(repo: str, filename: str | None, revision: str | None = None) -> Path:
+    """A file of a hub dataset, downloaded once into the Hugging Face cache: from here on, released
+    data is a local file like any other (its md5 goes in run.json)."""
+    if not filename:
+        raise DataError(f"{repo}: name the file of the dataset to read (data.hub.data_files / the task's file)")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, filename, repo_type="dataset", revision=revision))
+    except Exception as e:  # offline, no such repo or file, no access: huggingface_hub raises many kinds
+        raise DataError(f"{repo}/{filename}@{revision or 'main'}: could not be downloaded ({type(e).__name__}: {e}); "
+                        "download it once and point at the local copy") from None
+
+
+def load_rows(path: Path) -> list[dict]:
+    """Rows of a local JSON/JSONL/Parquet file, read with `datasets` (which fills a key a row lacks
+    with None)."""
     import datasets  # heavy import, only for jobs that read released data
 
-    path = Path(source)
+    builder = "parquet" if path.suffix == ".parquet" else "json"
     try:
-        if path.is_file():
-            builder = "parquet" if path.suffix == ".parquet" else "json"
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-        else:
-            ds = datasets.load_dataset(source, data_files=data_files, split=split, revision=revision)
-    except FileNotFoundError as e:
-        raise DataError(f"{source}: not a local file, and no such dataset on the hub ({e})") from None
-    except Exception as e:  # datasets raises many kinds (offline, schema cast, bad JSON)
-        raise DataError(f"{source}: could not be loaded with datasets: {type(e).__name__}: {e}") from None
-    return list(ds)
+        return list(datasets.load_dataset(builder, data_files=str(path), split="train"))
+    except Exception as e:  # datasets raises many kinds (schema cast, bad JSON)
+        raise DataError(f"{path}: could not be loaded with datasets: {type(e).__name__}: {e}") from None
 
 
 def _messages(turns: Any, what: str = "messages") -> list[dict]:

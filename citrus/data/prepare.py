@@ -9,26 +9,25 @@ from typing import Any
 
 from citrus.data import quickstart
 from citrus.data.benchmarks import load_task
-from citrus.data.layouts import TRAINING_CONVERTERS, load_rows
+from citrus.data.layouts import TRAINING_CONVERTERS, hub_file, load_rows
 from citrus.data.schema import DataError, load_records, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
 
 def converted_file(data_cfg: Any, data_dir: str | Path) -> Path:
-    """Released data (data.hub, or data.path holding a local copy of it) read with `datasets` and
-    converted record by record into the training schema; the file is named by its source."""
+    """Released data (data.hub's file, or data.path holding a local copy of it) read with
+    `datasets` and converted record by record into the training schema; the file is named by its
+    source."""
     hub = data_cfg.hub
     if data_cfg.path:
         source = Path(data_cfg.path)
         if not source.is_file():
             raise DataError(f"data.path: {source} does not exist (data={data_cfg.name}, a local copy of {hub.repo})")
-        rows = load_rows(str(source))
-        key = f"{source.resolve()}:{source.stat().st_size}:{source.stat().st_mtime_ns}"
     else:
-        source = f"{hub.repo}/{hub.data_files or ''}@{hub.revision or 'main'}"
-        rows = load_rows(hub.repo, hub.data_files, hub.split, hub.revision)
-        key = f"{source}:{hub.split}"
+        source = hub_file(hub.repo, hub.data_files, hub.revision)
+    rows = load_rows(source)
+    key = f"{source.resolve()}:{source.stat().st_size}:{source.stat().st_mtime_ns}"
     convert = TRAINING_CONVERTERS[data_cfg.format]
     records = []
     for n, row in enumerate(rows):

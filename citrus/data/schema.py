@@ -161,6 +161,20 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Any]) -> Path:
     return path
 
 
+def whole_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file a job may have been killed while writing: a line that does
+    not parse (a kill can only cut the last one) is left out."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
 class KeyedLog:
     """Append-only JSONL of finished items keyed by "id": a job rerun into the same run directory
     skips what is done. A last line cut short by a kill is removed (that item is redone)."""
@@ -171,12 +185,7 @@ class KeyedLog:
             raw = path.read_bytes()
             if raw and not raw.endswith(b"\n"):  # cut a line a kill left half-written: appending after it would spoil the next record
                 os.truncate(path, raw.rfind(b"\n") + 1)
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                    self.done[record["id"]] = record
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+            self.done = {r["id"]: r for r in whole_records(path) if "id" in r}
         if self.done:
             log.info("resuming: %d finished items in %s", len(self.done), path)
 

@@ -28,7 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from citrus.data.prepare import training_file
-from citrus.data.schema import append_jsonl, load_records, write_jsonl_atomic
+from citrus.data.schema import append_jsonl, load_records, whole_records, write_jsonl_atomic
 from citrus.models import load_model, load_tokenizer
 from citrus.tracking import progress_bar
 from citrus.train import losses, packed_attention
@@ -264,15 +264,7 @@ def forget_after(log_path: Path, step: int) -> None:
     """Drop the log lines of steps this run will (re)do, so the curve has each step once: those
     after the checkpoint it resumes from, all of them on a fresh start, and a line a kill cut."""
     if log_path.is_file():
-        kept = []
-        for line in log_path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row["step"] <= step:
-                kept.append(row)
-        write_jsonl_atomic(log_path, kept)
+        write_jsonl_atomic(log_path, [row for row in whole_records(log_path) if row["step"] <= step])
 
 
 OBJECTIVE_FNS = {"sft": sft_objective, "cpo": preference_objective, "dpo": preference_objective, "orpo": preference_objective}
