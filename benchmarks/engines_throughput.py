@@ -25,7 +25,9 @@ def throughput(engine, conversations) -> tuple[float, float]:
     start = time.perf_counter()
     replies = engine.generate(conversations)
     seconds = time.perf_counter() - start
-    tokens = sum(len(engine_tokenizer(engine)(r, add_special_tokens=False)["input_ids"]) for r in replies)
+    tokens = sum(
+        len(engine_tokenizer(engine)(r, add_special_tokens=False)["input_ids"]) for r in replies
+    )
     return tokens / seconds, seconds
 
 
@@ -40,15 +42,36 @@ def main() -> None:
     parser.add_argument("--model", default="tiny_llama")
     args = parser.parse_args()
     register_configs()
-    conversations = [build_messages(q, "quickstart") for q in quickstart.generate("test", args.n, seed=0)]
+    conversations = [
+        build_messages(q, "quickstart") for q in quickstart.generate("test", args.n, seed=0)
+    ]
     results = {}
-    for name, extra in (("hf", ["engine.batch_size=32"]),
-                        ("vllm", ["engine.gpu_memory_utilization=0.3", "engine.max_model_len=1024", "engine.dtype=float32"])):
+    for name, extra in (
+        ("hf", ["engine.batch_size=32"]),
+        (
+            "vllm",
+            [
+                "engine.gpu_memory_utilization=0.3",
+                "engine.max_model_len=1024",
+                "engine.dtype=float32",
+            ],
+        ),
+    ):
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", ["job=evaluate", f"model={args.model}", f"engine={name}",
-                                     f"engine.max_new_tokens={args.max_new_tokens}", *extra])
+            cfg = compose(
+                "config",
+                [
+                    "job=evaluate",
+                    f"model={args.model}",
+                    f"engine={name}",
+                    f"engine.max_new_tokens={args.max_new_tokens}",
+                    *extra,
+                ],
+            )
         results[name] = throughput(build_engine(cfg.engine, cfg.model), conversations)
-    print(f"greedy generation, {args.n} prompts, up to {args.max_new_tokens} new tokens, {args.model}")
+    print(
+        f"greedy generation, {args.n} prompts, up to {args.max_new_tokens} new tokens, {args.model}"
+    )
     for name, (tps, seconds) in results.items():
         print(f"  {name:5s} {tps:9.1f} generated tokens/s ({seconds:.1f} s)")
     print(f"  vllm / hf: {results['vllm'][0] / results['hf'][0]:.2f}x")

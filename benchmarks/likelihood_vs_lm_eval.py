@@ -34,10 +34,17 @@ def main() -> None:
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", [
-            "job=evaluate", f"model={args.model}", "benchmark=medqa", f"benchmark.data_root={args.data_root}",
-            f"benchmark.tasks.medqa.limit={args.limit}", f"engine.batch_size={args.batch_size}",
-        ])
+        cfg = compose(
+            "config",
+            [
+                "job=evaluate",
+                f"model={args.model}",
+                "benchmark=medqa",
+                f"benchmark.data_root={args.data_root}",
+                f"benchmark.tasks.medqa.limit={args.limit}",
+                f"engine.batch_size={args.batch_size}",
+            ],
+        )
     items = load_task("medqa", cfg.benchmark.tasks.medqa, cfg.benchmark, cfg.paths.data_dir).items
     contexts = [build_text(q, "mc_likelihood") for q in items]
     choices = [[f" {k}" for k in q.options] for q in items]
@@ -51,10 +58,18 @@ def main() -> None:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=resolve_path(cfg.model), batch_size=args.batch_size, device="cpu", dtype="float32",
-              add_bos_token=engine.tokenizer.bos_token_id is not None)
-    requests = [Instance("loglikelihood", {}, (ctx, c), idx=j, doc_id=i)
-                for i, (ctx, cs) in enumerate(zip(contexts, choices)) for j, c in enumerate(cs)]
+    lm = HFLM(
+        pretrained=resolve_path(cfg.model),
+        batch_size=args.batch_size,
+        device="cpu",
+        dtype="float32",
+        add_bos_token=engine.tokenizer.bos_token_id is not None,
+    )
+    requests = [
+        Instance("loglikelihood", {}, (ctx, c), idx=j, doc_id=i)
+        for i, (ctx, cs) in enumerate(zip(contexts, choices))
+        for j, c in enumerate(cs)
+    ]
     lm.loglikelihood(requests[:16], disable_tqdm=True)  # warm-up
     start = time.perf_counter()
     results = lm.loglikelihood(requests, disable_tqdm=True)
@@ -68,12 +83,16 @@ def main() -> None:
     same = sum(argmax(a) == argmax(b) for a, b in zip(ours, theirs))
     max_diff = max(abs(x - y) for a, b in zip(ours, theirs) for x, y in zip(a, b))
     n = len(items)
-    print(f"MedQA likelihood scoring, {n} questions x 4 options, {args.model}, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"MedQA likelihood scoring, {n} questions x 4 options, {args.model}, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"  citrus   {n / ours_s:8.1f} items/s  ({ours_s:.1f} s)")
     print(f"  lm-eval  {n / theirs_s:8.1f} items/s  ({theirs_s:.1f} s)")
-    print(f"  speed-up {theirs_s / ours_s:.2f}x; same predicted option on {same}/{n} items; "
-          f"max |delta log-likelihood| {max_diff:.2e}")
+    print(
+        f"  speed-up {theirs_s / ours_s:.2f}x; same predicted option on {same}/{n} items; "
+        f"max |delta log-likelihood| {max_diff:.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -68,14 +68,29 @@ def worker(kind: str, args: argparse.Namespace) -> dict:
     import torch
 
     torch.manual_seed(0)
-    common = ["experiment=quickstart", "logger=none", f"data.quickstart.n_train={args.examples}", "trainer.log_every=1000",
-              "trainer.precision=bf16-mixed"]
+    common = [
+        "experiment=quickstart",
+        "logger=none",
+        f"data.quickstart.n_train={args.examples}",
+        "trainer.log_every=1000",
+        "trainer.precision=bf16-mixed",
+    ]
     checkpointing = not kind.endswith("_no_ckpt")
     if kind == "citrus_sft":
-        overrides = [*common, "trainer.packing=true", "model.max_length=1024", "trainer.micro_batch_size=2",
-                     "trainer.grad_accum_steps=1", "trainer.max_steps=0", "trainer.max_epochs=1"]
+        overrides = [
+            *common,
+            "trainer.packing=true",
+            "model.max_length=1024",
+            "trainer.micro_batch_size=2",
+            "trainer.grad_accum_steps=1",
+            "trainer.max_steps=0",
+            "trainer.max_epochs=1",
+        ]
         result = citrus_run(overrides)
-        return {"seconds": result["train/seconds"], "padding_efficiency": result["train/padding_efficiency"]}
+        return {
+            "seconds": result["train/seconds"],
+            "padding_efficiency": result["train/padding_efficiency"],
+        }
     if kind.startswith("trl_sft"):
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
@@ -84,18 +99,37 @@ def worker(kind: str, args: argparse.Namespace) -> dict:
 
         cfg = compose(common)
         tok, model = load_tokenizer(cfg.model), load_model(cfg.model)
-        data = Dataset.from_list([{"messages": r["messages"]} for r in records("sft", args.examples)])
-        sft_args = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                             num_train_epochs=1, learning_rate=2e-3, report_to=[], use_cpu=True, save_strategy="no",
-                             logging_steps=1000, max_length=1024, disable_tqdm=True, dataloader_num_workers=0,
-                             gradient_checkpointing=checkpointing)
+        data = Dataset.from_list(
+            [{"messages": r["messages"]} for r in records("sft", args.examples)]
+        )
+        sft_args = SFTConfig(
+            output_dir=tempfile.mkdtemp(),
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+            num_train_epochs=1,
+            learning_rate=2e-3,
+            report_to=[],
+            use_cpu=True,
+            save_strategy="no",
+            logging_steps=1000,
+            max_length=1024,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            gradient_checkpointing=checkpointing,
+        )
         trainer = SFTTrainer(model=model, args=sft_args, train_dataset=data, processing_class=tok)
         start = time.perf_counter()
         trainer.train()
         return {"seconds": time.perf_counter() - start}
     if kind == "citrus_cpo":
-        overrides = [*common, "data=quickstart_pairs", "algorithm=cpo_simpo", "trainer.micro_batch_size=4",
-                     "trainer.grad_accum_steps=1", f"trainer.max_steps={args.cpo_steps}"]
+        overrides = [
+            *common,
+            "data=quickstart_pairs",
+            "algorithm=cpo_simpo",
+            "trainer.micro_batch_size=4",
+            "trainer.grad_accum_steps=1",
+            f"trainer.max_steps={args.cpo_steps}",
+        ]
         result = citrus_run(overrides)
         return {"seconds": result["train/seconds"], "steps": args.cpo_steps}
     if kind.startswith("trl_cpo"):
@@ -106,15 +140,37 @@ def worker(kind: str, args: argparse.Namespace) -> dict:
 
         cfg = compose([*common, "data=quickstart_pairs", "algorithm=cpo_simpo"])
         tok, model = load_tokenizer(cfg.model), load_model(cfg.model)
-        pairs = [{"prompt": r["messages"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                  "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in records("preference", args.examples)]
+        pairs = [
+            {
+                "prompt": r["messages"],
+                "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}],
+            }
+            for r in records("preference", args.examples)
+        ]
         a = cfg.algorithm
-        cpo_args = CPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=4, gradient_accumulation_steps=1,
-                             max_steps=args.cpo_steps, learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no",
-                             logging_steps=1000, max_length=1024, disable_tqdm=True, loss_type=a.loss_type, beta=a.beta,
-                             simpo_gamma=a.simpo_gamma, cpo_alpha=a.cpo_alpha, dataloader_num_workers=0,
-                             gradient_checkpointing=checkpointing)
-        trainer = CPOTrainer(model=model, args=cpo_args, train_dataset=Dataset.from_list(pairs), processing_class=tok)
+        cpo_args = CPOConfig(
+            output_dir=tempfile.mkdtemp(),
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=1,
+            max_steps=args.cpo_steps,
+            learning_rate=1e-3,
+            report_to=[],
+            use_cpu=True,
+            save_strategy="no",
+            logging_steps=1000,
+            max_length=1024,
+            disable_tqdm=True,
+            loss_type=a.loss_type,
+            beta=a.beta,
+            simpo_gamma=a.simpo_gamma,
+            cpo_alpha=a.cpo_alpha,
+            dataloader_num_workers=0,
+            gradient_checkpointing=checkpointing,
+        )
+        trainer = CPOTrainer(
+            model=model, args=cpo_args, train_dataset=Dataset.from_list(pairs), processing_class=tok
+        )
         start = time.perf_counter()
         trainer.train()
         return {"seconds": time.perf_counter() - start, "steps": args.cpo_steps}
@@ -132,7 +188,9 @@ def worker(kind: str, args: argparse.Namespace) -> dict:
 
 
 def run_worker(kind: str, argv: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", kind, *argv], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", kind, *argv], capture_output=True, text=True
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{kind} failed:\n{out.stderr[-3000:]}")
@@ -153,33 +211,57 @@ def main() -> None:
     import torch
 
     argv = ["--examples", str(args.examples), "--cpo-steps", str(args.cpo_steps)]
-    kinds = ("citrus_sft", "trl_sft", "trl_sft_no_ckpt", "citrus_cpo", "trl_cpo", "trl_cpo_no_ckpt", "matmul_peak")
+    kinds = (
+        "citrus_sft",
+        "trl_sft",
+        "trl_sft_no_ckpt",
+        "citrus_cpo",
+        "trl_cpo",
+        "trl_cpo_no_ckpt",
+        "matmul_peak",
+    )
     res = {k: run_worker(k, argv) for k in kinds}
     cfg = compose(["experiment=quickstart"])
     from citrus.models import load_model, load_tokenizer
     from citrus.train.data import tokenize_sft
 
     tok = load_tokenizer(cfg.model)
-    tokens = sum(len(tokenize_sft(r, tok, 1024)["input_ids"]) for r in records("sft", args.examples))
+    tokens = sum(
+        len(tokenize_sft(r, tok, 1024)["input_ids"]) for r in records("sft", args.examples)
+    )
     params = sum(p.numel() for p in load_model(cfg.model).parameters())
     ours = tokens / res["citrus_sft"]["seconds"]
-    print(f"tiny_llama ({params / 1e6:.1f}M parameters), {args.examples} quickstart examples ({tokens} tokens), "
-          f"{torch.get_num_threads()} threads, bf16 autocast")
-    print(f"SFT   citrus, packed (efficiency {res['citrus_sft']['padding_efficiency']:.2f})  {ours:8.0f} tokens/s, "
-          f"peak {res['citrus_sft']['peak_rss_mib']:.0f} MiB")
-    for kind, label in (("trl_sft", "TRL SFTTrainer, defaults"), ("trl_sft_no_ckpt", "TRL, no grad checkpointing")):
+    print(
+        f"tiny_llama ({params / 1e6:.1f}M parameters), {args.examples} quickstart examples ({tokens} tokens), "
+        f"{torch.get_num_threads()} threads, bf16 autocast"
+    )
+    print(
+        f"SFT   citrus, packed (efficiency {res['citrus_sft']['padding_efficiency']:.2f})  {ours:8.0f} tokens/s, "
+        f"peak {res['citrus_sft']['peak_rss_mib']:.0f} MiB"
+    )
+    for kind, label in (
+        ("trl_sft", "TRL SFTTrainer, defaults"),
+        ("trl_sft_no_ckpt", "TRL, no grad checkpointing"),
+    ):
         theirs = tokens / res[kind]["seconds"]
-        print(f"      {label:<31} {theirs:8.0f} tokens/s, peak {res[kind]['peak_rss_mib']:.0f} MiB: citrus "
-              f"{ours / theirs:.2f}x the speed at {res['citrus_sft']['peak_rss_mib'] / res[kind]['peak_rss_mib']:.2f}x the memory")
+        print(
+            f"      {label:<31} {theirs:8.0f} tokens/s, peak {res[kind]['peak_rss_mib']:.0f} MiB: citrus "
+            f"{ours / theirs:.2f}x the speed at {res['citrus_sft']['peak_rss_mib'] / res[kind]['peak_rss_mib']:.2f}x the memory"
+        )
     c = res["citrus_cpo"]["seconds"] / res["citrus_cpo"]["steps"]
     print(f"CPO   citrus CPO-SimPO {c * 1000:.0f} ms/step")
-    for kind, label in (("trl_cpo", "TRL CPOTrainer, defaults"), ("trl_cpo_no_ckpt", "TRL, no grad checkpointing")):
+    for kind, label in (
+        ("trl_cpo", "TRL CPOTrainer, defaults"),
+        ("trl_cpo_no_ckpt", "TRL, no grad checkpointing"),
+    ):
         t = res[kind]["seconds"] / res[kind]["steps"]
         print(f"      {label:<31} {t * 1000:.0f} ms/step: citrus {t / c:.2f}x the speed")
     peak = res["matmul_peak"]
     achieved = 6 * params * ours
-    print(f"FLOPs matmul peak {peak['float32'] / 1e9:.0f} GFLOP/s fp32, {peak['bfloat16'] / 1e9:.0f} GFLOP/s bf16; "
-          f"citrus SFT achieves {achieved / 1e9:.1f} GFLOP/s (6ND) = {achieved / peak['bfloat16']:.1%} of the bf16 peak")
+    print(
+        f"FLOPs matmul peak {peak['float32'] / 1e9:.0f} GFLOP/s fp32, {peak['bfloat16'] / 1e9:.0f} GFLOP/s bf16; "
+        f"citrus SFT achieves {achieved / 1e9:.1f} GFLOP/s (6ND) = {achieved / peak['bfloat16']:.1%} of the bf16 peak"
+    )
 
 
 if __name__ == "__main__":

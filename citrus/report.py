@@ -39,8 +39,12 @@ class RunSummary:
     error: str | None = None
     wandb_group: str | None = None
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> task -> accuracy
-    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # stage -> (step, loss)
-    margins: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # stage -> (step, reward margin)
+    curves: dict[str, list[tuple[int, float]]] = field(
+        default_factory=dict
+    )  # stage -> (step, loss)
+    margins: dict[str, list[tuple[int, float]]] = field(
+        default_factory=dict
+    )  # stage -> (step, reward margin)
     label: str = ""
 
 
@@ -53,12 +57,24 @@ def _stage(path: Path, run_dir: Path, job: str) -> str:
 
 def load_run(run_dir: Path) -> RunSummary:
     record = json.loads((run_dir / "run.json").read_text())
-    out = RunSummary(run_dir, record["job"], record["status"], record.get("overrides", []), record.get("sweep"),
-                     record.get("metrics", {}), record.get("error"), (record.get("wandb") or {}).get("group"))
-    for path in sorted(run_dir.rglob("metrics.json"), key=lambda p: p.stat().st_mtime_ns):  # stage order
+    out = RunSummary(
+        run_dir,
+        record["job"],
+        record["status"],
+        record.get("overrides", []),
+        record.get("sweep"),
+        record.get("metrics", {}),
+        record.get("error"),
+        (record.get("wandb") or {}).get("group"),
+    )
+    for path in sorted(
+        run_dir.rglob("metrics.json"), key=lambda p: p.stat().st_mtime_ns
+    ):  # stage order
         metrics = json.loads(path.read_text())
         if isinstance(metrics, dict) and isinstance(metrics.get("tasks"), dict):
-            out.accuracy[_stage(path.parent, run_dir, out.job)] = {t: m["accuracy"] for t, m in metrics["tasks"].items()}
+            out.accuracy[_stage(path.parent, run_dir, out.job)] = {
+                t: m["accuracy"] for t, m in metrics["tasks"].items()
+            }
     for path in sorted(run_dir.rglob("train_log.jsonl"), key=lambda p: p.stat().st_mtime_ns):
         stage = _stage(path.parent, run_dir, out.job)
         for row in whole_records(path):
@@ -79,7 +95,10 @@ def find_runs(paths: list[str | Path], exclude: Path | None = None) -> list[RunS
         if not p.exists():
             raise FileNotFoundError(f"report.runs: {p} does not exist")
         found: list[Path] = []
-        for d in sorted({r.parent for r in p.rglob("run.json")}, key=lambda d: (len(d.parts), _job_num(d), str(d))):
+        for d in sorted(
+            {r.parent for r in p.rglob("run.json")},
+            key=lambda d: (len(d.parts), _job_num(d), str(d)),
+        ):
             if d != exclude and not any(a in found for a in d.parents):
                 found.append(d)
         if not found:
@@ -98,14 +117,19 @@ def label_runs(runs: list[RunSummary]) -> None:
     """Name each run by the overrides the others do not share (a sweep's parameters)."""
     common = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
     for r in runs:
-        own = [o.lstrip("+~") for o in r.overrides if o not in common and not o.startswith("hydra.")]
+        own = [
+            o.lstrip("+~") for o in r.overrides if o not in common and not o.startswith("hydra.")
+        ]
         r.label = " ".join(own) or r.dir.name
 
 
 def short(label: str) -> str:
     """pipeline.preference.trainer.lr=1e-06 -> lr=1e-06, for legends and axes."""
-    return " ".join(part.split("=", 1)[0].rsplit(".", 1)[-1] + ("=" + part.split("=", 1)[1] if "=" in part else "")
-                    for part in label.split())
+    return " ".join(
+        part.split("=", 1)[0].rsplit(".", 1)[-1]
+        + ("=" + part.split("=", 1)[1] if "=" in part else "")
+        for part in label.split()
+    )
 
 
 # ---------------------------------------------------------------- plots
@@ -122,23 +146,35 @@ def _plots(runs: list[RunSummary], out: Path) -> dict[str, Path]:
     stages = list(dict.fromkeys(s for r in runs for s in r.accuracy))
     if tasks:
         panel = max(4.0, 0.5 * len(runs) * len(stages) + 2)
-        fig, axes = plt.subplots(1, len(tasks), figsize=(min(30.0, panel * len(tasks)), 4), squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(tasks), figsize=(min(30.0, panel * len(tasks)), 4), squeeze=False
+        )
         width = 0.8 / max(1, len(stages))
         for ax, task in zip(axes[0], tasks):
             for i, stage in enumerate(stages):
                 values = [r.accuracy.get(stage, {}).get(task, math.nan) for r in runs]
                 ax.bar([x + i * width for x in range(len(runs))], values, width, label=stage)
-            ax.set_xticks([x + width * (len(stages) - 1) / 2 for x in range(len(runs))], [short(r.label) for r in runs],
-                          rotation=20, ha="right", fontsize=7)
+            ax.set_xticks(
+                [x + width * (len(stages) - 1) / 2 for x in range(len(runs))],
+                [short(r.label) for r in runs],
+                rotation=20,
+                ha="right",
+                fontsize=7,
+            )
             ax.set_ylim(0, 1)
             ax.set_title(f"{task}: accuracy after each stage")
             ax.legend(fontsize=7)
         paths["accuracy"] = _save(fig, out / "accuracy.png")
-    for kind, title in (("curves", "training loss"), ("margins", "preference reward margin (chosen - rejected)")):
+    for kind, title in (
+        ("curves", "training loss"),
+        ("margins", "preference reward margin (chosen - rejected)"),
+    ):
         curve_stages = list(dict.fromkeys(s for r in runs for s in getattr(r, kind)))
         if not curve_stages:
             continue
-        fig, axes = plt.subplots(1, len(curve_stages), figsize=(5 * len(curve_stages), 3.5), squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(curve_stages), figsize=(5 * len(curve_stages), 3.5), squeeze=False
+        )
         for ax, stage in zip(axes[0], curve_stages):
             for r in runs:
                 points = getattr(r, kind).get(stage)
@@ -165,13 +201,24 @@ def _save(fig: Any, path: Path) -> Path:
 
 def rows(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
     """One row per run: label, status, then accuracy per (stage, task)."""
-    columns = list(dict.fromkeys((s, t) for r in runs for s, tasks in r.accuracy.items() for t in tasks))
+    columns = list(
+        dict.fromkeys((s, t) for r in runs for s, tasks in r.accuracy.items() for t in tasks)
+    )
     header = ["run", "job", "status", *(f"{t} ({s})" for s, t in columns)]
     body = []
     for r in runs:
         status = r.status if not r.error else f"{r.status}: {r.error[:120]}"
-        body.append([r.label, r.job, status,
-                     *(f"{100 * r.accuracy[s][t]:.1f}%" if t in r.accuracy.get(s, {}) else "" for s, t in columns)])
+        body.append(
+            [
+                r.label,
+                r.job,
+                status,
+                *(
+                    f"{100 * r.accuracy[s][t]:.1f}%" if t in r.accuracy.get(s, {}) else ""
+                    for s, t in columns
+                ),
+            ]
+        )
     return header, body
 
 
@@ -179,26 +226,38 @@ def write_report(runs: list[RunSummary], out: Path, title: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(runs, out)
     header, body = rows(runs)
-    md = [f"# {title}", "", f"{len(runs)} runs: {sum(r.status == 'completed' for r in runs)} completed, "
-          f"{sum(r.status == 'failed' for r in runs)} failed.", "",
-          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md = [
+        f"# {title}",
+        "",
+        f"{len(runs)} runs: {sum(r.status == 'completed' for r in runs)} completed, "
+        f"{sum(r.status == 'failed' for r in runs)} failed.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
     md += ["", *(f"![{k}]({p.name})" for k, p in plots.items()), "", "Run directories:", ""]
     md += [f"- `{r.label}`: {r.dir}" for r in runs]
     (out / "report.md").write_text("\n".join(md) + "\n")
     cell = lambda tag, c: f"<{tag}>{html.escape(c)}</{tag}>"  # noqa: E731
-    page = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%}</style>",
-            f"<h1>{html.escape(title)}</h1>", "<table><tr>" + "".join(cell("th", h) for h in header) + "</tr>",
-            *("<tr>" + "".join(cell("td", c) for c in row) + "</tr>" for row in body), "</table>",
-            *(f"<h2>{k}</h2><img src='{p.name}'>" for k, p in plots.items())]
+    page = [
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%}</style>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<table><tr>" + "".join(cell("th", h) for h in header) + "</tr>",
+        *("<tr>" + "".join(cell("td", c) for c in row) + "</tr>" for row in body),
+        "</table>",
+        *(f"<h2>{k}</h2><img src='{p.name}'>" for k, p in plots.items()),
+    ]
     (out / "report.html").write_text("\n".join(page) + "\n")
     log.info("report of %d runs -> %s", len(runs), out / "report.md")
     return out / "report.md"
 
 
-def wandb_report(runs: list[RunSummary], project: str, entity: str | None, title: str) -> str | None:
+def wandb_report(
+    runs: list[RunSummary], project: str, entity: str | None, title: str
+) -> str | None:
     """A W&B report over the runs' group, through the wandb-workspaces reports API (online only)."""
     try:
         import wandb_workspaces.reports.v2 as wr
@@ -206,13 +265,30 @@ def wandb_report(runs: list[RunSummary], project: str, entity: str | None, title
         log.info("wandb-workspaces is not installed: no W&B report (the local one is written)")
         return None
     groups = sorted({r.wandb_group for r in runs if r.wandb_group})
-    report = wr.Report(project=project, entity=entity, title=title, blocks=[
-        wr.H1(title),
-        wr.PanelGrid(runsets=[wr.Runset(project=project, entity=entity, filters=f"group in {groups}" if groups else "")],
-                     panels=[wr.BarPlot(title="mean accuracy", metrics=["mean_accuracy"]),
-                             wr.LinePlot(title="training loss", y=["sft/loss", "train/loss", "preference/loss"]),
-                             wr.LinePlot(title="preference margin", y=["preference/rewards/margins"])]),
-    ])
+    report = wr.Report(
+        project=project,
+        entity=entity,
+        title=title,
+        blocks=[
+            wr.H1(title),
+            wr.PanelGrid(
+                runsets=[
+                    wr.Runset(
+                        project=project,
+                        entity=entity,
+                        filters=f"group in {groups}" if groups else "",
+                    )
+                ],
+                panels=[
+                    wr.BarPlot(title="mean accuracy", metrics=["mean_accuracy"]),
+                    wr.LinePlot(
+                        title="training loss", y=["sft/loss", "train/loss", "preference/loss"]
+                    ),
+                    wr.LinePlot(title="preference margin", y=["preference/rewards/margins"]),
+                ],
+            ),
+        ],
+    )
     report.save()
     return report.url
 
@@ -221,8 +297,16 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
     runs = find_runs(list(cfg.report.runs), exclude=run.dir)
     title = cfg.report.title or f"citrus report: {len(runs)} runs"
     path = write_report(runs, run.dir, title)
-    out: dict[str, Any] = {"runs": len(runs), "completed": sum(r.status == "completed" for r in runs), "report": str(path)}
-    if cfg.logger.name == "wandb" and run.tracker.wandb_run is not None and run.tracker.wandb_run.settings.mode == "online":
+    out: dict[str, Any] = {
+        "runs": len(runs),
+        "completed": sum(r.status == "completed" for r in runs),
+        "report": str(path),
+    }
+    if (
+        cfg.logger.name == "wandb"
+        and run.tracker.wandb_run is not None
+        and run.tracker.wandb_run.settings.mode == "online"
+    ):
         out["wandb_report"] = wandb_report(runs, cfg.logger.project, cfg.logger.entity, title) or ""
     return out
 
@@ -235,5 +319,7 @@ class SweepReport(Callback):
         if not any(sweep_dir.rglob("run.json")):
             return
         runs = find_runs([sweep_dir])
-        path = write_report(runs, sweep_dir / "report", f"sweep {config.name}: {len(runs)} jobs ({sweep_dir})")
+        path = write_report(
+            runs, sweep_dir / "report", f"sweep {config.name}: {len(runs)} jobs ({sweep_dir})"
+        )
         print(f"sweep report: {path}")

@@ -28,10 +28,25 @@ log = logging.getLogger(__name__)
 
 def server_command(cfg: Any) -> list[str]:
     s = cfg.serve
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_path(cfg.model),
-           "--host", s.host, "--port", str(s.port), "--served-model-name", s.served_model_name or cfg.model.name,
-           "--tensor-parallel-size", str(s.tensor_parallel_size), "--gpu-memory-utilization", str(s.gpu_memory_utilization),
-           "--dtype", s.dtype or cfg.model.dtype]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        resolve_path(cfg.model),
+        "--host",
+        s.host,
+        "--port",
+        str(s.port),
+        "--served-model-name",
+        s.served_model_name or cfg.model.name,
+        "--tensor-parallel-size",
+        str(s.tensor_parallel_size),
+        "--gpu-memory-utilization",
+        str(s.gpu_memory_utilization),
+        "--dtype",
+        s.dtype or cfg.model.dtype,
+    ]
     if s.max_model_len:
         cmd += ["--max-model-len", str(s.max_model_len)]
     if cfg.model.chat_template:  # vLLM takes the template itself as well as a file
@@ -49,9 +64,13 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, log_path: Any
             return
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited with {proc.returncode} before answering; see {log_path}") from None
+                raise RuntimeError(
+                    f"the vLLM server exited with {proc.returncode} before answering; see {log_path}"
+                ) from None
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the vLLM server did not answer {url}/models in {timeout_s:.0f} s; see {log_path}")
+                raise TimeoutError(
+                    f"the vLLM server did not answer {url}/models in {timeout_s:.0f} s; see {log_path}"
+                )
             time.sleep(1)
 
 
@@ -89,13 +108,21 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
     log_path = run.dir / "server.log"
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the server as Ctrl-C does
     with log_path.open("w") as server_log:
-        proc = subprocess.Popen(server_command(cfg), stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            server_command(cfg), stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             log.info("starting vLLM for %s (pid %d, log %s)", cfg.model.name, proc.pid, log_path)
             wait_ready(url, proc, s.ready_timeout_s, log_path)
-            (run.dir / "server.json").write_text(json.dumps({"base_url": url, "served_model": name, "pid": proc.pid}))
-            console.print(f"serving [bold]{name}[/] at [bold]{url}[/]\n"
-                          f"use it with: engine=openai engine.base_url={url} engine.served_model={name}", highlight=False, soft_wrap=True)
+            (run.dir / "server.json").write_text(
+                json.dumps({"base_url": url, "served_model": name, "pid": proc.pid})
+            )
+            console.print(
+                f"serving [bold]{name}[/] at [bold]{url}[/]\n"
+                f"use it with: engine=openai engine.base_url={url} engine.served_model={name}",
+                highlight=False,
+                soft_wrap=True,
+            )
             proc.wait()
         except KeyboardInterrupt:
             log.info("stopping the server")

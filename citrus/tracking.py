@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from citrus.record import redact
 
@@ -54,8 +61,17 @@ class Tracker:
     def __init__(self, wandb_run: Any = None):
         self.wandb_run = wandb_run
         # where the run lives in W&B, for run.json and `citrus report`
-        self.info = {} if wandb_run is None else {"id": wandb_run.id, "project": wandb_run.project, "group": wandb_run.group,
-                                                   "tags": list(wandb_run.tags), "mode": wandb_run.settings.mode}
+        self.info = (
+            {}
+            if wandb_run is None
+            else {
+                "id": wandb_run.id,
+                "project": wandb_run.project,
+                "group": wandb_run.group,
+                "tags": list(wandb_run.tags),
+                "mode": wandb_run.settings.mode,
+            }
+        )
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.wandb_run is not None:
@@ -79,12 +95,19 @@ class Tracker:
         import wandb
 
         for path, meta in inputs.items():
-            artifact = wandb.Artifact(_artifact_name(meta["role"]), type="dataset", metadata={"md5": meta["md5"], "path": path})
+            artifact = wandb.Artifact(
+                _artifact_name(meta["role"]),
+                type="dataset",
+                metadata={"md5": meta["md5"], "path": path},
+            )
             artifact.add_file(path)
             self.wandb_run.log_artifact(artifact)
         for key, model_dir in models.items():
-            artifact = wandb.Artifact(_artifact_name(f"{self.wandb_run.group}-{key.removesuffix('model_dir')}model"), type="model",
-                                      metadata={"path": model_dir})
+            artifact = wandb.Artifact(
+                _artifact_name(f"{self.wandb_run.group}-{key.removesuffix('model_dir')}model"),
+                type="model",
+                metadata={"path": model_dir},
+            )
             artifact.add_reference(Path(model_dir).resolve().as_uri(), checksum=False)
             self.wandb_run.log_artifact(artifact)
 
@@ -117,8 +140,14 @@ def run_tags(config: dict[str, Any], job: str) -> list[str]:
     return tags
 
 
-def open_tracker(logger_cfg: Any, config: dict[str, Any], run_dir: Path, job: str, name: str,
-                 sweep: dict | None = None) -> Tracker:
+def open_tracker(
+    logger_cfg: Any,
+    config: dict[str, Any],
+    run_dir: Path,
+    job: str,
+    name: str,
+    sweep: dict | None = None,
+) -> Tracker:
     if logger_cfg.name == "none":
         return Tracker()
     if logger_cfg.name != "wandb":

@@ -15,12 +15,28 @@ FAULTS = ("429", "500", "drop", "truncate", "malformed", "slow")
 
 
 class ChatServer:
-    def __init__(self, engine, faults: list[str] | None = None, api_key: str | None = None, fault_rate: float = 0.0,
-                 seed: int = 0, delay: float = 0.0):
-        self.engine, self.api_key, self.delay = engine, api_key, delay  # delay: seconds added to each reply
+    def __init__(
+        self,
+        engine,
+        faults: list[str] | None = None,
+        api_key: str | None = None,
+        fault_rate: float = 0.0,
+        seed: int = 0,
+        delay: float = 0.0,
+    ):
+        self.engine, self.api_key, self.delay = (
+            engine,
+            api_key,
+            delay,
+        )  # delay: seconds added to each reply
         self.faults = deque(faults or [])  # consumed one per request, in order
-        self.fault_rate, self.rng = fault_rate, random.Random(seed)  # then: each request, a random fault at this rate
-        self.seen: Counter = Counter()  # what happened: "ok", "429", "500", "drop", "truncate", "slow", "401"
+        self.fault_rate, self.rng = (
+            fault_rate,
+            random.Random(seed),
+        )  # then: each request, a random fault at this rate
+        self.seen: Counter = (
+            Counter()
+        )  # what happened: "ok", "429", "500", "drop", "truncate", "slow", "401"
         self.lock = threading.Lock()
         server = self
 
@@ -30,7 +46,10 @@ class ChatServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                if (
+                    server.api_key
+                    and self.headers.get("Authorization") != f"Bearer {server.api_key}"
+                ):
                     return self._send(401, {"error": "bad key"}, "401")
                 with server.lock:
                     if server.faults:
@@ -52,16 +71,34 @@ class ChatServer:
                 with server.lock:  # one generation at a time: the model is shared
                     reply = server.engine.generate([body["messages"]])[0]
                 if body.get("stream"):  # server-sent events, a few characters per chunk
-                    events = [{"choices": [{"index": 0, "delta": {"content": reply[i : i + 7]}}]} for i in range(0, len(reply), 7)]
+                    events = [
+                        {"choices": [{"index": 0, "delta": {"content": reply[i : i + 7]}}]}
+                        for i in range(0, len(reply), 7)
+                    ]
                     raw = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-                    return self._send_raw(200, raw.encode(), "stream", {"Content-Type": "text/event-stream"})
-                payload = {"object": "chat.completion", "model": body["model"],
-                           "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}
+                    return self._send_raw(
+                        200, raw.encode(), "stream", {"Content-Type": "text/event-stream"}
+                    )
+                payload = {
+                    "object": "chat.completion",
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": reply},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
                 if fault == "truncate":
                     raw = json.dumps(payload).encode()[:40]
                     return self._send_raw(200, raw, "truncate")
-                if fault == "malformed":  # valid JSON, not a chat completion (a proxy's error page, say)
-                    return self._send(200, {"error": {"message": "upstream overloaded"}}, "malformed")
+                if (
+                    fault == "malformed"
+                ):  # valid JSON, not a chat completion (a proxy's error page, say)
+                    return self._send(
+                        200, {"error": {"message": "upstream overloaded"}}, "malformed"
+                    )
                 if fault == "slow":
                     threading.Event().wait(1.5)
                 self._send(200, payload, fault)

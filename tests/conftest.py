@@ -33,11 +33,17 @@ def compose_config(job: str, overrides: list[str] | tuple[str, ...] = ()) -> Dic
         return compose("config", overrides=[f"job={job}", *overrides])
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """The installed `citrus` command, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "citrus.cli", *args], cwd=cwd or REPO, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "citrus.cli", *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -7,8 +7,9 @@ import json
 import re
 
 import pytest
-
 from chat_server import ChatServer
+from conftest import SMOKE, compose_config
+
 from citrus.cli import execute
 from citrus.data import quickstart
 from citrus.engines import build_role_engine
@@ -17,7 +18,6 @@ from citrus.evaluate.answer_check import check_answers
 from citrus.evaluate.evaluator import prediction_row, sampled_row
 from citrus.evaluate.extract import extract_answer
 from citrus.prompts import build_messages
-from conftest import SMOKE, compose_config
 
 ORDINALS = {"first": "A", "second": "B", "third": "C", "fourth": "D"}
 
@@ -45,16 +45,23 @@ def questions():
 
 
 def mapper_over_http(url: str, tmp_path):
-    cfg = compose_config("evaluate", [
-        "role@roles.answer_mapper=openai", f"roles.answer_mapper.engine.base_url={url}",
-        "roles.answer_mapper.engine.served_model=reader", f"roles.answer_mapper.engine.cache_path={tmp_path / 'cache.jsonl'}",
-    ])
+    cfg = compose_config(
+        "evaluate",
+        [
+            "role@roles.answer_mapper=openai",
+            f"roles.answer_mapper.engine.base_url={url}",
+            "roles.answer_mapper.engine.served_model=reader",
+            f"roles.answer_mapper.engine.cache_path={tmp_path / 'cache.jsonl'}",
+        ],
+    )
     return build_role_engine(cfg.roles.answer_mapper)
 
 
 def test_the_prompt_shows_the_question_its_options_and_the_reply(questions):
     q = questions[0]
-    messages = build_messages(q, "answer_check", response="I would go with the {question} second one.")
+    messages = build_messages(
+        q, "answer_check", response="I would go with the {question} second one."
+    )
     user = messages[-1]["content"]
     assert messages[0]["role"] == "system" and "single letter" in messages[0]["content"]
     assert q.question.strip() in user and all(f"{k}. {v}" in user for k, v in q.options.items())
@@ -67,7 +74,9 @@ def test_the_prompt_shows_the_question_its_options_and_the_reply(questions):
 def test_unread_replies_are_mapped_and_read_ones_left_alone(questions, tmp_path):
     q1, q2, q3, q4 = questions
     rows = [
-        prediction_row("t", q1, [], "Weighing it all, the third option fits the findings."),  # rule none
+        prediction_row(
+            "t", q1, [], "Weighing it all, the third option fits the findings."
+        ),  # rule none
         prediction_row("t", q2, [], "<answer>B</answer>"),  # read by a rule: never sent
         prediction_row("t", q3, [], "I cannot decide."),  # none, and the mapper says none too
         sampled_row("t", q4, [], ["Surely the first.", "A", "It must be the second one."]),
@@ -81,15 +90,25 @@ def test_unread_replies_are_mapped_and_read_ones_left_alone(questions, tmp_path)
     assert rows[0]["correct"] == (q1.answer == "C")
     assert (rows[1]["pred"], rows[1]["rule"]) == ("B", "answer_tag") and "check" not in rows[1]
     assert (rows[2]["pred"], rows[2]["rule"], rows[2]["check"]) == (None, "none", "none")
-    assert [(s["pred"], s["rule"]) for s in rows[3]["samples"]] == [("A", "answer_check"), ("A", "bare_letter"), ("B", "answer_check")]
-    assert rows[3]["pred"] == "A" and rows[3]["correct"] == (q4.answer == "A")  # majority vote redone
+    assert [(s["pred"], s["rule"]) for s in rows[3]["samples"]] == [
+        ("A", "answer_check"),
+        ("A", "bare_letter"),
+        ("B", "answer_check"),
+    ]
+    assert rows[3]["pred"] == "A" and rows[3]["correct"] == (
+        q4.answer == "A"
+    )  # majority vote redone
 
 
 def test_the_evaluated_model_can_map_its_own_replies(questions):
     cfg = compose_config("evaluate", ["model=tiny_llama", "roles.answer_mapper.max_new_tokens=5"])
     engine = HFEngine(cfg.engine, cfg.model)
     mapper = build_role_engine(cfg.roles.answer_mapper, engine)
-    assert mapper.model is engine.model and mapper.cfg.max_new_tokens == 5 and engine.cfg.max_new_tokens == cfg.engine.max_new_tokens
+    assert (
+        mapper.model is engine.model
+        and mapper.cfg.max_new_tokens == 5
+        and engine.cfg.max_new_tokens == cfg.engine.max_new_tokens
+    )
     rows = [prediction_row("t", q, [], "no letter here") for q in questions]
     check_answers(mapper, rows, questions)
     for row, q in zip(rows, questions):
@@ -100,15 +119,24 @@ def test_the_evaluated_model_can_map_its_own_replies(questions):
 def test_evaluate_with_answer_check_writes_every_question_once(tmp_path):
     reader = OrdinalReader()
     with ChatServer(reader) as server:
-        overrides = [*SMOKE, "benchmark.answer_check=true", "role@roles.answer_mapper=openai",
-                     f"roles.answer_mapper.engine.base_url={server.url}", "roles.answer_mapper.engine.served_model=reader",
-                     f"roles.answer_mapper.engine.cache_path={tmp_path / 'cache.jsonl'}"]
+        overrides = [
+            *SMOKE,
+            "benchmark.answer_check=true",
+            "role@roles.answer_mapper=openai",
+            f"roles.answer_mapper.engine.base_url={server.url}",
+            "roles.answer_mapper.engine.served_model=reader",
+            f"roles.answer_mapper.engine.cache_path={tmp_path / 'cache.jsonl'}",
+        ]
         execute("evaluate", compose_config("evaluate", overrides), tmp_path, overrides)
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == sorted({r["id"] for r in rows}) and len(rows) == 6
     checked = [r for r in rows if "check" in r]
     assert checked, "the untrained model's replies should leave something for the mapper"
-    assert len(checked) == len(reader.prompts) == sum(r["rule"] in {"none", "answer_check"} for r in rows)
+    assert (
+        len(checked)
+        == len(reader.prompts)
+        == sum(r["rule"] in {"none", "answer_check"} for r in rows)
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["answer_check"]["engine"]["served_model"] == "reader"
     task = metrics["tasks"]["quickstart"]

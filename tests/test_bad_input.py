@@ -6,18 +6,24 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from conftest import compose_config
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from citrus.cli import execute
-from conftest import compose_config
 
-SMALL = ["experiment=quickstart", "logger=none", "trainer.max_steps=2",
-         "trainer.micro_batch_size=2", "benchmark.tasks.quickstart.limit=2", "engine.max_new_tokens=8"]
+SMALL = [
+    "experiment=quickstart",
+    "logger=none",
+    "trainer.max_steps=2",
+    "trainer.micro_batch_size=2",
+    "benchmark.tasks.quickstart.limit=2",
+    "engine.max_new_tokens=8",
+]
 
 
 def jsonl(path: Path, *records) -> Path:
@@ -26,11 +32,21 @@ def jsonl(path: Path, *records) -> Path:
 
 
 def chat(rid, reply="<think>x</think><answer>A</answer>", **extra):
-    return {"id": rid, "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": reply}], **extra}
+    return {
+        "id": rid,
+        "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": reply}],
+        **extra,
+    }
 
 
 def mc(rid, **fields):
-    record = {"id": rid, "benchmark": "t", "question": "Q?", "options": {"A": "x", "B": "y"}, "answer": "A"}
+    record = {
+        "id": rid,
+        "benchmark": "t",
+        "question": "Q?",
+        "options": {"A": "x", "B": "y"},
+        "answer": "A",
+    }
     record.update(fields)
     return {k: v for k, v in record.items() if v is not None}
 
@@ -51,42 +67,108 @@ def no_template_model(tmp: Path) -> str:
 
 # kind -> (job, overrides made from a scratch dir, the message expected)
 CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
-    "empty file": ("train", lambda t: [f"data.path={jsonl(t / 'empty.jsonl')}"], r"empty\.jsonl: no records"),
-    "bad JSON line": ("train", lambda t: [f"data.path={jsonl(t / 'bad.jsonl', chat('a'), '{oops')}"],
-                      r"bad\.jsonl:2: bad JSON"),
-    "duplicate ids": ("train", lambda t: [f"data.path={jsonl(t / 'dup.jsonl', chat('a'), chat('a'))}"],
-                      r"dup\.jsonl: record 2: duplicate id 'a'"),
-    "zero-length completion": ("train", lambda t: [f"data.path={jsonl(t / 'zero.jsonl', chat('a', reply=''))}"],
-                               r"zero\.jsonl: record 1: SFT record 'a': the last message must be a non-empty assistant reply"),
-    "message without a role": ("train", lambda t: [f"data.path={jsonl(t / 'role.jsonl', {'id': 'r', 'messages': [{'content': 'hi'}]})}"],
-                               r"role\.jsonl: record 1: SFT record 'r': message 0 needs a role"),
-    "sequence longer than max length": ("train", lambda t: ["model.max_length=64",
-                                        f"data.path={jsonl(t / 'long.jsonl', chat('long', reply='word ' * 200))}"],
-                                        r"record 'long': \d+ tokens exceed model\.max_length=64"),
-    "chosen equals rejected": ("train", lambda t: ["algorithm=cpo", "data=quickstart_pairs",
-                               f"data.path={jsonl(t / 'pairs.jsonl', {'id': 'p', 'messages': [{'role': 'user', 'content': 'Q'}], 'chosen': 'R', 'rejected': 'R'})}"],
-                               r"pairs\.jsonl: record 1: preference record 'p': chosen and rejected are the same reply"),
-    "data format the algorithm cannot train": ("train", lambda t: ["algorithm=cpo_simpo"],
-                                               r"algorithm=cpo_simpo trains on preference records, but data=quickstart has data\.format='sft'"),
-    "missing data file": ("train", lambda t: [f"data.path={t / 'nowhere.jsonl'}"], r"data\.path: .*nowhere\.jsonl does not exist"),
-    "released data in an unknown layout": ("train", lambda t: ["data=citrus_s3", f"data.path={jsonl(t / 's3.jsonl', {'q': 'Q', 'a': 'A'})}"],
-                                           r"s3\.jsonl: record 1: no known layout for keys \['a', 'q'\]"),
-    "missing model path": ("train", lambda t: ["model=qwen2.5-0.5b-instruct", f"model.path={t / 'no-model'}"],
-                           r"model\.path=.*no-model: no model there .*model=qwen2\.5-0\.5b-instruct"),
-    "tokenizer without a chat template": ("train", lambda t: ["model=qwen2.5-0.5b-instruct", f"model.path={no_template_model(t)}"],
-                                          r"tokenizer of model 'qwen2\.5-0\.5b-instruct' .* has no chat template; set model\.chat_template"),
-    "question without options": ("evaluate", lambda t: ["benchmark.tasks.quickstart.loader=unified", "benchmark.tasks.quickstart.file=q.jsonl",
-                                                        f"benchmark.data_root={jsonl(t / 'q.jsonl', mc('q1', options=None)).parent}"],
-                                 r"q\.jsonl: record 1: record 'q1': missing field\(s\) \['options'\]"),
-    "answer not among the options": ("evaluate", lambda t: ["benchmark.tasks.quickstart.loader=unified", "benchmark.tasks.quickstart.file=q.jsonl",
-                                                            f"benchmark.data_root={jsonl(t / 'q.jsonl', mc('q1', answer='E')).parent}"],
-                                     r"q\.jsonl: record 1: question 'q1' \(t\): answer 'E' is not among options \['A', 'B'\]"),
-    "unknown loader": ("evaluate", lambda t: ["benchmark.tasks.quickstart.loader=nope"],
-                       r"benchmark task 'quickstart': unknown loader 'nope'"),
-    "unknown pipeline stage": ("pipeline", lambda t: ["pipeline.stages=[finetune]"],
-                               r"pipeline\.stages: unknown \['finetune'\]"),
-    "unknown preference data": ("pipeline", lambda t: ["pipeline.stages=[preference]", "pipeline.preference.data=nope"],
-                                r"pipeline\.preference\.data='nope': no .*conf/data/nope\.yaml"),
+    "empty file": (
+        "train",
+        lambda t: [f"data.path={jsonl(t / 'empty.jsonl')}"],
+        r"empty\.jsonl: no records",
+    ),
+    "bad JSON line": (
+        "train",
+        lambda t: [f"data.path={jsonl(t / 'bad.jsonl', chat('a'), '{oops')}"],
+        r"bad\.jsonl:2: bad JSON",
+    ),
+    "duplicate ids": (
+        "train",
+        lambda t: [f"data.path={jsonl(t / 'dup.jsonl', chat('a'), chat('a'))}"],
+        r"dup\.jsonl: record 2: duplicate id 'a'",
+    ),
+    "zero-length completion": (
+        "train",
+        lambda t: [f"data.path={jsonl(t / 'zero.jsonl', chat('a', reply=''))}"],
+        r"zero\.jsonl: record 1: SFT record 'a': the last message must be a non-empty assistant reply",
+    ),
+    "message without a role": (
+        "train",
+        lambda t: [
+            f"data.path={jsonl(t / 'role.jsonl', {'id': 'r', 'messages': [{'content': 'hi'}]})}"
+        ],
+        r"role\.jsonl: record 1: SFT record 'r': message 0 needs a role",
+    ),
+    "sequence longer than max length": (
+        "train",
+        lambda t: [
+            "model.max_length=64",
+            f"data.path={jsonl(t / 'long.jsonl', chat('long', reply='word ' * 200))}",
+        ],
+        r"record 'long': \d+ tokens exceed model\.max_length=64",
+    ),
+    "chosen equals rejected": (
+        "train",
+        lambda t: [
+            "algorithm=cpo",
+            "data=quickstart_pairs",
+            f"data.path={jsonl(t / 'pairs.jsonl', {'id': 'p', 'messages': [{'role': 'user', 'content': 'Q'}], 'chosen': 'R', 'rejected': 'R'})}",
+        ],
+        r"pairs\.jsonl: record 1: preference record 'p': chosen and rejected are the same reply",
+    ),
+    "data format the algorithm cannot train": (
+        "train",
+        lambda t: ["algorithm=cpo_simpo"],
+        r"algorithm=cpo_simpo trains on preference records, but data=quickstart has data\.format='sft'",
+    ),
+    "missing data file": (
+        "train",
+        lambda t: [f"data.path={t / 'nowhere.jsonl'}"],
+        r"data\.path: .*nowhere\.jsonl does not exist",
+    ),
+    "released data in an unknown layout": (
+        "train",
+        lambda t: ["data=citrus_s3", f"data.path={jsonl(t / 's3.jsonl', {'q': 'Q', 'a': 'A'})}"],
+        r"s3\.jsonl: record 1: no known layout for keys \['a', 'q'\]",
+    ),
+    "missing model path": (
+        "train",
+        lambda t: ["model=qwen2.5-0.5b-instruct", f"model.path={t / 'no-model'}"],
+        r"model\.path=.*no-model: no model there .*model=qwen2\.5-0\.5b-instruct",
+    ),
+    "tokenizer without a chat template": (
+        "train",
+        lambda t: ["model=qwen2.5-0.5b-instruct", f"model.path={no_template_model(t)}"],
+        r"tokenizer of model 'qwen2\.5-0\.5b-instruct' .* has no chat template; set model\.chat_template",
+    ),
+    "question without options": (
+        "evaluate",
+        lambda t: [
+            "benchmark.tasks.quickstart.loader=unified",
+            "benchmark.tasks.quickstart.file=q.jsonl",
+            f"benchmark.data_root={jsonl(t / 'q.jsonl', mc('q1', options=None)).parent}",
+        ],
+        r"q\.jsonl: record 1: record 'q1': missing field\(s\) \['options'\]",
+    ),
+    "answer not among the options": (
+        "evaluate",
+        lambda t: [
+            "benchmark.tasks.quickstart.loader=unified",
+            "benchmark.tasks.quickstart.file=q.jsonl",
+            f"benchmark.data_root={jsonl(t / 'q.jsonl', mc('q1', answer='E')).parent}",
+        ],
+        r"q\.jsonl: record 1: question 'q1' \(t\): answer 'E' is not among options \['A', 'B'\]",
+    ),
+    "unknown loader": (
+        "evaluate",
+        lambda t: ["benchmark.tasks.quickstart.loader=nope"],
+        r"benchmark task 'quickstart': unknown loader 'nope'",
+    ),
+    "unknown pipeline stage": (
+        "pipeline",
+        lambda t: ["pipeline.stages=[finetune]"],
+        r"pipeline\.stages: unknown \['finetune'\]",
+    ),
+    "unknown preference data": (
+        "pipeline",
+        lambda t: ["pipeline.stages=[preference]", "pipeline.preference.data=nope"],
+        r"pipeline\.preference\.data='nope': no .*conf/data/nope\.yaml",
+    ),
 }
 
 

@@ -12,15 +12,18 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from conftest import REPO, compose_config
 
 from citrus.data.benchmarks import load_task
 from citrus.data.schema import DataError
 from citrus.record import md5sum
-from conftest import REPO, compose_config
 
-ROOT = Path(os.environ.get("CITRUS_BENCHMARKS", REPO.parent / "shared" / "benchmarks" / "citrus-repo"))
-needs_files = pytest.mark.skipif(not ROOT.is_dir(), reason=f"benchmark files not found at {ROOT} (set CITRUS_BENCHMARKS)")
+ROOT = Path(
+    os.environ.get("CITRUS_BENCHMARKS", REPO.parent / "shared" / "benchmarks" / "citrus-repo")
+)
+needs_files = pytest.mark.skipif(
+    not ROOT.is_dir(), reason=f"benchmark files not found at {ROOT} (set CITRUS_BENCHMARKS)"
+)
 
 # verified record counts (../shared/benchmarks/SOURCES.md) and option counts
 COUNTS = {
@@ -42,7 +45,9 @@ COUNTS = {
 
 
 def bench_cfg(group: str, *overrides: str):
-    return compose_config("evaluate", [f"benchmark={group}", f"benchmark.data_root={ROOT}", *overrides]).benchmark
+    return compose_config(
+        "evaluate", [f"benchmark={group}", f"benchmark.data_root={ROOT}", *overrides]
+    ).benchmark
 
 
 @needs_files
@@ -52,7 +57,9 @@ def test_loader_reads_every_record_of_the_real_file(name, tmp_path):
     loaded = load_task(name, bench.tasks[name], bench, tmp_path)
     n, option_counts = COUNTS[name]
     assert len(loaded.items) == n
-    assert all(s.endswith("empty record") for s in loaded.skipped) and len(loaded.items) + len(loaded.skipped) == {"careqa": 5623}.get(name, n)
+    assert all(s.endswith("empty record") for s in loaded.skipped) and len(loaded.items) + len(
+        loaded.skipped
+    ) == {"careqa": 5623}.get(name, n)
     assert len({q.id for q in loaded.items}) == n, "ids must be unique"
     assert {len(q.options) for q in loaded.items} <= option_counts
     assert all(q.benchmark == name and q.answer in q.options for q in loaded.items)
@@ -86,9 +93,13 @@ def test_groups_compose_from_the_single_tasks(tmp_path):
     paper = bench_cfg("citrus_paper")
     assert set(COUNTS) | {"medmcqa"} == set(paper.tasks)
     mmlu = bench_cfg("mmlu_medical")
-    assert set(mmlu.tasks) == {k for k in COUNTS if k.startswith("mmlu_") and not k.startswith("mmlu_pro_")}
+    assert set(mmlu.tasks) == {
+        k for k in COUNTS if k.startswith("mmlu_") and not k.startswith("mmlu_pro_")
+    }
     quick = bench_cfg("quick")
-    assert set(quick.tasks) == set(paper.tasks) and all(t.limit == 20 and t.sample for t in quick.tasks.values())
+    assert set(quick.tasks) == set(paper.tasks) and all(
+        t.limit == 20 and t.sample for t in quick.tasks.values()
+    )
     a = load_task("careqa", quick.tasks.careqa, quick, tmp_path).items
     b = load_task("careqa", quick.tasks.careqa, quick, tmp_path).items
     assert len(a) == 20 and [q.id for q in a] == [q.id for q in b]  # a fixed sample
@@ -98,21 +109,39 @@ def test_groups_compose_from_the_single_tasks(tmp_path):
 
 def _write_bad_copies(root: Path) -> None:
     (root / "medqa").mkdir(parents=True)
-    good = {"question": "Q?", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer_idx": "B"}
-    lines = [good, {**good, "answer_idx": "E"}, {k: v for k, v in good.items() if k != "options"}, good]
-    (root / "medqa" / "test.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n{broken\n")
+    good = {
+        "question": "Q?",
+        "options": {"A": "a", "B": "b", "C": "c", "D": "d"},
+        "answer_idx": "B",
+    }
+    lines = [
+        good,
+        {**good, "answer_idx": "E"},
+        {k: v for k, v in good.items() if k != "options"},
+        good,
+    ]
+    (root / "medqa" / "test.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in lines) + "\n{broken\n"
+    )
 
 
 @pytest.mark.parametrize(
     "bad_line,message",
-    [(2, r"record 2: question 'bad-00001' \(bad\): answer 'E' is not among options"), (3, "record 2: missing field 'options'")],
+    [
+        (2, r"record 2: question 'bad-00001' \(bad\): answer 'E' is not among options"),
+        (3, "record 2: missing field 'options'"),
+    ],
 )
 def test_malformed_records_fail_naming_file_and_record(tmp_path, bad_line, message):
     _write_bad_copies(tmp_path)
     path = tmp_path / "medqa" / "test.jsonl"
     lines = path.read_text().splitlines()
-    path.write_text(lines[0] + "\n" + lines[bad_line - 1] + "\n")  # one good record, then the bad one
-    bench = bench_cfg("medqa", f"benchmark.data_root={tmp_path}", "benchmark.tasks.medqa.file=medqa/test.jsonl")
+    path.write_text(
+        lines[0] + "\n" + lines[bad_line - 1] + "\n"
+    )  # one good record, then the bad one
+    bench = bench_cfg(
+        "medqa", f"benchmark.data_root={tmp_path}", "benchmark.tasks.medqa.file=medqa/test.jsonl"
+    )
     with pytest.raises(DataError, match=message) as info:
         load_task("bad", bench.tasks.medqa, bench, tmp_path / "cache")
     assert str(path) in str(info.value) and "benchmark.strict=false" in str(info.value)
@@ -120,7 +149,12 @@ def test_malformed_records_fail_naming_file_and_record(tmp_path, bad_line, messa
 
 def test_non_strict_skips_and_counts_bad_records_but_not_bad_json(tmp_path):
     _write_bad_copies(tmp_path)
-    bench = bench_cfg("medqa", f"benchmark.data_root={tmp_path}", "benchmark.tasks.medqa.file=medqa/test.jsonl", "benchmark.strict=false")
+    bench = bench_cfg(
+        "medqa",
+        f"benchmark.data_root={tmp_path}",
+        "benchmark.tasks.medqa.file=medqa/test.jsonl",
+        "benchmark.strict=false",
+    )
     path = tmp_path / "medqa" / "test.jsonl"
     with pytest.raises(DataError, match=rf"{path}:5: bad JSON"):  # a broken file is never half-read
         load_task("bad", bench.tasks.medqa, bench, tmp_path / "cache")
@@ -132,22 +166,45 @@ def test_non_strict_skips_and_counts_bad_records_but_not_bad_json(tmp_path):
 
 def test_missing_local_file_is_named(tmp_path):
     bench = bench_cfg("medqa", f"benchmark.data_root={tmp_path}")
-    with pytest.raises(DataError, match=rf"{tmp_path}/download_files/medqa/phrases_no_exclude_test.jsonl: no such file"):
+    with pytest.raises(
+        DataError,
+        match=rf"{tmp_path}/download_files/medqa/phrases_no_exclude_test.jsonl: no such file",
+    ):
         load_task("medqa", bench.tasks.medqa, bench, tmp_path / "cache")
 
 
 def test_medmcqa_original_json_and_hub_parquet(tmp_path):
     import pandas as pd
 
-    rows = [{"id": f"m{i}", "question": f"Q{i}?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": i % 4,
-             "subject_name": "Anatomy"} for i in range(8)]
+    rows = [
+        {
+            "id": f"m{i}",
+            "question": f"Q{i}?",
+            "opa": "a",
+            "opb": "b",
+            "opc": "c",
+            "opd": "d",
+            "cop": i % 4,
+            "subject_name": "Anatomy",
+        }
+        for i in range(8)
+    ]
     (tmp_path / "medmcqa").mkdir()
     pd.DataFrame(rows).to_parquet(tmp_path / "medmcqa" / "validation.parquet")
-    (tmp_path / "medmcqa" / "dev.json").write_text("".join(json.dumps({**r, "cop": r["cop"] + 1}) + "\n" for r in rows))
+    (tmp_path / "medmcqa" / "dev.json").write_text(
+        "".join(json.dumps({**r, "cop": r["cop"] + 1}) + "\n" for r in rows)
+    )
     answers = []
     for file in ("medmcqa/validation.parquet", "medmcqa/dev.json"):
-        bench = bench_cfg("medmcqa", f"benchmark.data_root={tmp_path}", f"benchmark.tasks.medmcqa.file={file}")
-        answers.append([q.answer for q in load_task("medmcqa", bench.tasks.medmcqa, bench, tmp_path / "c").items])
+        bench = bench_cfg(
+            "medmcqa", f"benchmark.data_root={tmp_path}", f"benchmark.tasks.medmcqa.file={file}"
+        )
+        answers.append(
+            [
+                q.answer
+                for q in load_task("medmcqa", bench.tasks.medmcqa, bench, tmp_path / "c").items
+            ]
+        )
     assert answers[0] == answers[1] == list("ABCDABCD")
 
 
@@ -164,10 +221,14 @@ def file_server():
 
 @needs_files
 def test_download_without_a_local_root_caches_the_same_file(file_server, tmp_path):
-    bench = compose_config("evaluate", ["benchmark=pubmedqa", f"benchmark.base_url={file_server}"]).benchmark
+    bench = compose_config(
+        "evaluate", ["benchmark=pubmedqa", f"benchmark.base_url={file_server}"]
+    ).benchmark
     loaded = load_task("pubmedqa", bench.tasks.pubmedqa, bench, tmp_path)
     assert len(loaded.items) == 500
-    assert [p.parent for p in loaded.files] == [tmp_path / "benchmarks" / "download_files" / "pubmedqa"] * 2
+    assert [p.parent for p in loaded.files] == [
+        tmp_path / "benchmarks" / "download_files" / "pubmedqa"
+    ] * 2
     assert md5sum(loaded.files[0]) == md5sum(ROOT / bench.tasks.pubmedqa.file)
     os.utime(loaded.files[0], (0, 0))
     load_task("pubmedqa", bench.tasks.pubmedqa, bench, tmp_path)  # second time: from the cache
@@ -175,14 +236,21 @@ def test_download_without_a_local_root_caches_the_same_file(file_server, tmp_pat
 
 
 def test_unreachable_source_is_a_clear_error(tmp_path):
-    bench = compose_config("evaluate", ["benchmark=medqa", "benchmark.base_url=http://127.0.0.1:9"]).benchmark
-    with pytest.raises(DataError, match="could not download http://127.0.0.1:9/download_files/medqa.*set benchmark.data_root"):
+    bench = compose_config(
+        "evaluate", ["benchmark=medqa", "benchmark.base_url=http://127.0.0.1:9"]
+    ).benchmark
+    with pytest.raises(
+        DataError,
+        match="could not download http://127.0.0.1:9/download_files/medqa.*set benchmark.data_root",
+    ):
         load_task("medqa", bench.tasks.medqa, bench, tmp_path)
     assert not list((tmp_path / "benchmarks").rglob("*.part"))
 
 
 @pytest.mark.parametrize("group", ["pubmedqa", "medmcqa", "medqa"])
 def test_task_without_a_file_is_named(group, tmp_path):
-    bench = compose_config("evaluate", [f"benchmark={group}", f"benchmark.tasks.{group}.file=null"]).benchmark
+    bench = compose_config(
+        "evaluate", [f"benchmark={group}", f"benchmark.tasks.{group}.file=null"]
+    ).benchmark
     with pytest.raises(DataError, match=f"benchmark task '{group}': set `file`"):
         load_task(group, bench.tasks[group], bench, tmp_path)

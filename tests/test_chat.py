@@ -5,23 +5,26 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from chat_server import ChatServer
+from conftest import compose_config
+
 from citrus.chat import expert_messages, render, split_reply
 from citrus.cli import execute
 from citrus.engines.hf import HFEngine
 from citrus.prompts import load_prompt
-from conftest import compose_config
 
 REPLY = "<think>\nFever and flank pain; so the kidney.\n</think>\n<answer>\nB. acute pyelonephritis\n</answer>"
 
 
-@pytest.mark.parametrize("text,expected", [
-    (REPLY, ("Fever and flank pain; so the kidney.", "B. acute pyelonephritis")),
-    ("<think>still thinking", ("still thinking", None)),  # mid-stream
-    ("no tags at all", (None, None)),
-    ("<answer>C</answer>", (None, "C")),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (REPLY, ("Fever and flank pain; so the kidney.", "B. acute pyelonephritis")),
+        ("<think>still thinking", ("still thinking", None)),  # mid-stream
+        ("no tags at all", (None, None)),
+        ("<answer>C</answer>", (None, "C")),
+    ],
+)
 def test_split_reply(text, expected):
     assert split_reply(text) == expected
 
@@ -35,7 +38,10 @@ def test_render_dims_the_thinking_and_highlights_the_answer():
 def test_the_expert_prompt_frames_every_turn():
     system, template = load_prompt("citrus_expert")
     first = expert_messages([], "What causes fever?")
-    assert first[0] == {"role": "system", "content": system} and "What causes fever?" in first[1]["content"]
+    assert (
+        first[0] == {"role": "system", "content": system}
+        and "What causes fever?" in first[1]["content"]
+    )
     later = expert_messages([*first, {"role": "assistant", "content": REPLY}], "And flank pain?")
     assert [m["role"] for m in later] == ["system", "user", "assistant", "user"]
 
@@ -47,17 +53,30 @@ class Scripted:
 
 def test_one_shot_chat_over_a_served_model_streams_and_splits(tmp_path):
     with ChatServer(Scripted()) as server:
-        overrides = ["logger=none", "engine=openai", f"engine.base_url={server.url}", "engine.served_model=citrus",
-                     "chat.prompt=A 30-year-old woman has fever and flank pain. Diagnosis?"]
+        overrides = [
+            "logger=none",
+            "engine=openai",
+            f"engine.base_url={server.url}",
+            "engine.served_model=citrus",
+            "chat.prompt=A 30-year-old woman has fever and flank pain. Diagnosis?",
+        ]
         metrics = execute("chat", compose_config("chat", overrides), tmp_path, overrides)
     assert metrics["chat/turns"] == 1 and server.seen == {"stream": 1}
     turn = json.loads((tmp_path / "chat.jsonl").read_text())
     assert turn["reply"] == REPLY and turn["answer"] == "B. acute pyelonephritis"
-    assert turn["messages"][0]["role"] == "system" and "fever and flank pain" in turn["messages"][1]["content"]
+    assert (
+        turn["messages"][0]["role"] == "system"
+        and "fever and flank pain" in turn["messages"][1]["content"]
+    )
 
 
 def test_one_shot_chat_with_a_local_model_streams_what_generate_returns(tmp_path):
-    overrides = ["logger=none", "model=tiny_llama", "engine.max_new_tokens=16", "chat.prompt=Fever and flank pain?"]
+    overrides = [
+        "logger=none",
+        "model=tiny_llama",
+        "engine.max_new_tokens=16",
+        "chat.prompt=Fever and flank pain?",
+    ]
     cfg = compose_config("chat", overrides)
     execute("chat", cfg, tmp_path, overrides)
     turn = json.loads((tmp_path / "chat.jsonl").read_text())

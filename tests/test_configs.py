@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import pytest
+from conftest import compose_config, run_cli
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from citrus.config import CONF_DIR, EXPERIMENTS_DIR, SWEEPS_DIR, BenchmarkTask
-from conftest import compose_config, run_cli
 
-GROUPS = ["model", "data", "algorithm", "adapter", "benchmark", "engine", "trainer", "logger", "synthesis"]
+GROUPS = [
+    "model",
+    "data",
+    "algorithm",
+    "adapter",
+    "benchmark",
+    "engine",
+    "trainer",
+    "logger",
+    "synthesis",
+]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
 
@@ -26,7 +36,8 @@ def test_every_benchmark_task_is_a_group_of_its_own_and_in_a_group(task):
     alone = compose_config("evaluate", [f"benchmark={task}"]).benchmark
     assert list(alone.tasks) == [task] and alone.name == task
     assert alone.tasks[task] == OmegaConf.merge(
-        OmegaConf.structured(BenchmarkTask), OmegaConf.load(CONF_DIR / "benchmark" / "task" / f"{task}.yaml")
+        OmegaConf.structured(BenchmarkTask),
+        OmegaConf.load(CONF_DIR / "benchmark" / "task" / f"{task}.yaml"),
     )
 
 
@@ -67,9 +78,10 @@ def test_every_role_composes_as_the_answer_mapper(role):
 def test_experiment_preset_composes_and_documents_its_command(path):
     header = path.read_text().splitlines()
     assert header[0] == "# @package _global_", f"{path} must be a _global_ preset"
-    assert any(line.lstrip("# ").startswith("citrus ") and f"experiment={path.stem}" in line for line in header), (
-        f"{path}: the header must show the command that runs it"
-    )
+    assert any(
+        line.lstrip("# ").startswith("citrus ") and f"experiment={path.stem}" in line
+        for line in header
+    ), f"{path}: the header must show the command that runs it"
     for job in ("train", "evaluate", "pipeline"):
         cfg = compose_config(job, [f"experiment={path.stem}"])
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -141,24 +153,47 @@ def test_cli_prints_the_composed_config():
     assert cfg.job == "train" and cfg.trainer.max_steps == 7 and cfg.name == "quickstart"
 
 
-@pytest.mark.parametrize("model,path", [("citrus1.0-llama-70b", "jdh-algo/Citrus1.0-llama-70B"),
-                                        ("citrus1.0-qwen-72b", "jdh-algo/Citrus1.0-Qwen-72B")])
+@pytest.mark.parametrize(
+    "model,path",
+    [
+        ("citrus1.0-llama-70b", "jdh-algo/Citrus1.0-llama-70B"),
+        ("citrus1.0-qwen-72b", "jdh-algo/Citrus1.0-Qwen-72B"),
+    ],
+)
 def test_released_models_serve_on_8_gpus_as_the_citrus_readme_does(model, path):
     from citrus.serve import server_command
 
     cfg = compose_config("serve", [f"model={model}"])
     cmd = server_command(cfg)
-    assert cmd[cmd.index("--model") + 1] == path and cmd[cmd.index("--tensor-parallel-size") + 1] == "8"
-    assert cmd[cmd.index("--served-model-name") + 1] == model and "--chat-template" not in cmd  # the tokenizer's own
-    assert compose_config("evaluate", [f"model={model}", "engine=vllm"]).engine.tensor_parallel_size == 8
-    local = compose_config("evaluate", [f"model={model}", "engine=local_vllm", "serve.port=8123"]).engine
-    assert (local.base_url, local.served_model, local.api_key_env) == ("http://127.0.0.1:8123/v1", model, None)
+    assert (
+        cmd[cmd.index("--model") + 1] == path
+        and cmd[cmd.index("--tensor-parallel-size") + 1] == "8"
+    )
+    assert (
+        cmd[cmd.index("--served-model-name") + 1] == model and "--chat-template" not in cmd
+    )  # the tokenizer's own
+    assert (
+        compose_config("evaluate", [f"model={model}", "engine=vllm"]).engine.tensor_parallel_size
+        == 8
+    )
+    local = compose_config(
+        "evaluate", [f"model={model}", "engine=local_vllm", "serve.port=8123"]
+    ).engine
+    assert (local.base_url, local.served_model, local.api_key_env) == (
+        "http://127.0.0.1:8123/v1",
+        model,
+        None,
+    )
 
 
 def test_a_chat_template_override_reaches_the_vllm_server():
     from citrus.serve import server_command
 
-    cmd = server_command(compose_config("serve", ["model=qwen2.5-0.5b-instruct", "model.chat_template='{{ messages }}'"]))
+    cmd = server_command(
+        compose_config(
+            "serve", ["model=qwen2.5-0.5b-instruct", "model.chat_template='{{ messages }}'"]
+        )
+    )
     assert cmd[cmd.index("--chat-template") + 1] == "{{ messages }}"
 
 
@@ -168,18 +203,42 @@ def test_debug_smoke_shrinks_every_preset_to_one_cpu_process(path):
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert cfg.model.name == "tiny_llama" and cfg.engine.name == "hf" and cfg.logger.name == "none"
     t = cfg.trainer
-    assert (t.accelerator, t.devices, t.num_nodes, t.strategy, t.max_steps) == ("cpu", 1, 1, "auto", 4)
-    assert all(role.engine is None for role in cfg.roles.values())  # the tiny model plays every part
+    assert (t.accelerator, t.devices, t.num_nodes, t.strategy, t.max_steps) == (
+        "cpu",
+        1,
+        1,
+        "auto",
+        4,
+    )
+    assert all(
+        role.engine is None for role in cfg.roles.values()
+    )  # the tiny model plays every part
     assert list(cfg.pipeline.sft_data) == ["quickstart", "quickstart"]
 
 
-@pytest.mark.parametrize("preset,backbone", [("citrus_llama70b", "llama-3.1-70b-instruct"), ("citrus_qwen72b", "qwen2.5-72b-instruct")])
+@pytest.mark.parametrize(
+    "preset,backbone",
+    [("citrus_llama70b", "llama-3.1-70b-instruct"), ("citrus_qwen72b", "qwen2.5-72b-instruct")],
+)
 def test_citrus_presets_chain_the_three_sft_stages_then_cpo_simpo_on_a_cluster(preset, backbone):
     cfg = compose_config("pipeline", [f"experiment={preset}"])
-    assert cfg.model.name == backbone and list(cfg.pipeline.sft_data) == ["citrus_s1", "citrus_s2", "citrus_s3"]
-    assert list(cfg.pipeline.stages) == ["sft", "sample", "preference"] and cfg.pipeline.preference.algorithm == "cpo_simpo"
+    assert cfg.model.name == backbone and list(cfg.pipeline.sft_data) == [
+        "citrus_s1",
+        "citrus_s2",
+        "citrus_s3",
+    ]
+    assert (
+        list(cfg.pipeline.stages) == ["sft", "sample", "preference"]
+        and cfg.pipeline.preference.algorithm == "cpo_simpo"
+    )
     t = cfg.trainer
-    assert (t.strategy, t.devices * t.num_nodes, t.precision, t.gradient_checkpointing, t.resume) == ("fsdp2", 32, "bf16-mixed", True, "auto")
+    assert (
+        t.strategy,
+        t.devices * t.num_nodes,
+        t.precision,
+        t.gradient_checkpointing,
+        t.resume,
+    ) == ("fsdp2", 32, "bf16-mixed", True, "auto")
     assert t.global_batch_size == t.micro_batch_size * t.grad_accum_steps * t.devices * t.num_nodes
 
 
@@ -190,9 +249,22 @@ def test_slurm_launcher_takes_nodes_and_gpus_from_the_trainer_and_requeues():
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["job=pipeline", "experiment=citrus_qwen72b", "hydra/launcher=citrus_slurm",
-                                           "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        cfg = compose(
+            "config",
+            overrides=[
+                "job=pipeline",
+                "experiment=citrus_qwen72b",
+                "hydra/launcher=citrus_slurm",
+                "hydra.launcher.partition=gpu",
+            ],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (4, 8, 8, "gpu")
+    assert (
+        launcher.nodes,
+        launcher.gpus_per_node,
+        launcher.tasks_per_node,
+        launcher.partition,
+    ) == (4, 8, 8, "gpu")
     assert launcher.max_num_timeout > 0 and launcher.setup

@@ -10,13 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config, run_cli
 from safetensors.torch import load_file
 
 from citrus.cli import execute
-from conftest import compose_config, run_cli
 
-BASE = ("experiment=quickstart", "logger=none", "data.quickstart.n_train=32", "trainer.micro_batch_size=2",
-        "trainer.max_steps=4", "trainer.log_every=1", "trainer.accelerator=cpu")
+BASE = (
+    "experiment=quickstart",
+    "logger=none",
+    "data.quickstart.n_train=32",
+    "trainer.micro_batch_size=2",
+    "trainer.max_steps=4",
+    "trainer.log_every=1",
+    "trainer.accelerator=cpu",
+)
 
 
 def train(run_dir: Path, *overrides: str) -> dict:
@@ -25,7 +32,10 @@ def train(run_dir: Path, *overrides: str) -> dict:
 
 
 def curve(run_dir: Path) -> list[float]:
-    return [json.loads(line)["train/loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)["train/loss"]
+        for line in (run_dir / "train_log.jsonl").read_text().splitlines()
+    ]
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -49,7 +59,12 @@ def test_ddp_equals_one_process_with_twice_the_accumulation(one_process, tmp_pat
 
 def test_fsdp2_trains_the_same_model_and_resumes_exactly(one_process, tmp_path):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    fsdp = ("trainer=fsdp2", "trainer.devices=2", "trainer.grad_accum_steps=1", "trainer.checkpoint_every=2")
+    fsdp = (
+        "trainer=fsdp2",
+        "trainer.devices=2",
+        "trainer.grad_accum_steps=1",
+        "trainer.checkpoint_every=2",
+    )
     train(whole, *fsdp)
     assert curve(whole) == pytest.approx(curve(one_process), rel=1e-6)
     a, b = weights(one_process), weights(whole)
@@ -63,8 +78,15 @@ def test_fsdp2_trains_the_same_model_and_resumes_exactly(one_process, tmp_path):
 
 
 def test_a_multi_process_multirun_makes_one_directory_per_job(tmp_path):
-    result = run_cli("train", "-m", *BASE, "trainer=ddp", "trainer.max_steps=2", "trainer.lr=1e-3,2e-3",
-                     env={"CITRUS_OUTPUTS": str(tmp_path)})
+    result = run_cli(
+        "train",
+        "-m",
+        *BASE,
+        "trainer=ddp",
+        "trainer.max_steps=2",
+        "trainer.lr=1e-3,2e-3",
+        env={"CITRUS_OUTPUTS": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = sorted(tmp_path.glob("**/run.json"))
     assert len(records) == 2, records

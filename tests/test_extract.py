@@ -6,11 +6,20 @@ import pytest
 
 from citrus.evaluate.extract import extract_answer
 
-OPTIONS = {"A": "asthma exacerbation", "B": "community-acquired pneumonia", "C": "pulmonary embolism", "D": "pneumothorax"}
+OPTIONS = {
+    "A": "asthma exacerbation",
+    "B": "community-acquired pneumonia",
+    "C": "pulmonary embolism",
+    "D": "pneumothorax",
+}
 
 CASES = [
     # the trained format
-    ("<think>\nFever and crackles.\n</think>\n<answer>B. community-acquired pneumonia</answer>", "B", "answer_tag"),
+    (
+        "<think>\nFever and crackles.\n</think>\n<answer>B. community-acquired pneumonia</answer>",
+        "B",
+        "answer_tag",
+    ),
     ("<think>...</think>\n<answer>\nC\n</answer>", "C", "answer_tag"),
     ("<answer>**D**</answer>", "D", "answer_tag"),
     ("<answer>(A) asthma exacerbation</answer>", "A", "answer_tag"),
@@ -18,7 +27,11 @@ CASES = [
     ("<answer>The answer is C because of the D-dimer.</answer>", "C", "answer_tag"),
     ("<answer>pulmonary embolism</answer>", "C", "answer_tag"),
     ("<think>A is unlikely</think><answer>C: pulmonary embolism", "C", "answer_tag"),  # unclosed
-    ("<answer>first guess A</answer> ... <answer>D.</answer>", "D", "answer_tag"),  # the last tag wins
+    (
+        "<answer>first guess A</answer> ... <answer>D.</answer>",
+        "D",
+        "answer_tag",
+    ),  # the last tag wins
     # no usable tag: common phrasings
     ("After weighing everything, the answer is (D).", "D", "answer_is"),
     ("Final Answer: **B**", "B", "answer_is"),

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
+from conftest import SMOKE, compose_config
 
 from citrus.cli import execute
 from citrus.data import quickstart
 from citrus.engines.hf import HFEngine
 from citrus.prompts import build_text
-from conftest import SMOKE, compose_config
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,9 @@ def test_likelihood_mode_end_to_end(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(r["rule"] == "likelihood" for r in rows)
     assert all(r["pred"] == max(r["logprobs"], key=r["logprobs"].get) for r in rows)
-    assert rows[0]["prompt"].startswith("Question: A ") and rows[0]["prompt"].endswith("\nAnswer:")  # lm-eval's MedQA layout
+    assert rows[0]["prompt"].startswith("Question: A ") and rows[0]["prompt"].endswith(
+        "\nAnswer:"
+    )  # lm-eval's MedQA layout
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["mode"] == "likelihood" and metrics["tasks"]["quickstart"]["invalid_rate"] == 0.0
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import evaluate
 import pytest
 
-from citrus.evaluate.metrics import METRIC_PATH, accuracy, bootstrap_ci, majority_vote, score, summarize
+from citrus.evaluate.metrics import (
+    METRIC_PATH,
+    accuracy,
+    bootstrap_ci,
+    majority_vote,
+    score,
+    summarize,
+)
 
 
 def test_accuracy_counts_unextracted_as_wrong():
@@ -21,7 +28,9 @@ def test_bootstrap_interval_brackets_the_mean_and_narrows_with_n():
     lo_l, hi_l = bootstrap_ci(large, seed=1)
     assert lo_s < 0.5 < hi_s and lo_l < 0.5 < hi_l
     assert (hi_l - lo_l) < (hi_s - lo_s) / 5  # ~1/sqrt(100) as wide
-    assert hi_s - lo_s == pytest.approx(2 * 1.96 * (0.25 / 50) ** 0.5, rel=0.2)  # normal approximation
+    assert hi_s - lo_s == pytest.approx(
+        2 * 1.96 * (0.25 / 50) ** 0.5, rel=0.2
+    )  # normal approximation
     assert bootstrap_ci(small, seed=1) == bootstrap_ci(small, seed=1)
     assert bootstrap_ci([1, 1, 1]) == (1.0, 1.0)
 
@@ -43,15 +52,20 @@ def test_score_with_samples_reports_pass_at_1_and_majority_vote():
 def test_shipped_evaluate_module_loads_offline_and_agrees(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     metric = evaluate.load(METRIC_PATH)
-    assert metric.compute(predictions=["A", "B", "", "C"], references=["A", "C", "B", "C"]) == score(
-        [["A"], ["B"], [None], ["C"]], ["A", "C", "B", "C"]
-    )
+    assert metric.compute(
+        predictions=["A", "B", "", "C"], references=["A", "C", "B", "C"]
+    ) == score([["A"], ["B"], [None], ["C"]], ["A", "C", "B", "C"])
     sampled = metric.compute(predictions=[["A", "B"], ["C", "C"]], references=["A", "C"])
     assert sampled["accuracy"] == 0.75 and sampled["majority_vote_accuracy"] == 1.0
 
 
 def test_summarize_adds_chance_extraction_and_rule_shares():
-    out = summarize([["A"], [None], ["C"], ["D"]], ["A", "B", "C", "A"], ["answer_tag", "none", "answer_is", "answer_tag"], [4, 4, 5, 5])
+    out = summarize(
+        [["A"], [None], ["C"], ["D"]],
+        ["A", "B", "C", "A"],
+        ["answer_tag", "none", "answer_is", "answer_tag"],
+        [4, 4, 5, 5],
+    )
     assert out["accuracy"] == 0.5 and out["extracted"] == 0.75 and out["invalid_rate"] == 0.25
     assert out["chance"] == pytest.approx((0.25 + 0.25 + 0.2 + 0.2) / 4)
     assert out["rule/answer_tag"] == 0.5 and out["rule/none"] == 0.25

@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from omegaconf import OmegaConf
-
 from chat_server import ChatServer
+from conftest import compose_config
+
 from citrus.data import quickstart
 from citrus.engines import build_engine
 from citrus.engines.hf import HFEngine
 from citrus.engines.openai import RequestFailed
 from citrus.prompts import build_messages
-from conftest import compose_config
 
 SECRET = "sk-openai-engine-test-9876543210"
 
@@ -26,11 +25,20 @@ def hf_engine():
 
 
 def openai_engine(url: str, tmp_path, *overrides: str):
-    cfg = compose_config("evaluate", [
-        "model=tiny_llama", "engine=openai", f"engine.base_url={url}", "engine.max_new_tokens=12",
-        "engine.backoff_s=0.01", "engine.max_backoff_s=0.1", "engine.timeout_s=1",
-        f"engine.cache_path={tmp_path / 'cache.jsonl'}", *overrides,
-    ])
+    cfg = compose_config(
+        "evaluate",
+        [
+            "model=tiny_llama",
+            "engine=openai",
+            f"engine.base_url={url}",
+            "engine.max_new_tokens=12",
+            "engine.backoff_s=0.01",
+            "engine.max_backoff_s=0.1",
+            "engine.timeout_s=1",
+            f"engine.cache_path={tmp_path / 'cache.jsonl'}",
+            *overrides,
+        ],
+    )
     return build_engine(cfg.engine, cfg.model)
 
 
@@ -80,16 +88,24 @@ def test_retries_exhausted_raise_and_keep_finished_work(hf_engine, conversations
     assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 1  # the finished one is kept
 
 
-def test_api_key_comes_from_the_environment_and_is_never_written(hf_engine, conversations, tmp_path, monkeypatch):
+def test_api_key_comes_from_the_environment_and_is_never_written(
+    hf_engine, conversations, tmp_path, monkeypatch
+):
     with ChatServer(hf_engine, api_key=SECRET) as server:
         with pytest.raises(RequestFailed, match="HTTP 401"):
-            openai_engine(server.url, tmp_path, "engine.api_key_env=CITRUS_TEST_KEY").generate(conversations[:1])
+            openai_engine(server.url, tmp_path, "engine.api_key_env=CITRUS_TEST_KEY").generate(
+                conversations[:1]
+            )
         monkeypatch.setenv("CITRUS_TEST_KEY", SECRET)
-        assert openai_engine(server.url, tmp_path, "engine.api_key_env=CITRUS_TEST_KEY").generate(conversations[:1])
+        assert openai_engine(server.url, tmp_path, "engine.api_key_env=CITRUS_TEST_KEY").generate(
+            conversations[:1]
+        )
     assert SECRET not in (tmp_path / "cache.jsonl").read_text()
 
 
-def test_per_request_seeds_are_sent_and_keep_samples_apart_in_the_cache(hf_engine, conversations, tmp_path):
+def test_per_request_seeds_are_sent_and_keep_samples_apart_in_the_cache(
+    hf_engine, conversations, tmp_path
+):
     with ChatServer(hf_engine) as server:
         engine = openai_engine(server.url, tmp_path)
         engine.generate([conversations[0]] * 3, seeds=[0, 1, 2])

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from conftest import compose_config
 from datasets import Dataset
 from omegaconf import OmegaConf
 
@@ -15,7 +16,6 @@ from citrus.data import quickstart
 from citrus.models import load_model, load_tokenizer
 from citrus.train.data import IGNORE, PairCollator, tokenize_pair
 from citrus.train.trainer import preference_objective, step_counts
-from conftest import compose_config
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 N = 4
@@ -25,11 +25,20 @@ N = 4
 def setup(tmp_path_factory):
     cfg = compose_config("train", ["data=quickstart_pairs", "algorithm=cpo"])
     tokenizer = load_tokenizer(cfg.model)
-    records = [quickstart.to_preference_record(q, "quickstart") for q in quickstart.generate("train", N, seed=1)]
-    rows = Dataset.from_list([
-        {"prompt": r["messages"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
-         "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in records
-    ])
+    records = [
+        quickstart.to_preference_record(q, "quickstart")
+        for q in quickstart.generate("train", N, seed=1)
+    ]
+    rows = Dataset.from_list(
+        [
+            {
+                "prompt": r["messages"],
+                "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}],
+            }
+            for r in records
+        ]
+    )
     return cfg, tokenizer, records, rows, tmp_path_factory.mktemp("trl")
 
 
@@ -51,38 +60,76 @@ def pad_pairs(chosen_ids, chosen_labels, rejected_ids, rejected_labels, pad_id):
     pad = lambda t, value: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)  # noqa: E731
     ids = torch.cat([pad(chosen_ids, pad_id), pad(rejected_ids, pad_id)])
     labels = torch.cat([pad(chosen_labels, IGNORE), pad(rejected_labels, IGNORE)])
-    return {"input_ids": ids, "labels": labels, "attention_mask": (labels != IGNORE) | (ids != pad_id)}
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": (labels != IGNORE) | (ids != pad_id),
+    }
 
 
 def ours(algorithm: str, overrides: dict, policy, batch, reference=None):
     algo = OmegaConf.merge(compose_config("train", [f"algorithm={algorithm}"]).algorithm, overrides)
     batch = {**batch, "attention_mask": batch["attention_mask"].long()}
-    ref = (lambda b: reference(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits) if reference else None
-    loss, metrics = preference_objective(policy, batch, step_counts([batch], algo.objective), algo, ref)
+    ref = (
+        (lambda b: reference(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits)
+        if reference
+        else None
+    )
+    loss, metrics = preference_objective(
+        policy, batch, step_counts([batch], algo.objective), algo, ref
+    )
     return float(loss), metrics
 
 
 def cpo_batch(trainer):
     b = trainer.data_collator([trainer.train_dataset[i] for i in range(N)])
-    return b, pad_pairs(b["chosen_input_ids"], b["chosen_labels"], b["rejected_input_ids"], b["rejected_labels"],
-                        trainer.processing_class.pad_token_id)
+    return b, pad_pairs(
+        b["chosen_input_ids"],
+        b["chosen_labels"],
+        b["rejected_input_ids"],
+        b["rejected_labels"],
+        trainer.processing_class.pad_token_id,
+    )
 
 
-@pytest.mark.parametrize("loss_type,label_smoothing", [("sigmoid", 0.0), ("sigmoid", 0.1), ("hinge", 0.0), ("ipo", 0.0), ("simpo", 0.0)])
+@pytest.mark.parametrize(
+    "loss_type,label_smoothing",
+    [("sigmoid", 0.0), ("sigmoid", 0.1), ("hinge", 0.0), ("ipo", 0.0), ("simpo", 0.0)],
+)
 def test_cpo_matches_trl(setup, loss_type, label_smoothing):
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     cfg, tokenizer, _, rows, out = setup
     policy, _ = models(cfg)
     beta, gamma, alpha = (10.0, 5.4, 0.05) if loss_type == "simpo" else (0.1, 0.5, 1.0)
-    args = CPOConfig(output_dir=str(out), per_device_train_batch_size=N, report_to=[], use_cpu=True, max_length=1024,
-                     beta=beta, loss_type=loss_type, simpo_gamma=gamma, cpo_alpha=alpha, label_smoothing=label_smoothing)
+    args = CPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=N,
+        report_to=[],
+        use_cpu=True,
+        max_length=1024,
+        beta=beta,
+        loss_type=loss_type,
+        simpo_gamma=gamma,
+        cpo_alpha=alpha,
+        label_smoothing=label_smoothing,
+    )
     trainer = CPOTrainer(model=policy, args=args, train_dataset=rows, processing_class=tokenizer)
     trl_batch, batch = cpo_batch(trainer)
     with torch.no_grad():
         trl_loss, trl_metrics = trainer.get_batch_loss_metrics(policy, trl_batch)
-        loss, metrics = ours("cpo", {"loss_type": loss_type, "beta": beta, "simpo_gamma": gamma, "cpo_alpha": alpha,
-                                     "label_smoothing": label_smoothing}, policy, batch)
+        loss, metrics = ours(
+            "cpo",
+            {
+                "loss_type": loss_type,
+                "beta": beta,
+                "simpo_gamma": gamma,
+                "cpo_alpha": alpha,
+                "label_smoothing": label_smoothing,
+            },
+            policy,
+            batch,
+        )
     assert loss == pytest.approx(float(trl_loss), abs=1e-6, rel=1e-6)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
         assert metrics[key] == pytest.approx(trl_metrics[key], abs=1e-6, rel=1e-6), key
@@ -94,14 +141,23 @@ def test_orpo_matches_trl(setup):
 
     cfg, tokenizer, _, rows, out = setup
     policy, _ = models(cfg)
-    args = ORPOConfig(output_dir=str(out), per_device_train_batch_size=N, report_to=[], use_cpu=True, max_length=1024, beta=0.1)
+    args = ORPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=N,
+        report_to=[],
+        use_cpu=True,
+        max_length=1024,
+        beta=0.1,
+    )
     trainer = ORPOTrainer(model=policy, args=args, train_dataset=rows, processing_class=tokenizer)
     trl_batch, batch = cpo_batch(trainer)
     with torch.no_grad():
         trl_loss, trl_metrics = trainer.get_batch_loss_metrics(policy, trl_batch)
         loss, metrics = ours("orpo", {"beta": 0.1}, policy, batch)
     assert loss == pytest.approx(float(trl_loss), abs=1e-6, rel=1e-6)
-    assert metrics["rewards/margins"] == pytest.approx(float(trl_metrics["rewards/margins"]), abs=1e-6, rel=1e-6)
+    assert metrics["rewards/margins"] == pytest.approx(
+        float(trl_metrics["rewards/margins"]), abs=1e-6, rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo"])
@@ -110,9 +166,18 @@ def test_dpo_matches_trl(setup, loss_type):
 
     cfg, tokenizer, _, rows, out = setup
     policy, reference = models(cfg)
-    args = DPOConfig(output_dir=str(out), per_device_train_batch_size=N, report_to=[], use_cpu=True, max_length=None,
-                     beta=0.1, loss_type=[loss_type])
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=rows, processing_class=tokenizer)
+    args = DPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=N,
+        report_to=[],
+        use_cpu=True,
+        max_length=None,
+        beta=0.1,
+        loss_type=[loss_type],
+    )
+    trainer = DPOTrainer(
+        model=policy, ref_model=reference, args=args, train_dataset=rows, processing_class=tokenizer
+    )
     b = trainer.data_collator([trainer.train_dataset[i] for i in range(N)])
     labels = b["input_ids"].masked_fill(b["completion_mask"] == 0, IGNORE)
     batch = {"input_ids": b["input_ids"], "labels": labels, "attention_mask": b["attention_mask"]}
@@ -131,11 +196,21 @@ def test_pairs_tokenize_as_trl_does(setup):
 
     cfg, tokenizer, records, rows, out = setup
     policy, _ = models(cfg)
-    args = CPOConfig(output_dir=str(out), per_device_train_batch_size=N, report_to=[], use_cpu=True, max_length=1024)
+    args = CPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=N,
+        report_to=[],
+        use_cpu=True,
+        max_length=1024,
+    )
     trainer = CPOTrainer(model=policy, args=args, train_dataset=rows, processing_class=tokenizer)
     _, theirs = cpo_batch(trainer)
-    mine = PairCollator(tokenizer.pad_token_id)([tokenize_pair(r, tokenizer, 1024) for r in records])
+    mine = PairCollator(tokenizer.pad_token_id)(
+        [tokenize_pair(r, tokenizer, 1024) for r in records]
+    )
     width = min(theirs["input_ids"].shape[1], mine["input_ids"].shape[1])
     real = mine["attention_mask"].bool()
-    assert torch.equal(mine["input_ids"][real], theirs["input_ids"][:, :mine["input_ids"].shape[1]][real])
+    assert torch.equal(
+        mine["input_ids"][real], theirs["input_ids"][:, : mine["input_ids"].shape[1]][real]
+    )
     assert torch.equal(mine["labels"][:, :width], theirs["labels"][:, :width])

@@ -16,19 +16,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from chat_server import ChatServer
+from conftest import REPO, compose_config, run_cli
 from safetensors.torch import load_file
 
-from chat_server import ChatServer
 from citrus.cli import execute
 from citrus.data import quickstart
 from citrus.data.schema import whole_records
 from citrus.engines.hf import HFEngine
-from conftest import REPO, compose_config, run_cli
 
 # A short SFT run that logs and checkpoints every other step: a kill can land anywhere.
-TRAIN = ("experiment=quickstart", "logger=none", "data.quickstart.n_train=48", "trainer.micro_batch_size=4",
-         "trainer.grad_accum_steps=1", "trainer.max_steps=12", "trainer.log_every=1", "trainer.checkpoint_every=2",
-         "trainer.keep_checkpoints=0", "trainer.resume=auto")
+TRAIN = (
+    "experiment=quickstart",
+    "logger=none",
+    "data.quickstart.n_train=48",
+    "trainer.micro_batch_size=4",
+    "trainer.grad_accum_steps=1",
+    "trainer.max_steps=12",
+    "trainer.log_every=1",
+    "trainer.checkpoint_every=2",
+    "trainer.keep_checkpoints=0",
+    "trainer.resume=auto",
+)
 KINDS = {
     "sft": (),
     "cpo": ("data=quickstart_pairs", "algorithm=cpo_simpo"),
@@ -39,8 +48,14 @@ KINDS = {
 
 def start(job: str, *args: str) -> subprocess.Popen:
     """`citrus <job>` in a process group of its own, so a kill reaches every rank it started."""
-    return subprocess.Popen([sys.executable, "-m", "citrus.cli", job, *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "citrus.cli", job, *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
@@ -48,7 +63,9 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:
-            raise AssertionError(f"the job ended (rc {proc.returncode}) before the kill: {proc.stderr.read()[-2000:]}")
+            raise AssertionError(
+                f"the job ended (rc {proc.returncode}) before the kill: {proc.stderr.read()[-2000:]}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError("the kill point was never reached")
         time.sleep(0.02)
@@ -107,7 +124,9 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
     assert expected.keys() == got.keys()
     different = [k for k in expected if not torch.equal(expected[k], got[k])]
     assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"
-    assert logged_steps(resumed) == logged_steps(reference) == list(range(1, 13))  # every step logged once
+    assert (
+        logged_steps(resumed) == logged_steps(reference) == list(range(1, 13))
+    )  # every step logged once
 
 
 @pytest.mark.parametrize("kind", ["sft", "cpo", "lora"])
@@ -168,10 +187,19 @@ def prediction_ids(run_dir: Path) -> list[str]:
 def test_evaluation_killed_mid_run_resumes_without_asking_twice(tiny_server_engine, tmp_path):
     n = 12
     with ChatServer(tiny_server_engine, delay=0.1) as server:
-        args = ("logger=none", "engine=openai", f"engine.base_url={server.url}", "engine.served_model=tiny",
-                "engine.max_new_tokens=16", "engine.batch_size=2", "engine.concurrency=1",
-                f"engine.cache_path={tmp_path / 'cache.jsonl'}", "benchmark=quickstart",
-                f"benchmark.tasks.quickstart.limit={n}", f"hydra.run.dir={tmp_path / 'run'}")
+        args = (
+            "logger=none",
+            "engine=openai",
+            f"engine.base_url={server.url}",
+            "engine.served_model=tiny",
+            "engine.max_new_tokens=16",
+            "engine.batch_size=2",
+            "engine.concurrency=1",
+            f"engine.cache_path={tmp_path / 'cache.jsonl'}",
+            "benchmark=quickstart",
+            f"benchmark.tasks.quickstart.limit={n}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        )
         proc = start("evaluate", *args)
         kill_when(proc, lambda: len(prediction_ids(tmp_path / "run")) >= 4)
         before = len(set(prediction_ids(tmp_path / "run")))
@@ -183,7 +211,9 @@ def test_evaluation_killed_mid_run_resumes_without_asking_twice(tiny_server_engi
     # each question was asked once; at most the one request in flight at the kill went out again
     assert n <= server.seen["ok"] <= n + 1, server.seen
     assert 4 <= before < n
-    cache = [json.loads(line)["key"] for line in (tmp_path / "cache.jsonl").read_text().splitlines()]
+    cache = [
+        json.loads(line)["key"] for line in (tmp_path / "cache.jsonl").read_text().splitlines()
+    ]
     assert len(cache) == len(set(cache)) == n
 
 
@@ -194,16 +224,29 @@ def test_synthesis_killed_at_a_random_point_finishes_each_question_once(tmp_path
     run_dir = tmp_path / "run"
     with ChatServer(clinician, delay=0.05) as server:
         roles = over_http(server.url, tmp_path)
-        args = ("logger=none", f"synthesis.limit={LIMIT}", "synthesis.chunk=1", *roles, f"hydra.run.dir={run_dir}")
+        args = (
+            "logger=none",
+            f"synthesis.limit={LIMIT}",
+            "synthesis.chunk=1",
+            *roles,
+            f"hydra.run.dir={run_dir}",
+        )
         proc = start("synthesize", *args)
         target = random.Random("synthesize-kill").randint(1, LIMIT - 2)
-        kill_when(proc, lambda: (run_dir / "pathways.jsonl").is_file()
-                  and (run_dir / "pathways.jsonl").read_text().count("\n") >= target)
+        kill_when(
+            proc,
+            lambda: (
+                (run_dir / "pathways.jsonl").is_file()
+                and (run_dir / "pathways.jsonl").read_text().count("\n") >= target
+            ),
+        )
         result = run_cli("synthesize", *args)
         assert result.returncode == 0, result.stderr[-3000:]
     ids = [json.loads(line)["id"] for line in (run_dir / "pathways.jsonl").read_text().splitlines()]
     assert sorted(ids) == sorted(q.id for q in quickstart.generate("train", LIMIT))
-    cache = [json.loads(line)["key"] for line in (tmp_path / "cache.jsonl").read_text().splitlines()]
+    cache = [
+        json.loads(line)["key"] for line in (tmp_path / "cache.jsonl").read_text().splitlines()
+    ]
     assert len(cache) == len(set(cache))  # no finished request paid twice
     assert len(ROLES) >= 3
 
@@ -211,15 +254,32 @@ def test_synthesis_killed_at_a_random_point_finishes_each_question_once(tmp_path
 def test_a_flaky_api_at_30_percent_faults_loses_no_question(tiny_server_engine, tmp_path):
     n = 16
     with ChatServer(tiny_server_engine, fault_rate=0.3, seed=7) as server:
-        overrides = ["logger=none", "engine=openai", f"engine.base_url={server.url}", "engine.served_model=tiny",
-                     "engine.max_new_tokens=16", "engine.concurrency=4", "engine.max_retries=10", "engine.timeout_s=1",
-                     "engine.backoff_s=0.01", "engine.max_backoff_s=0.05", f"engine.cache_path={tmp_path / 'cache.jsonl'}",
-                     "benchmark=quickstart", f"benchmark.tasks.quickstart.limit={n}"]
-        metrics = execute("evaluate", compose_config("evaluate", overrides), tmp_path / "run", overrides)
-    assert sorted(prediction_ids(tmp_path / "run")) == sorted(q.id for q in quickstart.generate("test", n))
+        overrides = [
+            "logger=none",
+            "engine=openai",
+            f"engine.base_url={server.url}",
+            "engine.served_model=tiny",
+            "engine.max_new_tokens=16",
+            "engine.concurrency=4",
+            "engine.max_retries=10",
+            "engine.timeout_s=1",
+            "engine.backoff_s=0.01",
+            "engine.max_backoff_s=0.05",
+            f"engine.cache_path={tmp_path / 'cache.jsonl'}",
+            "benchmark=quickstart",
+            f"benchmark.tasks.quickstart.limit={n}",
+        ]
+        metrics = execute(
+            "evaluate", compose_config("evaluate", overrides), tmp_path / "run", overrides
+        )
+    assert sorted(prediction_ids(tmp_path / "run")) == sorted(
+        q.id for q in quickstart.generate("test", n)
+    )
     assert metrics["mean_accuracy"] >= 0.0 and server.seen["ok"] == n
     assert server.injected() >= 4 and len({t for t in server.seen if t != "ok"}) >= 3, server.seen
-    print(f"flaky API: {server.injected()} faults injected {dict(server.seen)}, {n} questions, 0 lost")
+    print(
+        f"flaky API: {server.injected()} faults injected {dict(server.seen)}, {n} questions, 0 lost"
+    )
 
 
 def test_a_flaky_api_in_a_data_job_marks_what_failed_with_its_reason(tmp_path):
@@ -227,10 +287,17 @@ def test_a_flaky_api_in_a_data_job_marks_what_failed_with_its_reason(tmp_path):
 
     with ChatServer(ScriptedClinician(), fault_rate=0.5, seed=3) as server:
         roles = over_http(server.url, tmp_path) + [f"roles.{r}.engine.max_retries=1" for r in ROLES]
-        roles += [f"roles.{r}.engine.backoff_s=0.01" for r in ROLES] + [f"roles.{r}.engine.timeout_s=1" for r in ROLES]
+        roles += [f"roles.{r}.engine.backoff_s=0.01" for r in ROLES] + [
+            f"roles.{r}.engine.timeout_s=1" for r in ROLES
+        ]
         metrics = job("label", tmp_path / "run", *roles)
-    records = [json.loads(line) for line in (tmp_path / "run" / "labeled.progress.jsonl").read_text().splitlines()]
-    assert len(records) == len({r["id"] for r in records}) == LIMIT  # every item: done or failed, once
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "labeled.progress.jsonl").read_text().splitlines()
+    ]
+    assert (
+        len(records) == len({r["id"] for r in records}) == LIMIT
+    )  # every item: done or failed, once
     failed = [r for r in records if r["status"] == "failed"]
     assert metrics["label/failed"] == len(failed) and all(r["reason"] for r in failed)
     assert server.injected() > 0
@@ -248,7 +315,13 @@ def test_an_unwritable_run_directory_fails_before_any_work(tmp_path):
 
 
 def test_too_little_free_disk_fails_before_any_work(tmp_path):
-    result = run_cli("train", "experiment=quickstart", "logger=none", "paths.min_free_gb=1e9", f"hydra.run.dir={tmp_path}")
+    result = run_cli(
+        "train",
+        "experiment=quickstart",
+        "logger=none",
+        "paths.min_free_gb=1e9",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert result.returncode != 0
     assert "GB free, the job wants paths.min_free_gb=1e+09" in result.stderr
     assert not (tmp_path / "train_log.jsonl").exists() and not (tmp_path / "run.json").exists()
@@ -257,12 +330,23 @@ def test_too_little_free_disk_fails_before_any_work(tmp_path):
 def test_an_api_key_reaches_no_file_log_or_wandb_record(tiny_server_engine, tmp_path):
     secret = "sk-reliability-secret-0123456789abcdef"
     with ChatServer(tiny_server_engine, api_key=secret) as server:
-        args = ("logger=wandb", "logger.mode=offline", "engine=openai", f"engine.base_url={server.url}",
-                "engine.served_model=tiny", "engine.max_new_tokens=8", f"engine.cache_path={tmp_path / 'run' / 'cache.jsonl'}",
-                "benchmark=quickstart", "benchmark.tasks.quickstart.limit=4", f"hydra.run.dir={tmp_path / 'run'}")
+        args = (
+            "logger=wandb",
+            "logger.mode=offline",
+            "engine=openai",
+            f"engine.base_url={server.url}",
+            "engine.served_model=tiny",
+            "engine.max_new_tokens=8",
+            f"engine.cache_path={tmp_path / 'run' / 'cache.jsonl'}",
+            "benchmark=quickstart",
+            "benchmark.tasks.quickstart.limit=4",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        )
         result = run_cli("evaluate", *args, env={"OPENAI_API_KEY": secret})
         assert result.returncode == 0, result.stderr[-3000:]
-        assert server.seen["ok"] == 4 and server.seen["401"] == 0  # the key was sent, and only there
+        assert (
+            server.seen["ok"] == 4 and server.seen["401"] == 0
+        )  # the key was sent, and only there
     files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
     assert any(p.suffix == ".wandb" for p in files) and any(p.name == "cache.jsonl" for p in files)
     leaks = [p for p in files if secret.encode() in p.read_bytes()]
@@ -274,7 +358,9 @@ def test_a_training_log_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
     from citrus.train.trainer import forget_after
 
     log = tmp_path / "train_log.jsonl"
-    log.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n{"step": 3, "train/lo')
+    log.write_text(
+        '{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/loss": 1.5}\n{"step": 3, "train/lo'
+    )
     forget_after(log, 2)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
     forget_after(log, 0)  # a fresh start keeps nothing of an earlier attempt

@@ -8,7 +8,13 @@ import pytest
 
 from citrus.data.schema import DataError, MCQuestion, load_records, read_jsonl, write_jsonl_atomic
 
-GOOD = {"id": "q1", "benchmark": "demo", "question": "Which?", "options": {"A": "x", "B": "y"}, "answer": "B"}
+GOOD = {
+    "id": "q1",
+    "benchmark": "demo",
+    "question": "Which?",
+    "options": {"A": "x", "B": "y"},
+    "answer": "B",
+}
 
 
 def test_roundtrip(tmp_path):
@@ -53,7 +59,11 @@ def test_bad_json_line_names_file_and_line(tmp_path):
         ([], "mc", "no records"),
         ([GOOD, GOOD], "mc", "record 2: duplicate id 'q1'"),
         ([{**GOOD, "answer": "Z"}], "mc", "record 1:.*not among options"),
-        ([{"id": "s1", "messages": [{"role": "user", "content": "hi"}]}], "sft", "last message must be"),
+        (
+            [{"id": "s1", "messages": [{"role": "user", "content": "hi"}]}],
+            "sft",
+            "last message must be",
+        ),
         ([{"id": "s1", "messages": [{"role": "robot", "content": "hi"}]}], "sft", "role"),
         ([{"id": "s1"}], "sft", "'messages' must be a non-empty list"),
     ],

@@ -13,14 +13,14 @@ import json
 import re
 
 import pytest
-from datasets import load_dataset
-
 from chat_server import ChatServer
+from conftest import compose_config
+from datasets import load_dataset
+from test_benchmarks import ROOT
+
 from citrus.cli import execute
 from citrus.data import quickstart
 from citrus.data.benchmarks import load_task
-from conftest import compose_config
-from test_benchmarks import ROOT
 
 ROLES = ("teacher", "critic", "judge", "policy", "answer_mapper", "strong", "weak")
 LIMIT = 4
@@ -33,7 +33,9 @@ class ScriptedClinician:
     def __init__(self):
         self.prompts: list[list[dict]] = []
         self.policy_calls = 0
-        self.wrong_case = quickstart.generate("train", LIMIT)[1].question  # its narrative concludes wrongly
+        self.wrong_case = quickstart.generate("train", LIMIT)[
+            1
+        ].question  # its narrative concludes wrongly
 
     def generate(self, conversations, on_batch=None, seeds=None):
         return [self.reply(m) for m in conversations]
@@ -42,7 +44,10 @@ class ScriptedClinician:
         self.prompts.append(messages)
         system = messages[0]["content"] if messages[0]["role"] == "system" else ""
         user = messages[-1]["content"]
-        gold = re.search(r"(?:Correct answer \(secret, never mention it\)|Correct answer \(never cite it\)|Reference answer): (\w)\. (.+)", user)
+        gold = re.search(
+            r"(?:Correct answer \(secret, never mention it\)|Correct answer \(never cite it\)|Reference answer): (\w)\. (.+)",
+            user,
+        )
         if system.startswith("You rewrite"):
             stem = user.split("Multiple-choice question:\n", 1)[1].split("\nA. ", 1)[0]
             return f"Open-ended question: {stem.strip()} What is the most likely diagnosis?"
@@ -52,7 +57,9 @@ class ScriptedClinician:
             return f"Step: the findings narrow the differential (step {user.count('Step ') + 1})."
         if "review one step" in system:
             if "I am sure" in user.split("New step to review:", 1)[1]:
-                return "Rating: 0\nFeedback: List the findings and the differential before concluding."
+                return (
+                    "Rating: 0\nFeedback: List the findings and the differential before concluding."
+                )
             return "**Rating:** 1\nFeedback: Now weigh each candidate against the findings."
         if "is complete" in system:
             return "Complete: yes" if user.count("Step ") >= 2 else "Complete: no"
@@ -61,7 +68,9 @@ class ScriptedClinician:
             if self.wrong_case in user:
                 letter = "A" if letter != "A" else "B"
             return f"<think>\nSo the findings fit; wait, alternatively... no.\n</think>\n<answer>{letter}</answer>"
-        if system.startswith("You grade the form"):  # answer mapper: reads "option N", which no rule does
+        if system.startswith(
+            "You grade the form"
+        ):  # answer mapper: reads "option N", which no rule does
             found = re.search(r"option (\d)", user.split("Reply (its end):", 1)[1])
             return f"**{'ABCD'[int(found.group(1)) - 1]}**" if found else "none"
         if system.startswith("You grade an answer"):
@@ -82,9 +91,13 @@ class ScriptedClinician:
 def over_http(url: str, tmp_path) -> list[str]:
     overrides = []
     for role in ROLES:
-        overrides += [f"role@roles.{role}=openai", f"roles.{role}.engine.base_url={url}",
-                      f"roles.{role}.engine.served_model=scripted", f"roles.{role}.engine.cache_path={tmp_path / 'cache.jsonl'}",
-                      f"roles.{role}.engine.concurrency=4"]
+        overrides += [
+            f"role@roles.{role}=openai",
+            f"roles.{role}.engine.base_url={url}",
+            f"roles.{role}.engine.served_model=scripted",
+            f"roles.{role}.engine.cache_path={tmp_path / 'cache.jsonl'}",
+            f"roles.{role}.engine.concurrency=4",
+        ]
     return overrides
 
 
@@ -105,9 +118,19 @@ def scripted(tmp_path_factory):
     with ChatServer(clinician) as server:
         roles = over_http(server.url, root)
         label = job("label", root / "label", *roles)
-        synth = job("synthesize", root / "synthesize", *roles, f"synthesis.source={root / 'label' / 'labeled.jsonl'}")
-        sample = job("sample", root / "sample", *roles, f"synthesis.source={root / 'label' / 'labeled.jsonl'}",
-                     "synthesis.sample.num_samples=4")
+        synth = job(
+            "synthesize",
+            root / "synthesize",
+            *roles,
+            f"synthesis.source={root / 'label' / 'labeled.jsonl'}",
+        )
+        sample = job(
+            "sample",
+            root / "sample",
+            *roles,
+            f"synthesis.source={root / 'label' / 'labeled.jsonl'}",
+            "synthesis.sample.num_samples=4",
+        )
     return root, clinician, label, synth, sample
 
 
@@ -117,9 +140,18 @@ def test_label_writes_open_questions_and_difficulty(scripted):
     assert len(labeled) == LIMIT and metrics["label/done"] == LIMIT
     for r in labeled:
         meta = r["metadata"]
-        assert meta["open_question"].endswith("What is the most likely diagnosis?") and "\nA. " not in meta["open_question"]
+        assert (
+            meta["open_question"].endswith("What is the most likely diagnosis?")
+            and "\nA. " not in meta["open_question"]
+        )
         assert meta["difficulty"] in {"easy", "unknown", "hard"}
-        assert meta["difficulty"] == ("hard" if meta["pass_rate_weak"] < 0.5 else "unknown" if meta["pass_rate_strong"] < 0.5 else "easy")
+        assert meta["difficulty"] == (
+            "hard"
+            if meta["pass_rate_weak"] < 0.5
+            else "unknown"
+            if meta["pass_rate_strong"] < 0.5
+            else "easy"
+        )
     assert metrics["usage/teacher/requests"] == LIMIT
 
 
@@ -130,13 +162,17 @@ def test_synthesis_loop_follows_the_critic_and_the_judge(scripted):
     for r in audit.values():
         first = r["rounds"][0]
         assert first["rating"] == 0 and first["step"].startswith("I am sure")  # dropped...
-        assert "List the findings" in r["rounds"][1]["step_prompt"][-1]["content"]  # ...its feedback steers the next
+        assert (
+            "List the findings" in r["rounds"][1]["step_prompt"][-1]["content"]
+        )  # ...its feedback steers the next
         assert all(t["feedback"] for t in r["trace"]) and len(r["trace"]) == len(r["rounds"]) - 1
         assert r["votes"] == 3 and len(r["rounds"]) == 5  # yes at 2, 3 and 4 valid steps
         assert r["narrative_prompt"][-1]["content"].count("Step ") == 4
         assert r["rounds"][-1]["judge_reply"] == "Complete: yes"
     statuses = {i: r["status"] for i, r in audit.items()}
-    assert statuses.pop("quickstart-train-0-00001") == "dropped" and set(statuses.values()) == {"kept"}
+    assert statuses.pop("quickstart-train-0-00001") == "dropped" and set(statuses.values()) == {
+        "kept"
+    }
     assert "gold is" in audit["quickstart-train-0-00001"]["reason"]
     sft = load_dataset("json", data_files=str(root / "synthesize" / "sft.jsonl"), split="train")
     assert len(sft) == LIMIT - 1 and sft[0]["messages"][-1]["role"] == "assistant"
@@ -153,14 +189,21 @@ def test_sample_pairs_agree_with_the_judges(scripted):
     assert len(audit) == LIMIT and metrics["sample/pairs"] == len(pairs) > 0
     for r in audit:
         samples = r["samples"]
-        assert len(samples) == 4 and all(s["rule"] == "answer_check" for s in samples)  # mapped by the answer mapper
+        assert len(samples) == 4 and all(
+            s["rule"] == "answer_check" for s in samples
+        )  # mapped by the answer mapper
         if r["status"] == "kept":
             chosen = samples[r["chosen"]]
             assert chosen["correct"] and chosen["score"] == 90
             for p in r["pairs"]:
-                assert samples[p["rejected"]]["score"] < 60 and p["agree"] == (p["verdict"] == "AB"[p["order"].index(r["chosen"])])
+                assert samples[p["rejected"]]["score"] < 60 and p["agree"] == (
+                    p["verdict"] == "AB"[p["order"].index(r["chosen"])]
+                )
     first = pairs[0]
-    assert first["messages"][-1]["content"].startswith("Answer this medical question") and first["chosen"] != first["rejected"]
+    assert (
+        first["messages"][-1]["content"].startswith("Answer this medical question")
+        and first["chosen"] != first["rejected"]
+    )
 
 
 def test_a_rerun_resumes_without_new_requests(scripted, tmp_path):
@@ -168,10 +211,17 @@ def test_a_rerun_resumes_without_new_requests(scripted, tmp_path):
     before = (root / "sample" / "samples.jsonl").read_text()
     clinician = ScriptedClinician()
     with ChatServer(clinician) as server:  # a fresh server: nothing cached on its side
-        again = job("sample", root / "sample", *over_http(server.url, tmp_path), f"synthesis.source={root / 'label' / 'labeled.jsonl'}",
-                    "synthesis.sample.num_samples=4")
+        again = job(
+            "sample",
+            root / "sample",
+            *over_http(server.url, tmp_path),
+            f"synthesis.source={root / 'label' / 'labeled.jsonl'}",
+            "synthesis.sample.num_samples=4",
+        )
     assert clinician.prompts == [] and server.seen == {}
-    assert (root / "sample" / "samples.jsonl").read_text() == before and again["sample/done"] == LIMIT
+    assert (root / "sample" / "samples.jsonl").read_text() == before and again[
+        "sample/done"
+    ] == LIMIT
 
 
 def test_a_killed_job_finishes_each_question_exactly_once(tmp_path):
@@ -185,8 +235,12 @@ def test_a_killed_job_finishes_each_question_exactly_once(tmp_path):
         asked = len(clinician.prompts)
         job("synthesize", tmp_path / "run", *roles)
     ids = [r["id"] for r in lines(log)]
-    assert sorted(ids) == sorted(q.id for q in quickstart.generate("train", LIMIT))  # each once, none lost
-    assert len(clinician.prompts) == asked  # redoing the unfinished questions paid for no request twice
+    assert sorted(ids) == sorted(
+        q.id for q in quickstart.generate("train", LIMIT)
+    )  # each once, none lost
+    assert (
+        len(clinician.prompts) == asked
+    )  # redoing the unfinished questions paid for no request twice
     cache = [json.loads(line) for line in (tmp_path / "cache.jsonl").read_text().splitlines()]
     assert len({c["key"] for c in cache}) == len(cache) == asked
 
@@ -201,18 +255,41 @@ def test_requests_that_fail_for_good_are_recorded_per_item(tmp_path):
     assert all(r["status"] == "failed" and "HTTP 500" in r["reason"] for r in records)
 
 
-TINY = ("roles.teacher.max_new_tokens=24", "roles.critic.max_new_tokens=16", "roles.judge.max_new_tokens=8",
-        "roles.strong.max_new_tokens=16", "roles.weak.max_new_tokens=16", "roles.policy.max_new_tokens=24",
-        "roles.answer_mapper.max_new_tokens=4", "synthesis.synthesize.num_loop=2", "synthesis.sample.num_samples=3")
+TINY = (
+    "roles.teacher.max_new_tokens=24",
+    "roles.critic.max_new_tokens=16",
+    "roles.judge.max_new_tokens=8",
+    "roles.strong.max_new_tokens=16",
+    "roles.weak.max_new_tokens=16",
+    "roles.policy.max_new_tokens=24",
+    "roles.answer_mapper.max_new_tokens=4",
+    "synthesis.synthesize.num_loop=2",
+    "synthesis.sample.num_samples=3",
+)
 
 
-@pytest.mark.parametrize("name,log", [("label", "labeled.progress.jsonl"), ("synthesize", "pathways.jsonl"), ("sample", "samples.jsonl")])
+@pytest.mark.parametrize(
+    "name,log",
+    [
+        ("label", "labeled.progress.jsonl"),
+        ("synthesize", "pathways.jsonl"),
+        ("sample", "samples.jsonl"),
+    ],
+)
 def test_the_tiny_model_plays_every_role(name, log, tmp_path):
     metrics = job(name, tmp_path, "experiment=quickstart", *TINY)
     records = lines(tmp_path / log)
-    assert sorted(r["id"] for r in records) == sorted(q.id for q in quickstart.generate("train", LIMIT))
-    assert all(r["status"] in {"kept", "dropped", "failed"} and (r["status"] == "kept" or r["reason"]) for r in records)
-    assert metrics["usage/usd"] == 0.0 and sum(v for k, v in metrics.items() if k.endswith("/completion_tokens")) > 0
+    assert sorted(r["id"] for r in records) == sorted(
+        q.id for q in quickstart.generate("train", LIMIT)
+    )
+    assert all(
+        r["status"] in {"kept", "dropped", "failed"} and (r["status"] == "kept" or r["reason"])
+        for r in records
+    )
+    assert (
+        metrics["usage/usd"] == 0.0
+        and sum(v for k, v in metrics.items() if k.endswith("/completion_tokens")) > 0
+    )
     again = job(name, tmp_path, "experiment=quickstart", *TINY)  # resumes: nothing left to ask
     assert all(v == 0 for k, v in again.items() if k.endswith("/requests"))
 
@@ -221,17 +298,34 @@ def test_decontamination_flags_copied_benchmark_questions(tmp_path):
     if not ROOT.is_dir():
         pytest.skip(f"benchmark files not found at {ROOT} (set CITRUS_BENCHMARKS)")
     medqa = compose_config("evaluate", ["benchmark=medqa", f"benchmark.data_root={ROOT}"])
-    leaked = load_task("medqa", medqa.benchmark.tasks.medqa, medqa.benchmark, medqa.paths.data_dir).items[7]
+    leaked = load_task(
+        "medqa", medqa.benchmark.tasks.medqa, medqa.benchmark, medqa.paths.data_dir
+    ).items[7]
     records = [quickstart.to_sft_record(q, "quickstart") for q in quickstart.generate("train", 5)]
-    records.append({"id": "leak", "messages": [{"role": "user", "content": "Q: " + leaked.question},
-                                                {"role": "assistant", "content": "<answer>A</answer>"}]})
+    records.append(
+        {
+            "id": "leak",
+            "messages": [
+                {"role": "user", "content": "Q: " + leaked.question},
+                {"role": "assistant", "content": "<answer>A</answer>"},
+            ],
+        }
+    )
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    metrics = job("decontaminate", tmp_path / "run", f"data.path={data}", "benchmark=medqa", f"benchmark.data_root={ROOT}")
+    metrics = job(
+        "decontaminate",
+        tmp_path / "run",
+        f"data.path={data}",
+        "benchmark=medqa",
+        f"benchmark.data_root={ROOT}",
+    )
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert metrics["decontaminate/flagged"] == 1 and list(report["overlaps"]) == ["leak"]
     assert report["overlaps"]["leak"] == [f"medqa/{leaked.id}"]
-    assert [r["id"] for r in lines(tmp_path / "run" / "clean.jsonl")] == [r["id"] for r in records[:-1]]
+    assert [r["id"] for r in lines(tmp_path / "run" / "clean.jsonl")] == [
+        r["id"] for r in records[:-1]
+    ]
 
 
 def test_pipeline_chains_synthesize_sft_sample_and_preference(tmp_path):
@@ -240,12 +334,22 @@ def test_pipeline_chains_synthesize_sft_sample_and_preference(tmp_path):
     from conftest import SMOKE
 
     with ChatServer(ScriptedClinician()) as server:
-        overrides = [*SMOKE, *over_http(server.url, tmp_path), f"synthesis.limit={LIMIT}", "synthesis.sample.num_samples=4",
-                     "pipeline.stages=[synthesize,sft,sample,preference]", "pipeline.preference.trainer.max_steps=2",
-                     "+pipeline.preference.trainer.micro_batch_size=2"]
+        overrides = [
+            *SMOKE,
+            *over_http(server.url, tmp_path),
+            f"synthesis.limit={LIMIT}",
+            "synthesis.sample.num_samples=4",
+            "pipeline.stages=[synthesize,sft,sample,preference]",
+            "pipeline.preference.trainer.max_steps=2",
+            "+pipeline.preference.trainer.micro_batch_size=2",
+        ]
         metrics = execute("pipeline", compose_config("pipeline", overrides), tmp_path, overrides)
     n_train = 48  # SMOKE's quickstart SFT data
-    assert len(lines(tmp_path / "synthesize" / "sft_data.jsonl")) == n_train + metrics["synthesize/kept"] > n_train
+    assert (
+        len(lines(tmp_path / "synthesize" / "sft_data.jsonl"))
+        == n_train + metrics["synthesize/kept"]
+        > n_train
+    )
     assert metrics["sft/steps"] == 6 and metrics["preference/steps"] == 2
     assert "rewards/margins" in " ".join(metrics) and metrics["sample/pairs"] > 0
     for stage in ("evaluate_base", "evaluate_sft", "evaluate_preference"):
@@ -253,13 +357,19 @@ def test_pipeline_chains_synthesize_sft_sample_and_preference(tmp_path):
     cfg = json.loads((tmp_path / "preference" / "model" / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"]
     saved = (tmp_path / "preference" / "model" / "citrus_config.yaml").read_text()
-    assert "objective: cpo" in saved and f"path: {tmp_path / 'sft' / 'model'}" in saved  # started from the SFT export
+    assert (
+        "objective: cpo" in saved and f"path: {tmp_path / 'sft' / 'model'}" in saved
+    )  # started from the SFT export
 
 
 def test_pipeline_stages_are_checked_first(tmp_path):
     from citrus.pipeline import check_stages
 
     check_stages(["synthesize", "sft", "sample", "preference"])
-    for bad, message in ((["sft", "rlhf"], "unknown"), (["sample", "sft"], "in the order"), (["sft", "preference"], "add sample")):
+    for bad, message in (
+        (["sft", "rlhf"], "unknown"),
+        (["sample", "sft"], "in the order"),
+        (["sft", "preference"], "add sample"),
+    ):
         with pytest.raises(ValueError, match=message):
             check_stages(bad)

@@ -7,11 +7,11 @@ import os
 
 import pytest
 import torch
+from conftest import compose_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from citrus.models import load_model, load_tokenizer, resolve_path
 from citrus.models.tiny import BUILD_STAMP
-from conftest import compose_config
 
 MODELS = {"tiny_llama": "LlamaForCausalLM", "tiny_qwen": "Qwen2ForCausalLM"}
 
@@ -27,7 +27,9 @@ def test_loads_through_auto_classes_as_the_real_architecture(built):
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
     assert type(model).__name__ == MODELS[name]
-    assert model.config.hidden_size // model.config.num_attention_heads == 64  # vLLM CPU kernels need >= 64
+    assert (
+        model.config.hidden_size // model.config.num_attention_heads == 64
+    )  # vLLM CPU kernels need >= 64
     assert model.config.vocab_size == len(tok)
     assert 500 < len(tok) <= cfg.build.vocab_size
     n_params = sum(p.numel() for p in model.parameters())
@@ -40,14 +42,21 @@ def test_tokenizer_has_distinct_pad_and_end_of_turn_and_a_chat_template(built):
     assert tok.pad_token_id != tok.eos_token_id
     expected_eos = {"tiny_llama": "<|eot_id|>", "tiny_qwen": "<|im_end|>"}[name]
     assert tok.eos_token == expected_eos
-    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]
+    messages = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Q?"},
+        {"role": "assistant", "content": "A."},
+    ]
     full = tok.apply_chat_template(messages, tokenize=False)
     prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    assert full.startswith(prompt) and full[len(prompt):].startswith("A.")
-    assert expected_eos in full[len(prompt):]
+    assert full.startswith(prompt) and full[len(prompt) :].startswith("A.")
+    assert expected_eos in full[len(prompt) :]
     ids = tok(full, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == full  # byte-level BPE is lossless
-    assert tok.decode(tok("Ünïcode → 42 µg", add_special_tokens=False)["input_ids"]) == "Ünïcode → 42 µg"
+    assert (
+        tok.decode(tok("Ünïcode → 42 µg", add_special_tokens=False)["input_ids"])
+        == "Ünïcode → 42 µg"
+    )
 
 
 def test_forward_and_generate(built):
@@ -74,7 +83,10 @@ def test_build_is_reproducible_from_config(built, tmp_path):
     a = AutoModelForCausalLM.from_pretrained(path).state_dict()
     b = AutoModelForCausalLM.from_pretrained(again).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert AutoTokenizer.from_pretrained(path).get_vocab() == AutoTokenizer.from_pretrained(again).get_vocab()
+    assert (
+        AutoTokenizer.from_pretrained(path).get_vocab()
+        == AutoTokenizer.from_pretrained(again).get_vocab()
+    )
 
 
 def test_stale_build_is_refused(built, tmp_path):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import compose_config
 
 from citrus.data import quickstart
 from citrus.data.schema import DataError
@@ -13,7 +14,6 @@ from citrus.models import load_model, load_tokenizer
 from citrus.train.data import IGNORE, Collator, tokenize_sft
 from citrus.train.losses import token_nll_sum
 from citrus.train.schedule import warmup_cosine
-from conftest import compose_config
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,10 @@ def model_cfg():
 
 @pytest.fixture(scope="module")
 def records():
-    return [quickstart.to_sft_record(q, "citrus_expert") for q in quickstart.generate("train", 6, seed=5)]
+    return [
+        quickstart.to_sft_record(q, "citrus_expert")
+        for q in quickstart.generate("train", 6, seed=5)
+    ]
 
 
 def test_labels_cover_exactly_the_reply_and_its_stop_token(model_cfg, records):
@@ -57,7 +60,9 @@ def test_full_sequence_loss_when_not_completion_only(model_cfg, records):
 
 def test_too_long_record_names_the_record(model_cfg, records):
     tok = load_tokenizer(model_cfg)
-    with pytest.raises(DataError, match=rf"record '{records[0]['id']}': \d+ tokens exceed model.max_length=64"):
+    with pytest.raises(
+        DataError, match=rf"record '{records[0]['id']}': \d+ tokens exceed model.max_length=64"
+    ):
         tokenize_sft(records[0], tok, 64)
 
 
@@ -77,8 +82,15 @@ def test_accumulated_loss_does_not_depend_on_the_split(model_cfg, records):
     collate = Collator(tok.pad_token_id)
     with torch.no_grad():
         whole = token_nll_sum(model(**collate(examples)).logits, collate(examples)["labels"])
-        parts = [token_nll_sum(model(**collate(examples[i:i + 1])).logits, collate(examples[i:i + 1])["labels"]) for i in range(4)]
-    assert torch.allclose(whole[0] / whole[1], sum(p[0] for p in parts) / sum(p[1] for p in parts), atol=1e-4)
+        parts = [
+            token_nll_sum(
+                model(**collate(examples[i : i + 1])).logits, collate(examples[i : i + 1])["labels"]
+            )
+            for i in range(4)
+        ]
+    assert torch.allclose(
+        whole[0] / whole[1], sum(p[0] for p in parts) / sum(p[1] for p in parts), atol=1e-4
+    )
 
 
 def test_warmup_cosine_schedule():
@@ -88,4 +100,4 @@ def test_warmup_cosine_schedule():
     assert values[warmup] == pytest.approx(1.0)
     assert values[total] == pytest.approx(0.1)
     assert values[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert all(a >= b for a, b in zip(values[warmup:], values[warmup + 1:]))
+    assert all(a >= b for a, b in zip(values[warmup:], values[warmup + 1 :]))

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import compose_config
 from safetensors.torch import load_file
 
 from citrus.cli import execute
@@ -16,19 +17,35 @@ from citrus.models import load_model, load_tokenizer
 from citrus.train.data import PackedCollator, pack, tokenize_sft
 from citrus.train.losses import token_nll_sum
 from citrus.train.trainer import forward
-from conftest import compose_config
 
 TINY = (
-    "experiment=quickstart", "logger=none", "trainer.micro_batch_size=2", "trainer.grad_accum_steps=2",
-    "trainer.max_steps=6", "trainer.log_every=1", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=0",
+    "experiment=quickstart",
+    "logger=none",
+    "trainer.micro_batch_size=2",
+    "trainer.grad_accum_steps=2",
+    "trainer.max_steps=6",
+    "trainer.log_every=1",
+    "trainer.checkpoint_every=2",
+    "trainer.keep_checkpoints=0",
     "trainer.warmup_ratio=0.2",
 )
 SETUPS = {
     "sft": ["data.quickstart.n_train=32"],
     "sft_packed": ["data.quickstart.n_train=32", "trainer.packing=true", "model.max_length=700"],
-    "cpo_simpo": ["data=quickstart_pairs", "data.quickstart.n_train=32", "algorithm=cpo_simpo", "trainer.lr=1e-3"],
+    "cpo_simpo": [
+        "data=quickstart_pairs",
+        "data.quickstart.n_train=32",
+        "algorithm=cpo_simpo",
+        "trainer.lr=1e-3",
+    ],
     "lora": ["data.quickstart.n_train=32", "adapter=lora", "adapter.dropout=0.1"],
-    "dpo_lora": ["data=quickstart_pairs", "data.quickstart.n_train=32", "algorithm=dpo", "adapter=lora", "trainer.lr=1e-3"],
+    "dpo_lora": [
+        "data=quickstart_pairs",
+        "data.quickstart.n_train=32",
+        "algorithm=dpo",
+        "adapter=lora",
+        "trainer.lr=1e-3",
+    ],
 }
 
 
@@ -38,7 +55,10 @@ def train(run_dir, overrides):
 
 
 def curve(run_dir):
-    return [(r["step"], r["train/loss"]) for r in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())]
+    return [
+        (r["step"], r["train/loss"])
+        for r in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())
+    ]
 
 
 @pytest.mark.parametrize("setup", list(SETUPS))
@@ -48,12 +68,18 @@ def test_resumed_run_matches_uninterrupted_one(setup, tmp_path):
     first = train(whole, SETUPS[setup])
     assert first["train/steps"] == 6 and [s for s, _ in curve(whole)] == [1, 2, 3, 4, 5, 6]
     checkpoint = whole / "checkpoints" / "step-000004"
-    assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == [
+        "step-000002",
+        "step-000004",
+    ]
     shutil.copytree(checkpoint, resumed / "checkpoints" / "step-000004")
     again = train(resumed, [*SETUPS[setup], "trainer.resume=auto"])
     assert again["train/steps"] == 6
     assert curve(resumed) == [s for s in curve(whole) if s[0] > 4]  # bit-identical losses
-    a, b = load_file(whole / "model" / "model.safetensors"), load_file(resumed / "model" / "model.safetensors")
+    a, b = (
+        load_file(whole / "model" / "model.safetensors"),
+        load_file(resumed / "model" / "model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not any("lora" in k for k in a)  # adapters merged into a plain model
 
@@ -61,7 +87,9 @@ def test_resumed_run_matches_uninterrupted_one(setup, tmp_path):
 def test_resume_from_a_run_dir_and_resume_auto_on_a_fresh_run(tmp_path):
     base = train(tmp_path / "a", SETUPS["sft"])
     assert base["train/steps"] == 6
-    fresh = train(tmp_path / "b", [*SETUPS["sft"], "trainer.resume=auto"])  # nothing to resume: starts at 0
+    fresh = train(
+        tmp_path / "b", [*SETUPS["sft"], "trainer.resume=auto"]
+    )  # nothing to resume: starts at 0
     assert [s for s, _ in curve(tmp_path / "b")][0] == 1
     with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
         train(tmp_path / "c", [*SETUPS["sft"], f"trainer.resume={tmp_path / 'nowhere'}"])
@@ -71,18 +99,27 @@ def test_resume_from_a_run_dir_and_resume_auto_on_a_fresh_run(tmp_path):
 def test_sft_stages_chain_by_config(tmp_path):
     """Stage 2 starts from stage 1's export: `model.path=<stage-1 run dir>`."""
     first = train(tmp_path / "s1", SETUPS["sft"])
-    second = train(tmp_path / "s2", [*SETUPS["sft"], f"model.path={tmp_path / 's1'}", "data.quickstart.seed=1"])
+    second = train(
+        tmp_path / "s2", [*SETUPS["sft"], f"model.path={tmp_path / 's1'}", "data.quickstart.seed=1"]
+    )
     assert second["train/first_loss"] < first["train/first_loss"] - 0.5
-    assert f"model.path={tmp_path / 's1'}" in json.loads((tmp_path / "s2" / "run.json").read_text())["command"]
+    assert (
+        f"model.path={tmp_path / 's1'}"
+        in json.loads((tmp_path / "s2" / "run.json").read_text())["command"]
+    )
 
 
 def test_gradient_checkpointing_and_bf16_train_the_same_curve(tmp_path):
     plain = train(tmp_path / "plain", SETUPS["sft"])
     recomputed = train(tmp_path / "ckpt", [*SETUPS["sft"], "trainer.gradient_checkpointing=true"])
-    assert [l for _, l in curve(tmp_path / "ckpt")] == pytest.approx([l for _, l in curve(tmp_path / "plain")], rel=1e-5)
+    assert [l for _, l in curve(tmp_path / "ckpt")] == pytest.approx(
+        [l for _, l in curve(tmp_path / "plain")], rel=1e-5
+    )
     assert recomputed["train/final_loss"] == pytest.approx(plain["train/final_loss"], rel=1e-5)
     bf16 = train(tmp_path / "bf16", [*SETUPS["sft"], "trainer.precision=bf16-mixed"])
-    assert bf16["train/final_loss"] == pytest.approx(plain["train/final_loss"], rel=0.05)  # autocast: close, not equal
+    assert bf16["train/final_loss"] == pytest.approx(
+        plain["train/final_loss"], rel=0.05
+    )  # autocast: close, not equal
 
 
 def test_half_written_checkpoint_is_never_loaded(tmp_path):
@@ -97,14 +134,23 @@ def test_half_written_checkpoint_is_never_loaded(tmp_path):
 def test_packed_rows_score_like_separate_examples():
     cfg = compose_config("train", ["experiment=quickstart"])
     tokenizer, model = load_tokenizer(cfg.model), load_model(cfg.model).eval()
-    records = [quickstart.to_sft_record(q, "quickstart") for q in quickstart.generate("train", 5, seed=2)]
+    records = [
+        quickstart.to_sft_record(q, "quickstart") for q in quickstart.generate("train", 5, seed=2)
+    ]
     examples = [tokenize_sft(r, tokenizer, 1024) for r in records]
     rows = pack(examples, 1024)
-    assert len(rows) < len(examples) and sum(len(r["input_ids"]) for r in rows) == sum(len(e["input_ids"]) for e in examples)
+    assert len(rows) < len(examples) and sum(len(r["input_ids"]) for r in rows) == sum(
+        len(e["input_ids"]) for e in examples
+    )
     batch = PackedCollator(tokenizer.pad_token_id)(rows)
     with torch.no_grad():
         packed, n_packed = token_nll_sum(forward(model, batch), batch["labels"])
-        alone = [token_nll_sum(model(input_ids=torch.tensor([e["input_ids"]])).logits, torch.tensor([e["labels"]])) for e in examples]
+        alone = [
+            token_nll_sum(
+                model(input_ids=torch.tensor([e["input_ids"]])).logits, torch.tensor([e["labels"]])
+            )
+            for e in examples
+        ]
     assert int(n_packed) == sum(int(n) for _, n in alone)
     assert float(packed) == pytest.approx(sum(float(s) for s, _ in alone), rel=1e-4)
     # without the restarted positions, examples would attend across the boundary and score differently
@@ -119,7 +165,10 @@ def test_packed_attention_matches_the_masked_kernel():
 
     cfg = compose_config("train", ["experiment=quickstart"])
     tokenizer = load_tokenizer(cfg.model)
-    examples = [tokenize_sft(quickstart.to_sft_record(q, "quickstart"), tokenizer, 1024) for q in quickstart.generate("train", 7, seed=4)]
+    examples = [
+        tokenize_sft(quickstart.to_sft_record(q, "quickstart"), tokenizer, 1024)
+        for q in quickstart.generate("train", 7, seed=4)
+    ]
     batch = PackedCollator(tokenizer.pad_token_id)(pack(examples, 1024))
     results = []
     for attention in ("sdpa", packed_attention.NAME):
@@ -127,7 +176,9 @@ def test_packed_attention_matches_the_masked_kernel():
         model.config._attn_implementation = attention
         loss, _ = token_nll_sum(forward(model, batch), batch["labels"])
         loss.backward()
-        results.append((float(loss.detach()), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+        results.append(
+            (float(loss.detach()), model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+        )
     (masked, g1), (packed, g2) = results
     assert packed == pytest.approx(masked, rel=1e-5)
     assert torch.allclose(g1, g2, atol=1e-5, rtol=1e-4)
@@ -139,7 +190,14 @@ BAD = [
     (["data=quickstart_pairs", "algorithm=cpo", "trainer.packing=true"], "only sft packs"),
     (["data=quickstart_pairs", "algorithm=cpo", "algorithm.loss_type=robust"], "not a cpo loss"),
     (["trainer.micro_batch_size=4", "trainer.global_batch_size=10"], "not a multiple"),
-    (["trainer.micro_batch_size=4", "trainer.global_batch_size=16", "trainer.grad_accum_steps=2"], "needs grad_accum_steps=4"),
+    (
+        [
+            "trainer.micro_batch_size=4",
+            "trainer.global_batch_size=16",
+            "trainer.grad_accum_steps=2",
+        ],
+        "needs grad_accum_steps=4",
+    ),
     (["algorithm.reference=/x"], "only dpo uses a reference"),
     (["trainer.strategy=fsdp"], "trainer.strategy='fsdp'"),
     (["adapter.name=qlora"], "adapter.name='qlora'"),

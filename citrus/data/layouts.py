@@ -12,26 +12,45 @@ from __future__ import annotations
 
 import ast
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from citrus.data.schema import LETTERS, DataError, MCQuestion, validate_preference_record, validate_sft_record
+from citrus.data.schema import (
+    LETTERS,
+    DataError,
+    MCQuestion,
+    validate_preference_record,
+    validate_sft_record,
+)
 
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
 
 
 def hub_file(repo: str, filename: str | None, revision: str | None = None) -> Path:
     """A file of a hub dataset, downloaded once into the Hugging Face cache: from here on, released
     data is a local file like any other (its md5 goes in run.json)."""
     if not filename:
-        raise DataError(f"{repo}: name the file of the dataset to read (data.hub.data_files / the task's file)")
+        raise DataError(
+            f"{repo}: name the file of the dataset to read (data.hub.data_files / the task's file)"
+        )
     from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo, filename, repo_type="dataset", revision=revision))
-    except Exception as e:  # offline, no such repo or file, no access: huggingface_hub raises many kinds
-        raise DataError(f"{repo}/{filename}@{revision or 'main'}: could not be downloaded ({type(e).__name__}: {e}); "
-                        "download it once and point at the local copy") from None
+    except (
+        Exception
+    ) as e:  # offline, no such repo or file, no access: huggingface_hub raises many kinds
+        raise DataError(
+            f"{repo}/{filename}@{revision or 'main'}: could not be downloaded ({type(e).__name__}: {e}); "
+            "download it once and point at the local copy"
+        ) from None
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -43,7 +62,9 @@ def load_rows(path: Path) -> list[dict]:
     try:
         return list(datasets.load_dataset(builder, data_files=str(path), split="train"))
     except Exception as e:  # datasets raises many kinds (schema cast, bad JSON)
-        raise DataError(f"{path}: could not be loaded with datasets: {type(e).__name__}: {e}") from None
+        raise DataError(
+            f"{path}: could not be loaded with datasets: {type(e).__name__}: {e}"
+        ) from None
 
 
 def _messages(turns: Any, what: str = "messages") -> list[dict]:
@@ -69,13 +90,24 @@ def _prompt_messages(prompt: Any, system: Any) -> list[dict]:
 SFT_LAYOUTS: dict[str, Callable[[dict], list[dict]]] = {
     "messages": lambda r: _messages(r["messages"]),
     "conversations": lambda r: _messages(r["conversations"], "conversations"),
-    "input+target": lambda r: [*_prompt_messages(r["input"], r.get("system")), {"role": "assistant", "content": r["target"]}],
+    "input+target": lambda r: [
+        *_prompt_messages(r["input"], r.get("system")),
+        {"role": "assistant", "content": r["target"]},
+    ],
     "instruction+output": lambda r: [
-        *_prompt_messages("\n\n".join(p for p in (r["instruction"], r.get("input")) if p), r.get("system")),
+        *_prompt_messages(
+            "\n\n".join(p for p in (r["instruction"], r.get("input")) if p), r.get("system")
+        ),
         {"role": "assistant", "content": r["output"]},
     ],
-    "prompt+completion": lambda r: [*_prompt_messages(r["prompt"], r.get("system")), {"role": "assistant", "content": r["completion"]}],
-    "prompt+response": lambda r: [*_prompt_messages(r["prompt"], r.get("system")), {"role": "assistant", "content": r["response"]}],
+    "prompt+completion": lambda r: [
+        *_prompt_messages(r["prompt"], r.get("system")),
+        {"role": "assistant", "content": r["completion"]},
+    ],
+    "prompt+response": lambda r: [
+        *_prompt_messages(r["prompt"], r.get("system")),
+        {"role": "assistant", "content": r["response"]},
+    ],
 }
 
 
@@ -83,7 +115,9 @@ def _layout(record: dict, layouts: Iterable[str]) -> str:
     for name in layouts:
         if all(key in record and record[key] is not None for key in name.split("+")):
             return name
-    present = sorted(k for k, v in record.items() if v is not None)  # `datasets` fills absent keys with None
+    present = sorted(
+        k for k, v in record.items() if v is not None
+    )  # `datasets` fills absent keys with None
     raise DataError(f"no known layout for keys {present}; expected one of {list(layouts)}")
 
 
@@ -115,7 +149,11 @@ def to_preference_record(record: dict, default_id: str) -> dict:
         raise DataError(f"a preference record needs 'chosen' and 'rejected'; keys {sorted(record)}")
     chosen_prompt, chosen = _reply(record["chosen"], "chosen")
     rejected_prompt, rejected = _reply(record["rejected"], "rejected")
-    if chosen_prompt is not None and rejected_prompt is not None and chosen_prompt != rejected_prompt:
+    if (
+        chosen_prompt is not None
+        and rejected_prompt is not None
+        and chosen_prompt != rejected_prompt
+    ):
         raise DataError("chosen and rejected conversations have different prompts")
     if record.get("prompt") is not None:
         prompt = _prompt_messages(record["prompt"], record.get("system"))
@@ -124,9 +162,17 @@ def to_preference_record(record: dict, default_id: str) -> dict:
     elif chosen_prompt:
         prompt = chosen_prompt
     else:
-        raise DataError("no prompt: give 'prompt' (or 'messages'), or chosen/rejected as conversations")
-    return validate_preference_record({"id": str(record.get("id", default_id)), "messages": prompt,
-                                       "chosen": chosen, "rejected": rejected})
+        raise DataError(
+            "no prompt: give 'prompt' (or 'messages'), or chosen/rejected as conversations"
+        )
+    return validate_preference_record(
+        {
+            "id": str(record.get("id", default_id)),
+            "messages": prompt,
+            "chosen": chosen,
+            "rejected": rejected,
+        }
+    )
 
 
 TRAINING_CONVERTERS = {"sft": to_sft_record, "preference": to_preference_record}
@@ -153,8 +199,13 @@ def _options(raw: Any) -> dict[str, str]:
         raw = raw["options"]
     if isinstance(raw, dict):
         return {k: str(raw[k]) for k in sorted(raw)}
-    if isinstance(raw, list) and raw and all(isinstance(o, dict) and "op_idx" in o for o in raw):  # Citrus OP
-        return {o["op_idx"]: str(o.get("op_value", o.get("op_text"))) for o in sorted(raw, key=lambda o: o["op_idx"])}
+    if (
+        isinstance(raw, list) and raw and all(isinstance(o, dict) and "op_idx" in o for o in raw)
+    ):  # Citrus OP
+        return {
+            o["op_idx"]: str(o.get("op_value", o.get("op_text")))
+            for o in sorted(raw, key=lambda o: o["op_idx"])
+        }
     if isinstance(raw, list) and raw:
         return {LETTERS[i]: str(o) for i, o in enumerate(raw)}
     raise DataError(f"no options (got {str(raw)[:80]!r})")
@@ -195,4 +246,11 @@ def to_mc_question(record: dict, task: str, n: int) -> MCQuestion:
     options = _options(record[o_key])
     rid = next((str(record[k]) for k in ID_KEYS if record.get(k) is not None), str(n))
     context = record.get("context") if isinstance(record.get("context"), str) else None
-    return MCQuestion(f"{task}-{rid}", task, str(record[q_key]), options, _answer(record[a_key], options), context=context)
+    return MCQuestion(
+        f"{task}-{rid}",
+        task,
+        str(record[q_key]),
+        options,
+        _answer(record[a_key], options),
+        context=context,
+    )

@@ -23,7 +23,9 @@ def converted_file(data_cfg: Any, data_dir: str | Path) -> Path:
     if data_cfg.path:
         source = Path(data_cfg.path)
         if not source.is_file():
-            raise DataError(f"data.path: {source} does not exist (data={data_cfg.name}, a local copy of {hub.repo})")
+            raise DataError(
+                f"data.path: {source} does not exist (data={data_cfg.name}, a local copy of {hub.repo})"
+            )
     else:
         source = hub_file(hub.repo, hub.data_files, hub.revision)
     rows = load_rows(source)
@@ -34,9 +36,13 @@ def converted_file(data_cfg: Any, data_dir: str | Path) -> Path:
         try:
             records.append(convert(row, default_id=f"{data_cfg.name}-{n}"))
         except DataError as e:
-            raise DataError(f"{source}: record {n + 1}: {e} (data={data_cfg.name}, data.format={data_cfg.format})") from None
+            raise DataError(
+                f"{source}: record {n + 1}: {e} (data={data_cfg.name}, data.format={data_cfg.format})"
+            ) from None
     digest = hashlib.md5(key.encode()).hexdigest()[:10]
-    path = write_jsonl_atomic(Path(data_dir) / "converted" / f"{data_cfg.name}-{digest}.jsonl", records)
+    path = write_jsonl_atomic(
+        Path(data_dir) / "converted" / f"{data_cfg.name}-{digest}.jsonl", records
+    )
     log.info("converted %d %s records of %s -> %s", len(records), data_cfg.format, source, path)
     return path
 
@@ -53,9 +59,17 @@ def training_file(data_cfg: Any, data_dir: str | Path) -> Path:
         return path
     if data_cfg.quickstart is not None:
         q = data_cfg.quickstart
-        return quickstart.write_train_split(Path(data_dir) / "quickstart", q.seed, q.n_train, q.n_options, data_cfg.prompt,
-                                            data_cfg.format)
-    raise DataError(f"data={data_cfg.name}: set data.path (a JSONL of {data_cfg.format} records), data.hub or data.quickstart")
+        return quickstart.write_train_split(
+            Path(data_dir) / "quickstart",
+            q.seed,
+            q.n_train,
+            q.n_options,
+            data_cfg.prompt,
+            data_cfg.format,
+        )
+    raise DataError(
+        f"data={data_cfg.name}: set data.path (a JSONL of {data_cfg.format} records), data.hub or data.quickstart"
+    )
 
 
 def run(cfg: Any, run: Any) -> dict[str, float]:
@@ -68,6 +82,12 @@ def run(cfg: Any, run: Any) -> dict[str, float]:
         loaded = load_task(name, task, cfg.benchmark, cfg.paths.data_dir)
         for path in loaded.files:
             run.record.add_input(path, f"benchmark/{name}")
-        log.info("benchmark %s: %d questions (%d skipped) from %s", name, len(loaded.items), len(loaded.skipped), loaded.files[0])
+        log.info(
+            "benchmark %s: %d questions (%d skipped) from %s",
+            name,
+            len(loaded.items),
+            len(loaded.skipped),
+            loaded.files[0],
+        )
         metrics[f"benchmark/{name}/questions"] = len(loaded.items)
     return metrics

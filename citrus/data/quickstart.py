@@ -38,121 +38,344 @@ class Disease:
 D = Disease
 DISEASES: tuple[Disease, ...] = (
     # respiratory
-    D("community-acquired pneumonia", "respiratory", (25, 80), "any",
-      ("fever", "productive cough", "pleuritic chest pain", "chills", "shortness of breath"),
-      ("crackles over the right lower lobe", "bronchial breath sounds", "dullness to percussion"),
-      ("leukocytosis with neutrophilia", "a lobar consolidation on chest x-ray",
-       "an elevated procalcitonin")),
-    D("asthma exacerbation", "respiratory", (8, 40), "any",
-      ("wheezing", "chest tightness", "nocturnal cough", "shortness of breath after exercise",
-       "difficulty speaking in full sentences"),
-      ("diffuse expiratory wheezes", "a prolonged expiratory phase", "use of accessory muscles"),
-      ("a reduced peak expiratory flow", "eosinophilia", "reversible obstruction on spirometry")),
-    D("pulmonary embolism", "respiratory", (30, 75), "any",
-      ("sudden shortness of breath", "sharp chest pain on inspiration", "hemoptysis",
-       "calf swelling", "lightheadedness"),
-      ("tachycardia with clear lungs", "a swollen tender calf", "tachypnea with hypoxemia"),
-      ("an elevated D-dimer", "a filling defect on CT pulmonary angiography",
-       "sinus tachycardia with S1Q3T3 on ECG")),
-    D("spontaneous pneumothorax", "respiratory", (18, 35), "male",
-      ("sudden one-sided chest pain", "sudden shortness of breath", "dry cough", "anxiety",
-       "pain radiating to the shoulder"),
-      ("absent breath sounds on one side", "hyperresonance to percussion on one side",
-       "reduced chest expansion on one side"),
-      ("a visible pleural line on chest x-ray", "absent lung markings at the periphery on x-ray",
-       "mild hypoxemia on blood gas")),
+    D(
+        "community-acquired pneumonia",
+        "respiratory",
+        (25, 80),
+        "any",
+        ("fever", "productive cough", "pleuritic chest pain", "chills", "shortness of breath"),
+        ("crackles over the right lower lobe", "bronchial breath sounds", "dullness to percussion"),
+        (
+            "leukocytosis with neutrophilia",
+            "a lobar consolidation on chest x-ray",
+            "an elevated procalcitonin",
+        ),
+    ),
+    D(
+        "asthma exacerbation",
+        "respiratory",
+        (8, 40),
+        "any",
+        (
+            "wheezing",
+            "chest tightness",
+            "nocturnal cough",
+            "shortness of breath after exercise",
+            "difficulty speaking in full sentences",
+        ),
+        ("diffuse expiratory wheezes", "a prolonged expiratory phase", "use of accessory muscles"),
+        ("a reduced peak expiratory flow", "eosinophilia", "reversible obstruction on spirometry"),
+    ),
+    D(
+        "pulmonary embolism",
+        "respiratory",
+        (30, 75),
+        "any",
+        (
+            "sudden shortness of breath",
+            "sharp chest pain on inspiration",
+            "hemoptysis",
+            "calf swelling",
+            "lightheadedness",
+        ),
+        ("tachycardia with clear lungs", "a swollen tender calf", "tachypnea with hypoxemia"),
+        (
+            "an elevated D-dimer",
+            "a filling defect on CT pulmonary angiography",
+            "sinus tachycardia with S1Q3T3 on ECG",
+        ),
+    ),
+    D(
+        "spontaneous pneumothorax",
+        "respiratory",
+        (18, 35),
+        "male",
+        (
+            "sudden one-sided chest pain",
+            "sudden shortness of breath",
+            "dry cough",
+            "anxiety",
+            "pain radiating to the shoulder",
+        ),
+        (
+            "absent breath sounds on one side",
+            "hyperresonance to percussion on one side",
+            "reduced chest expansion on one side",
+        ),
+        (
+            "a visible pleural line on chest x-ray",
+            "absent lung markings at the periphery on x-ray",
+            "mild hypoxemia on blood gas",
+        ),
+    ),
     # cardiovascular
-    D("acute myocardial infarction", "cardiovascular", (45, 85), "male",
-      ("crushing chest pain", "pain radiating to the left arm", "diaphoresis", "nausea",
-       "a sense of impending doom"),
-      ("an S4 gallop", "cool clammy skin", "new basal crackles"),
-      ("an elevated troponin", "ST elevation in the inferior leads",
-       "an elevated CK-MB")),
-    D("congestive heart failure", "cardiovascular", (55, 90), "any",
-      ("exertional dyspnea", "orthopnea", "paroxysmal nocturnal dyspnea", "ankle swelling",
-       "fatigue"),
-      ("jugular venous distension", "bilateral pitting edema", "an S3 gallop"),
-      ("an elevated BNP", "cardiomegaly on chest x-ray", "a reduced ejection fraction on echo")),
-    D("acute pericarditis", "cardiovascular", (20, 50), "male",
-      ("sharp chest pain relieved by sitting forward", "pain worse lying flat", "low-grade fever",
-       "a recent viral illness", "pain worse with deep breaths"),
-      ("a pericardial friction rub", "a scratchy three-component rub", "no focal lung findings"),
-      ("diffuse ST elevation with PR depression", "an elevated CRP",
-       "a small pericardial effusion on echo")),
-    D("aortic dissection", "cardiovascular", (50, 80), "male",
-      ("tearing chest pain", "pain radiating to the back", "sudden onset of pain", "syncope",
-       "a history of poorly controlled hypertension"),
-      ("a blood pressure difference between the arms", "a new diastolic murmur",
-       "weak left radial pulse"),
-      ("a widened mediastinum on chest x-ray", "an intimal flap on CT angiography",
-       "a normal troponin")),
+    D(
+        "acute myocardial infarction",
+        "cardiovascular",
+        (45, 85),
+        "male",
+        (
+            "crushing chest pain",
+            "pain radiating to the left arm",
+            "diaphoresis",
+            "nausea",
+            "a sense of impending doom",
+        ),
+        ("an S4 gallop", "cool clammy skin", "new basal crackles"),
+        ("an elevated troponin", "ST elevation in the inferior leads", "an elevated CK-MB"),
+    ),
+    D(
+        "congestive heart failure",
+        "cardiovascular",
+        (55, 90),
+        "any",
+        (
+            "exertional dyspnea",
+            "orthopnea",
+            "paroxysmal nocturnal dyspnea",
+            "ankle swelling",
+            "fatigue",
+        ),
+        ("jugular venous distension", "bilateral pitting edema", "an S3 gallop"),
+        ("an elevated BNP", "cardiomegaly on chest x-ray", "a reduced ejection fraction on echo"),
+    ),
+    D(
+        "acute pericarditis",
+        "cardiovascular",
+        (20, 50),
+        "male",
+        (
+            "sharp chest pain relieved by sitting forward",
+            "pain worse lying flat",
+            "low-grade fever",
+            "a recent viral illness",
+            "pain worse with deep breaths",
+        ),
+        ("a pericardial friction rub", "a scratchy three-component rub", "no focal lung findings"),
+        (
+            "diffuse ST elevation with PR depression",
+            "an elevated CRP",
+            "a small pericardial effusion on echo",
+        ),
+    ),
+    D(
+        "aortic dissection",
+        "cardiovascular",
+        (50, 80),
+        "male",
+        (
+            "tearing chest pain",
+            "pain radiating to the back",
+            "sudden onset of pain",
+            "syncope",
+            "a history of poorly controlled hypertension",
+        ),
+        (
+            "a blood pressure difference between the arms",
+            "a new diastolic murmur",
+            "weak left radial pulse",
+        ),
+        (
+            "a widened mediastinum on chest x-ray",
+            "an intimal flap on CT angiography",
+            "a normal troponin",
+        ),
+    ),
     # gastrointestinal
-    D("acute appendicitis", "gastrointestinal", (10, 35), "any",
-      ("periumbilical pain migrating to the right lower quadrant", "anorexia", "nausea",
-       "low-grade fever", "pain worse with walking"),
-      ("tenderness at McBurney's point", "rebound tenderness in the right lower quadrant",
-       "a positive psoas sign"),
-      ("leukocytosis", "an enlarged non-compressible appendix on ultrasound", "an elevated CRP")),
-    D("acute cholecystitis", "gastrointestinal", (35, 65), "female",
-      ("right upper quadrant pain after fatty meals", "pain radiating to the right shoulder",
-       "fever", "nausea", "vomiting"),
-      ("a positive Murphy's sign", "right upper quadrant tenderness", "guarding under the right ribs"),
-      ("gallbladder wall thickening on ultrasound", "leukocytosis",
-       "pericholecystic fluid on ultrasound")),
-    D("acute pancreatitis", "gastrointestinal", (30, 70), "male",
-      ("severe epigastric pain radiating to the back", "heavy alcohol use", "vomiting",
-       "pain relieved by leaning forward", "nausea"),
-      ("epigastric tenderness", "periumbilical bruising", "decreased bowel sounds"),
-      ("a lipase three times the upper limit", "an elevated amylase",
-       "peripancreatic fat stranding on CT")),
-    D("small bowel obstruction", "gastrointestinal", (40, 85), "any",
-      ("colicky abdominal pain", "bilious vomiting", "no passage of flatus", "abdominal distension",
-       "prior abdominal surgery"),
-      ("a distended tympanic abdomen", "high-pitched tinkling bowel sounds", "a surgical scar"),
-      ("dilated small bowel loops with air-fluid levels", "hypokalemia",
-       "a transition point on CT")),
+    D(
+        "acute appendicitis",
+        "gastrointestinal",
+        (10, 35),
+        "any",
+        (
+            "periumbilical pain migrating to the right lower quadrant",
+            "anorexia",
+            "nausea",
+            "low-grade fever",
+            "pain worse with walking",
+        ),
+        (
+            "tenderness at McBurney's point",
+            "rebound tenderness in the right lower quadrant",
+            "a positive psoas sign",
+        ),
+        ("leukocytosis", "an enlarged non-compressible appendix on ultrasound", "an elevated CRP"),
+    ),
+    D(
+        "acute cholecystitis",
+        "gastrointestinal",
+        (35, 65),
+        "female",
+        (
+            "right upper quadrant pain after fatty meals",
+            "pain radiating to the right shoulder",
+            "fever",
+            "nausea",
+            "vomiting",
+        ),
+        (
+            "a positive Murphy's sign",
+            "right upper quadrant tenderness",
+            "guarding under the right ribs",
+        ),
+        (
+            "gallbladder wall thickening on ultrasound",
+            "leukocytosis",
+            "pericholecystic fluid on ultrasound",
+        ),
+    ),
+    D(
+        "acute pancreatitis",
+        "gastrointestinal",
+        (30, 70),
+        "male",
+        (
+            "severe epigastric pain radiating to the back",
+            "heavy alcohol use",
+            "vomiting",
+            "pain relieved by leaning forward",
+            "nausea",
+        ),
+        ("epigastric tenderness", "periumbilical bruising", "decreased bowel sounds"),
+        (
+            "a lipase three times the upper limit",
+            "an elevated amylase",
+            "peripancreatic fat stranding on CT",
+        ),
+    ),
+    D(
+        "small bowel obstruction",
+        "gastrointestinal",
+        (40, 85),
+        "any",
+        (
+            "colicky abdominal pain",
+            "bilious vomiting",
+            "no passage of flatus",
+            "abdominal distension",
+            "prior abdominal surgery",
+        ),
+        ("a distended tympanic abdomen", "high-pitched tinkling bowel sounds", "a surgical scar"),
+        (
+            "dilated small bowel loops with air-fluid levels",
+            "hypokalemia",
+            "a transition point on CT",
+        ),
+    ),
     # endocrine
-    D("diabetic ketoacidosis", "endocrine", (12, 35), "any",
-      ("polyuria", "polydipsia", "abdominal pain", "vomiting", "weight loss"),
-      ("Kussmaul breathing", "a fruity breath odor", "dry mucous membranes"),
-      ("a glucose of 450 mg/dL", "an anion gap metabolic acidosis", "positive serum ketones")),
-    D("hypothyroidism", "endocrine", (30, 70), "female",
-      ("fatigue", "cold intolerance", "weight gain", "constipation", "dry skin"),
-      ("delayed relaxation of the ankle reflexes", "bradycardia", "non-pitting facial edema"),
-      ("an elevated TSH", "a low free T4", "elevated cholesterol")),
-    D("Graves disease", "endocrine", (20, 45), "female",
-      ("heat intolerance", "palpitations", "weight loss despite increased appetite", "tremor",
-       "anxiety"),
-      ("exophthalmos", "a diffuse non-tender goiter", "pretibial myxedema"),
-      ("a suppressed TSH", "an elevated free T4", "TSH receptor antibodies")),
-    D("adrenal insufficiency", "endocrine", (25, 60), "any",
-      ("fatigue", "salt craving", "weight loss", "dizziness on standing", "abdominal pain"),
-      ("skin hyperpigmentation", "orthostatic hypotension", "darkened palmar creases"),
-      ("hyponatremia with hyperkalemia", "a low morning cortisol",
-       "no cortisol rise after ACTH stimulation")),
+    D(
+        "diabetic ketoacidosis",
+        "endocrine",
+        (12, 35),
+        "any",
+        ("polyuria", "polydipsia", "abdominal pain", "vomiting", "weight loss"),
+        ("Kussmaul breathing", "a fruity breath odor", "dry mucous membranes"),
+        ("a glucose of 450 mg/dL", "an anion gap metabolic acidosis", "positive serum ketones"),
+    ),
+    D(
+        "hypothyroidism",
+        "endocrine",
+        (30, 70),
+        "female",
+        ("fatigue", "cold intolerance", "weight gain", "constipation", "dry skin"),
+        ("delayed relaxation of the ankle reflexes", "bradycardia", "non-pitting facial edema"),
+        ("an elevated TSH", "a low free T4", "elevated cholesterol"),
+    ),
+    D(
+        "Graves disease",
+        "endocrine",
+        (20, 45),
+        "female",
+        (
+            "heat intolerance",
+            "palpitations",
+            "weight loss despite increased appetite",
+            "tremor",
+            "anxiety",
+        ),
+        ("exophthalmos", "a diffuse non-tender goiter", "pretibial myxedema"),
+        ("a suppressed TSH", "an elevated free T4", "TSH receptor antibodies"),
+    ),
+    D(
+        "adrenal insufficiency",
+        "endocrine",
+        (25, 60),
+        "any",
+        ("fatigue", "salt craving", "weight loss", "dizziness on standing", "abdominal pain"),
+        ("skin hyperpigmentation", "orthostatic hypotension", "darkened palmar creases"),
+        (
+            "hyponatremia with hyperkalemia",
+            "a low morning cortisol",
+            "no cortisol rise after ACTH stimulation",
+        ),
+    ),
     # neurological
-    D("ischemic stroke", "neurological", (55, 90), "any",
-      ("sudden weakness of the right arm", "slurred speech", "facial droop", "sudden loss of vision in one eye",
-       "difficulty finding words"),
-      ("right-sided hemiparesis", "expressive aphasia", "an upgoing plantar reflex"),
-      ("a normal non-contrast CT within three hours", "atrial fibrillation on ECG",
-       "restricted diffusion on MRI")),
-    D("bacterial meningitis", "neurological", (16, 30), "any",
-      ("severe headache", "fever", "neck stiffness", "photophobia", "confusion"),
-      ("a positive Kernig sign", "a positive Brudzinski sign", "a petechial rash"),
-      ("CSF with neutrophils and low glucose", "gram-negative diplococci in CSF",
-       "an elevated CSF protein")),
-    D("migraine", "neurological", (15, 45), "female",
-      ("a throbbing one-sided headache", "nausea", "photophobia", "a visual aura",
-       "headache relieved by sleep"),
-      ("a normal neurological examination", "no neck stiffness", "normal fundi"),
-      ("a normal CT of the head", "a normal MRI of the brain", "normal inflammatory markers")),
-    D("subarachnoid hemorrhage", "neurological", (35, 65), "any",
-      ("a sudden thunderclap headache", "the worst headache ever experienced", "vomiting",
-       "brief loss of consciousness", "neck pain"),
-      ("neck stiffness without fever", "a third nerve palsy", "subhyaloid hemorrhages"),
-      ("blood in the basal cisterns on CT", "xanthochromia in CSF",
-       "an aneurysm on CT angiography")),
+    D(
+        "ischemic stroke",
+        "neurological",
+        (55, 90),
+        "any",
+        (
+            "sudden weakness of the right arm",
+            "slurred speech",
+            "facial droop",
+            "sudden loss of vision in one eye",
+            "difficulty finding words",
+        ),
+        ("right-sided hemiparesis", "expressive aphasia", "an upgoing plantar reflex"),
+        (
+            "a normal non-contrast CT within three hours",
+            "atrial fibrillation on ECG",
+            "restricted diffusion on MRI",
+        ),
+    ),
+    D(
+        "bacterial meningitis",
+        "neurological",
+        (16, 30),
+        "any",
+        ("severe headache", "fever", "neck stiffness", "photophobia", "confusion"),
+        ("a positive Kernig sign", "a positive Brudzinski sign", "a petechial rash"),
+        (
+            "CSF with neutrophils and low glucose",
+            "gram-negative diplococci in CSF",
+            "an elevated CSF protein",
+        ),
+    ),
+    D(
+        "migraine",
+        "neurological",
+        (15, 45),
+        "female",
+        (
+            "a throbbing one-sided headache",
+            "nausea",
+            "photophobia",
+            "a visual aura",
+            "headache relieved by sleep",
+        ),
+        ("a normal neurological examination", "no neck stiffness", "normal fundi"),
+        ("a normal CT of the head", "a normal MRI of the brain", "normal inflammatory markers"),
+    ),
+    D(
+        "subarachnoid hemorrhage",
+        "neurological",
+        (35, 65),
+        "any",
+        (
+            "a sudden thunderclap headache",
+            "the worst headache ever experienced",
+            "vomiting",
+            "brief loss of consciousness",
+            "neck pain",
+        ),
+        ("neck stiffness without fever", "a third nerve palsy", "subhyaloid hemorrhages"),
+        (
+            "blood in the basal cisterns on CT",
+            "xanthochromia in CSF",
+            "an aneurysm on CT angiography",
+        ),
+    ),
 )
 del D
 
@@ -185,7 +408,9 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def reasoning_trace(shown: list[str], options: dict[str, Disease], answer: str, patient: str) -> str:
+def reasoning_trace(
+    shown: list[str], options: dict[str, Disease], answer: str, patient: str
+) -> str:
     """Findings -> differential -> elimination -> answer, as a clinician would write it.
 
     Options are restated one per line exactly as the question shows them ("C. name"), so each
@@ -217,10 +442,18 @@ def _one_vignette(rng: random.Random, split: str, n_options: int) -> MCQuestion 
         return None
     sex = disease.sex if disease.sex != "any" else rng.choice(("female", "male"))
     age = rng.randint(*disease.ages)
-    person = {"female": "woman" if age >= 18 else "girl", "male": "man" if age >= 18 else "boy"}[sex]
+    person = {"female": "woman" if age >= 18 else "girl", "male": "man" if age >= 18 else "boy"}[
+        sex
+    ]
     text = rng.choice(TEMPLATES).format(
-        age=age, sex=person, s1=symptoms[0], s2=symptoms[1], s3=symptoms[2],
-        duration=rng.choice(DURATIONS), sign=sign, lab=lab,
+        age=age,
+        sex=person,
+        s1=symptoms[0],
+        s2=symptoms[1],
+        s3=symptoms[2],
+        duration=rng.choice(DURATIONS),
+        sign=sign,
+        lab=lab,
     )
     same_system = [d for d in DISEASES if d.system == disease.system and d is not disease]
     others = rng.sample(same_system, min(n_options - 1, len(same_system)))
@@ -245,8 +478,12 @@ def _one_vignette(rng: random.Random, split: str, n_options: int) -> MCQuestion 
             "content_key": hashlib.md5(content.encode()).hexdigest()[:12],
             "reasoning": reasoning_trace(shown, options, answer, f"{age}-year-old {person}"),
             # the same reasoning argued to the next option's disease: a confident wrong answer
-            "wrong_reasoning": reasoning_trace(shown, options, LETTERS[(LETTERS.index(answer) + 1) % len(options)],
-                                               f"{age}-year-old {person}"),
+            "wrong_reasoning": reasoning_trace(
+                shown,
+                options,
+                LETTERS[(LETTERS.index(answer) + 1) % len(options)],
+                f"{age}-year-old {person}",
+            ),
         },
     )
 
@@ -273,7 +510,9 @@ def generate(split: str, n: int, seed: int = 0, n_options: int = 4) -> list[MCQu
         q.id = f"quickstart-{split}-{seed}-{len(items):05d}"
         items.append(q)
     if len(items) < n:
-        raise ValueError(f"quickstart {split} split holds {len(items)} distinct vignettes; asked for {n}")
+        raise ValueError(
+            f"quickstart {split} split holds {len(items)} distinct vignettes; asked for {n}"
+        )
     return items
 
 
@@ -281,25 +520,37 @@ def content_pool_size(split: str) -> int:
     """How many distinct clinical contents the split can draw from."""
     return sum(
         _content_split(d, s, sign, lab) == split
-        for d in DISEASES for s in combinations(d.symptoms, 3) for sign in d.signs for lab in d.labs
+        for d in DISEASES
+        for s in combinations(d.symptoms, 3)
+        for sign in d.signs
+        for lab in d.labs
     )
 
 
 def to_sft_record(q: MCQuestion, prompt: str) -> dict:
-    return {"id": q.id, "messages": build_messages(q, prompt) + [
-        {"role": "assistant", "content": q.metadata["reasoning"]}]}
+    return {
+        "id": q.id,
+        "messages": build_messages(q, prompt)
+        + [{"role": "assistant", "content": q.metadata["reasoning"]}],
+    }
 
 
 def to_preference_record(q: MCQuestion, prompt: str) -> dict:
     """Chosen: the trace to the right answer; rejected: the same reasoning bent to a wrong one."""
-    return {"id": q.id, "messages": build_messages(q, prompt), "chosen": q.metadata["reasoning"],
-            "rejected": q.metadata["wrong_reasoning"]}
+    return {
+        "id": q.id,
+        "messages": build_messages(q, prompt),
+        "chosen": q.metadata["reasoning"],
+        "rejected": q.metadata["wrong_reasoning"],
+    }
 
 
 RECORD_MAKERS = {"sft": to_sft_record, "preference": to_preference_record}
 
 
-def write_train_split(out_dir: str | Path, seed: int, n: int, n_options: int, prompt: str, format: str = "sft") -> Path:
+def write_train_split(
+    out_dir: str | Path, seed: int, n: int, n_options: int, prompt: str, format: str = "sft"
+) -> Path:
     """The training records (`format` sft or preference) of the train split as JSONL, reused
     when already generated."""
     path = Path(out_dir) / f"quickstart-seed{seed}-n{n}-o{n_options}-{prompt}.{format}.jsonl"

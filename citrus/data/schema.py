@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import string
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 LETTERS = string.ascii_uppercase
 log = logging.getLogger(__name__)
@@ -55,8 +56,10 @@ class MCQuestion:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, record: dict[str, Any]) -> "MCQuestion":
-        missing = [k for k in ("id", "benchmark", "question", "options", "answer") if k not in record]
+    def from_dict(cls, record: dict[str, Any]) -> MCQuestion:
+        missing = [
+            k for k in ("id", "benchmark", "question", "options", "answer") if k not in record
+        ]
         if missing:
             raise DataError(f"record {record.get('id', '?')!r}: missing field(s) {missing}")
         return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
@@ -81,8 +84,14 @@ def validate_preference_record(record: dict[str, Any]) -> dict[str, Any]:
     """A prompt (messages ending with the user turn) and two replies, chosen over rejected."""
     rid = record.get("id", "?")
     messages = record.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise DataError(f"preference record {rid!r}: 'messages' must be a non-empty list of messages")
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) for m in messages)
+    ):
+        raise DataError(
+            f"preference record {rid!r}: 'messages' must be a non-empty list of messages"
+        )
     if messages[-1].get("role") != "user":
         raise DataError(f"preference record {rid!r}: the prompt must end with a user message")
     validate_sft_record({"id": rid, "messages": [*messages, {"role": "assistant", "content": "x"}]})
@@ -153,7 +162,9 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Any]) -> Path:
     try:
         with tmp.open("w", encoding="utf-8") as f:
             for r in records:
-                f.write(json.dumps(r.to_dict() if isinstance(r, MCQuestion) else r, ensure_ascii=False))
+                f.write(
+                    json.dumps(r.to_dict() if isinstance(r, MCQuestion) else r, ensure_ascii=False)
+                )
                 f.write("\n")
         os.replace(tmp, path)
     finally:
@@ -183,7 +194,9 @@ class KeyedLog:
         self.path, self.done = path, {}
         if path.is_file():
             raw = path.read_bytes()
-            if raw and not raw.endswith(b"\n"):  # cut a line a kill left half-written: appending after it would spoil the next record
+            if (
+                raw and not raw.endswith(b"\n")
+            ):  # cut a line a kill left half-written: appending after it would spoil the next record
                 os.truncate(path, raw.rfind(b"\n") + 1)
             self.done = {r["id"]: r for r in whole_records(path) if "id" in r}
         if self.done:

@@ -27,7 +27,9 @@ def build_engine(engine_cfg: Any, model_cfg: Any):
     if engine_cfg.name == "openai":
         from citrus.engines.openai import OpenAIEngine
 
-        return OpenAIEngine(engine_cfg, model_cfg, Path(engine_cfg.cache_path) if engine_cfg.cache_path else None)
+        return OpenAIEngine(
+            engine_cfg, model_cfg, Path(engine_cfg.cache_path) if engine_cfg.cache_path else None
+        )
     raise ValueError(f"engine.name: unknown {engine_cfg.name!r}; one of {list(ENGINES)}")
 
 
@@ -37,10 +39,16 @@ def build_role_engine(role: Any, job_engine: Any = None):
     role.engine null: the job's already-loaded engine, shallow-copied with those settings, so a
     role played by the evaluated model costs no second copy of its weights (engines read their
     settings from `.cfg` at every call)."""
-    settings = {"max_new_tokens": role.max_new_tokens, "temperature": role.temperature, "num_samples": 1}
+    settings = {
+        "max_new_tokens": role.max_new_tokens,
+        "temperature": role.temperature,
+        "num_samples": 1,
+    }
     if role.engine is None:
         if job_engine is None:
-            raise ValueError(f"role {role.name!r} uses the job's engine, but this job has none; pick a role with its own engine")
+            raise ValueError(
+                f"role {role.name!r} uses the job's engine, but this job has none; pick a role with its own engine"
+            )
         engine = copy.copy(job_engine)
         engine.cfg = OmegaConf.merge(job_engine.cfg, settings)
         engine.stats = dict.fromkeys(job_engine.stats, 0)  # tokens counted per role

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -21,15 +22,23 @@ class HFEngine:
         # (Llama-3.1 instruct lists <|end_of_text|>, <|eom_id|> and <|eot_id|>).
         declared = self.model.generation_config.eos_token_id
         declared = declared if isinstance(declared, list) else [declared]
-        self.eos_ids = sorted({i for i in [*declared, self.tokenizer.eos_token_id] if i is not None})
+        self.eos_ids = sorted(
+            {i for i in [*declared, self.tokenizer.eos_token_id] if i is not None}
+        )
         self.stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     def render(self, conversation: list[dict[str, str]]) -> str:
-        return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
 
     @torch.inference_mode()
-    def generate(self, conversations: list[list[dict[str, str]]], on_batch: Callable[[list[int], list[str]], None] | None = None,
-                 seeds: list[int] | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: list[list[dict[str, str]]],
+        on_batch: Callable[[list[int], list[str]], None] | None = None,
+        seeds: list[int] | None = None,
+    ) -> list[str]:
         """Replies in input order. Prompts are batched by length to waste little on padding;
         `on_batch(indices, replies)` fires as each batch finishes (append-only outputs).
         Sampling draws from one generator seeded with engine.seed for the whole call (per-request
@@ -42,12 +51,19 @@ class HFEngine:
         torch.manual_seed(self.cfg.seed)
         for start in range(0, len(order), self.cfg.batch_size):
             idx = order[start : start + self.cfg.batch_size]
-            enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            enc = self.tokenizer(
+                [prompts[i] for i in idx],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            ).to(self.device)
             max_new = self.cfg.max_new_tokens
             if self.max_length:
                 max_new = min(max_new, self.max_length - enc["input_ids"].shape[1])
             if max_new <= 0:
-                raise ValueError(f"prompt of {enc['input_ids'].shape[1]} tokens leaves no room to generate (model limit {self.max_length})")
+                raise ValueError(
+                    f"prompt of {enc['input_ids'].shape[1]} tokens leaves no room to generate (model limit {self.max_length})"
+                )
             out = self.model.generate(
                 **enc,
                 max_new_tokens=max_new,
@@ -58,11 +74,20 @@ class HFEngine:
                 eos_token_id=self.eos_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-            new_tokens = out[:, enc["input_ids"].shape[1]:]
+            new_tokens = out[:, enc["input_ids"].shape[1] :]
             texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             self.stats["requests"] += len(idx)
             self.stats["prompt_tokens"] += int(enc["attention_mask"].sum())
-            self.stats["completion_tokens"] += int((~torch.isin(new_tokens, torch.tensor([self.tokenizer.pad_token_id, *self.eos_ids], device=new_tokens.device))).sum())
+            self.stats["completion_tokens"] += int(
+                (
+                    ~torch.isin(
+                        new_tokens,
+                        torch.tensor(
+                            [self.tokenizer.pad_token_id, *self.eos_ids], device=new_tokens.device
+                        ),
+                    )
+                ).sum()
+            )
             for i, text in zip(idx, texts):
                 replies[i] = text
             if on_batch:
@@ -73,19 +98,36 @@ class HFEngine:
         """One reply, piece by piece as it is generated (for `citrus chat`)."""
         from transformers import TextIteratorStreamer
 
-        enc = self.tokenizer(self.render(conversation), return_tensors="pt", add_special_tokens=False).to(self.device)
+        enc = self.tokenizer(
+            self.render(conversation), return_tensors="pt", add_special_tokens=False
+        ).to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sample = self.cfg.temperature > 0
-        kwargs = dict(**enc, max_new_tokens=self.cfg.max_new_tokens, do_sample=sample, top_k=None,
-                      temperature=self.cfg.temperature if sample else None, top_p=self.cfg.top_p if sample else None,
-                      eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id, streamer=streamer)
-        worker = threading.Thread(target=torch.inference_mode()(self.model.generate), kwargs=kwargs, daemon=True)
+        kwargs = dict(
+            **enc,
+            max_new_tokens=self.cfg.max_new_tokens,
+            do_sample=sample,
+            top_k=None,
+            temperature=self.cfg.temperature if sample else None,
+            top_p=self.cfg.top_p if sample else None,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            streamer=streamer,
+        )
+        worker = threading.Thread(
+            target=torch.inference_mode()(self.model.generate), kwargs=kwargs, daemon=True
+        )
         worker.start()
         yield from streamer
         worker.join()
 
     @torch.inference_mode()
-    def loglikelihoods(self, contexts: list[str], choices: list[list[str]], on_batch: Callable[[list[int], list[list[float]]], None] | None = None) -> list[list[float]]:
+    def loglikelihoods(
+        self,
+        contexts: list[str],
+        choices: list[list[str]],
+        on_batch: Callable[[list[int], list[list[float]]], None] | None = None,
+    ) -> list[list[float]]:
         """log p(choice | context), summed over the choice's tokens, for every choice of every
         context: multiple-choice scoring as in lm-evaluation-harness (Gao et al. 2021), where
         context and choice are tokenized apart and concatenated.
@@ -114,13 +156,17 @@ class HFEngine:
             ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for row, (_, seq, _) in enumerate(batch):  # left padding: every sequence ends at -1
-                ids[row, width - len(seq):] = torch.tensor(seq)
-                mask[row, width - len(seq):] = 1
+                ids[row, width - len(seq) :] = torch.tensor(seq)
+                mask[row, width - len(seq) :] = 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             # Only the last positions predict a choice: skip the LM head everywhere else.
             keep = max(len(cont) for _, _, conts in batch for _, cont in conts)
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                position_ids=positions.to(self.device), logits_to_keep=keep).logits.float()
+            logits = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                logits_to_keep=keep,
+            ).logits.float()
             logprobs = torch.log_softmax(logits, dim=-1)
             finished = []
             for row, (i, seq, conts) in enumerate(batch):
@@ -128,8 +174,10 @@ class HFEngine:
                     if len(cont) == 1:
                         scores[i][j] = float(logprobs[row, -1, cont[0]])
                     else:  # positions predicting the choice's tokens, the last fed one included
-                        steps = logprobs[row, -len(cont):, :]
-                        scores[i][j] = float(steps.gather(-1, torch.tensor(cont, device=steps.device)[:, None]).sum())
+                        steps = logprobs[row, -len(cont) :, :]
+                        scores[i][j] = float(
+                            steps.gather(-1, torch.tensor(cont, device=steps.device)[:, None]).sum()
+                        )
                 pending[i] -= 1
                 if pending[i] == 0:
                     finished.append(i)

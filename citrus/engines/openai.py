@@ -17,8 +17,9 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 
@@ -65,9 +66,17 @@ class OpenAIEngine:
         self.model = engine_cfg.served_model or str(model_cfg.path)
         self.api_key = os.environ.get(engine_cfg.api_key_env, "") if engine_cfg.api_key_env else ""
         self.cache = ResponseCache(cache_path)
-        self.stats = {"requests": 0, "retries": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self.stats = {
+            "requests": 0,
+            "retries": 0,
+            "cached": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+        }
 
-    def request_body(self, conversation: list[dict[str, str]], seed: int | None = None) -> dict[str, Any]:
+    def request_body(
+        self, conversation: list[dict[str, str]], seed: int | None = None
+    ) -> dict[str, Any]:
         body = {
             "model": self.model,
             "messages": conversation,
@@ -76,11 +85,17 @@ class OpenAIEngine:
             "top_p": self.cfg.top_p,
         }
         if self.cfg.temperature > 0 or seed is not None:
-            body["seed"] = self.cfg.seed if seed is None else seed  # also keeps samples apart in the cache
+            body["seed"] = (
+                self.cfg.seed if seed is None else seed
+            )  # also keeps samples apart in the cache
         return body
 
-    def generate(self, conversations: list[list[dict[str, str]]], on_batch: Callable[[list[int], list[str]], None] | None = None,
-                 seeds: list[int] | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: list[list[dict[str, str]]],
+        on_batch: Callable[[list[int], list[str]], None] | None = None,
+        seeds: list[int] | None = None,
+    ) -> list[str]:
         """Replies in input order; `on_batch([i], [reply])` fires as each one arrives."""
         return asyncio.run(self._generate_all(conversations, on_batch, seeds))
 
@@ -89,30 +104,37 @@ class OpenAIEngine:
         and no cache)."""
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         body = {**self.request_body(conversation), "stream": True}
-        with httpx.Client(base_url=self.cfg.base_url.rstrip("/"), headers=headers, timeout=self.cfg.timeout_s) as client:
-            with client.stream("POST", "/chat/completions", json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise RequestFailed(f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}")
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[len("data:"):].strip()
-                    if data == "[DONE]":
-                        break
-                    try:
-                        piece = json.loads(data)["choices"][0].get("delta", {}).get("content")
-                    except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-                        raise RequestFailed(f"{self.cfg.base_url}: malformed stream event {data[:200]!r}") from None
-                    if piece:
-                        yield piece
+        with httpx.Client(
+            base_url=self.cfg.base_url.rstrip("/"), headers=headers, timeout=self.cfg.timeout_s
+        ) as client, client.stream("POST", "/chat/completions", json=body) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise RequestFailed(
+                    f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}"
+                )
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[len("data:") :].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    piece = json.loads(data)["choices"][0].get("delta", {}).get("content")
+                except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+                    raise RequestFailed(
+                        f"{self.cfg.base_url}: malformed stream event {data[:200]!r}"
+                    ) from None
+                if piece:
+                    yield piece
 
     async def _generate_all(self, conversations, on_batch, seeds) -> list[str]:
         replies: list[str | None] = [None] * len(conversations)
         limit = asyncio.Semaphore(self.cfg.concurrency)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         timeout = httpx.Timeout(self.cfg.timeout_s)
-        async with httpx.AsyncClient(base_url=self.cfg.base_url.rstrip("/"), headers=headers, timeout=timeout) as client:
+        async with httpx.AsyncClient(
+            base_url=self.cfg.base_url.rstrip("/"), headers=headers, timeout=timeout
+        ) as client:
 
             async def one(i: int) -> None:
                 body = self.request_body(conversations[i], seeds[i] if seeds else None)
@@ -144,10 +166,15 @@ class OpenAIEngine:
                 problem, retry_after = type(e).__name__, None
                 continue
             if response.status_code in RETRY_STATUS:
-                problem, retry_after = f"HTTP {response.status_code}", response.headers.get("retry-after")
+                problem, retry_after = (
+                    f"HTTP {response.status_code}",
+                    response.headers.get("retry-after"),
+                )
                 continue
             if response.status_code >= 400:
-                raise RequestFailed(f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}")
+                raise RequestFailed(
+                    f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}"
+                )
             try:
                 payload = response.json()
                 reply = payload["choices"][0]["message"]["content"] or ""
@@ -158,7 +185,9 @@ class OpenAIEngine:
             self.stats["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
             self.stats["completion_tokens"] += int(usage.get("completion_tokens") or 0)
             return reply
-        raise RequestFailed(f"{self.cfg.base_url}: gave up after {self.cfg.max_retries} retries (last: {problem})")
+        raise RequestFailed(
+            f"{self.cfg.base_url}: gave up after {self.cfg.max_retries} retries (last: {problem})"
+        )
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         """The server's Retry-After when it sends seconds; else exponential, with jitter so

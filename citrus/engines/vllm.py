@@ -6,7 +6,8 @@ vLLM spawns worker processes: entry points must sit behind `if __name__ == "__ma
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from citrus.models import resolve_path
 
@@ -28,13 +29,22 @@ class VLLMEngine:
         )
         self.stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
-    def generate(self, conversations: list[list[dict[str, str]]], on_batch: Callable[[list[int], list[str]], None] | None = None,
-                 seeds: list[int] | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: list[list[dict[str, str]]],
+        on_batch: Callable[[list[int], list[str]], None] | None = None,
+        seeds: list[int] | None = None,
+    ) -> list[str]:
         from vllm import SamplingParams
 
         seeds = seeds or [self.cfg.seed] * len(conversations)
         params = [
-            SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_new_tokens, seed=s)
+            SamplingParams(
+                temperature=self.cfg.temperature,
+                top_p=self.cfg.top_p,
+                max_tokens=self.cfg.max_new_tokens,
+                seed=s,
+            )
             for s in seeds
         ]
         replies: list[str] = []

@@ -20,13 +20,20 @@ def unread(row: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in (row.get("samples") or [row]) if s["rule"] == "none"]
 
 
-def check_answers(mapper: Any, rows: list[dict[str, Any]], questions: list[MCQuestion], prompt: str = "answer_check") -> None:
+def check_answers(
+    mapper: Any,
+    rows: list[dict[str, Any]],
+    questions: list[MCQuestion],
+    prompt: str = "answer_check",
+) -> None:
     """Ask `mapper` which option each unread answer chose; update the rows in place: a mapped
     answer gets rule `answer_check`, every checked one keeps the mapper's reply under `check`."""
     targets = [(answer, q) for row, q in zip(rows, questions) for answer in unread(row)]
     if not targets:
         return
-    replies = mapper.generate([build_messages(q, prompt, response=a["response"][-RESPONSE_TAIL:]) for a, q in targets])
+    replies = mapper.generate(
+        [build_messages(q, prompt, response=a["response"][-RESPONSE_TAIL:]) for a, q in targets]
+    )
     for (answer, q), reply in zip(targets, replies):
         answer["check"] = reply
         found = extract_answer(reply, q.options)

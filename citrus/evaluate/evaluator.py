@@ -47,8 +47,14 @@ def results_table(title: str, columns: dict[str, dict[str, dict[str, float]]]) -
 def prediction_row(task: str, q: Any, conversation: list[dict], reply: str) -> dict[str, Any]:
     ex = extract_answer(reply, q.options)
     return {
-        "task": task, "id": q.id, "gold": q.answer, "pred": ex.letter, "correct": ex.letter == q.answer,
-        "rule": ex.rule, "prompt": conversation, "response": reply,
+        "task": task,
+        "id": q.id,
+        "gold": q.answer,
+        "pred": ex.letter,
+        "correct": ex.letter == q.answer,
+        "rule": ex.rule,
+        "prompt": conversation,
+        "response": reply,
     }
 
 
@@ -57,9 +63,17 @@ def sampled_row(task: str, q: Any, conversation: list[dict], replies: list[str])
     samples = [extract_answer(r, q.options) for r in replies]
     pred = majority_vote([ex.letter for ex in samples])
     return {
-        "task": task, "id": q.id, "gold": q.answer, "pred": pred, "correct": pred == q.answer,
-        "rule": "majority_vote", "prompt": conversation, "response": replies[0],
-        "samples": [{"response": r, "pred": ex.letter, "rule": ex.rule} for r, ex in zip(replies, samples)],
+        "task": task,
+        "id": q.id,
+        "gold": q.answer,
+        "pred": pred,
+        "correct": pred == q.answer,
+        "rule": "majority_vote",
+        "prompt": conversation,
+        "response": replies[0],
+        "samples": [
+            {"response": r, "pred": ex.letter, "rule": ex.rule} for r, ex in zip(replies, samples)
+        ],
     }
 
 
@@ -86,13 +100,28 @@ def likelihood_row(task: str, q: Any, context: str, scores: list[float]) -> dict
     letters = list(q.options)
     pred = letters[max(range(len(scores)), key=scores.__getitem__)]
     return {
-        "task": task, "id": q.id, "gold": q.answer, "pred": pred, "correct": pred == q.answer,
-        "rule": "likelihood", "prompt": context, "response": "", "logprobs": dict(zip(letters, scores)),
+        "task": task,
+        "id": q.id,
+        "gold": q.answer,
+        "pred": pred,
+        "correct": pred == q.answer,
+        "rule": "likelihood",
+        "prompt": context,
+        "response": "",
+        "logprobs": dict(zip(letters, scores)),
     }
 
 
-def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds: KeyedLog, advance: Any, seed: int = 0,
-                  mapper: Any = None) -> tuple[dict, list[dict]]:
+def evaluate_task(
+    engine: Any,
+    task: str,
+    items: list,
+    bench: Any,
+    preds: KeyedLog,
+    advance: Any,
+    seed: int = 0,
+    mapper: Any = None,
+) -> tuple[dict, list[dict]]:
     """Ask every question not already in predictions.jsonl (a killed run resumes), append each
     finished batch to it, score the task.
 
@@ -106,20 +135,30 @@ def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds: KeyedL
     n = engine.cfg.num_samples
     if bench.mode == "generate" and n > 1:
         prompts = [build_messages(q, bench.prompt) for q in asked]
-        make_row, ask = sampled_row, lambda save: ask_samples(engine, prompts, n, engine.cfg.seed, save)
+        make_row, ask = (
+            sampled_row,
+            lambda save: ask_samples(engine, prompts, n, engine.cfg.seed, save),
+        )
     elif bench.mode == "generate":
         prompts = [build_messages(q, bench.prompt) for q in asked]
         make_row, ask = prediction_row, lambda save: engine.generate(prompts, on_batch=save)
     elif bench.mode == "likelihood":
         prompts = [build_text(q, bench.prompt) for q in asked]
         letters = [[f" {k}" for k in q.options] for q in asked]
-        make_row, ask = likelihood_row, lambda save: engine.loglikelihoods(prompts, letters, on_batch=save)
+        make_row, ask = (
+            likelihood_row,
+            lambda save: engine.loglikelihoods(prompts, letters, on_batch=save),
+        )
     else:
-        raise ValueError(f"benchmark.mode: unknown {bench.mode!r}; one of ['generate', 'likelihood']")
+        raise ValueError(
+            f"benchmark.mode: unknown {bench.mode!r}; one of ['generate', 'likelihood']"
+        )
     held: list[int] = []  # rows waiting for the answer check
 
     def save(indices: list[int], outputs: list[Any]) -> None:
-        batch = {todo[j]: make_row(task, asked[j], prompts[j], out) for j, out in zip(indices, outputs)}
+        batch = {
+            todo[j]: make_row(task, asked[j], prompts[j], out) for j, out in zip(indices, outputs)
+        }
         rows.update(batch)
         waiting = [i for i, row in batch.items() if mapper and unread(row)]
         held.extend(waiting)
@@ -134,8 +173,11 @@ def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds: KeyedL
     ordered = [rows[i] for i in range(len(items))]
     samples = [r.get("samples") or [r] for r in ordered]  # one answer per question unless sampled
     metrics = summarize(
-        [[s["pred"] for s in ss] for ss in samples], [r["gold"] for r in ordered],
-        [s["rule"] for ss in samples for s in ss], [len(q.options) for q in items], seed=seed,
+        [[s["pred"] for s in ss] for ss in samples],
+        [r["gold"] for r in ordered],
+        [s["rule"] for ss in samples for s in ss],
+        [len(q.options) for q in items],
+        seed=seed,
     )
     return metrics, ordered
 
@@ -143,8 +185,14 @@ def evaluate_task(engine: Any, task: str, items: list, bench: Any, preds: KeyedL
 def resumable_predictions(out_dir: Path, cfg: Any) -> KeyedLog:
     """predictions.jsonl of this directory, kept for a rerun of the same evaluation (same model,
     engine settings, benchmark and prompt: its stamp), started afresh otherwise."""
-    what = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "engine", "benchmark")}
-    what["answer_mapper"] = OmegaConf.to_container(cfg.roles.answer_mapper, resolve=True) if cfg.benchmark.answer_check else None
+    what = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "engine", "benchmark")
+    }
+    what["answer_mapper"] = (
+        OmegaConf.to_container(cfg.roles.answer_mapper, resolve=True)
+        if cfg.benchmark.answer_check
+        else None
+    )
     stamp = hashlib.md5(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
     path, stamp_path = out_dir / "predictions.jsonl", out_dir / "predictions.stamp"
     if not stamp_path.is_file() or stamp_path.read_text() != stamp:
@@ -165,17 +213,33 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
     with progress_bar() as bar:
         for name, task in cfg.benchmark.tasks.items():
             loaded = load_task(name, task, cfg.benchmark, cfg.paths.data_dir)
-            files[name] = {str(p): run.record.add_input(p, f"benchmark/{name}") for p in loaded.files}
+            files[name] = {
+                str(p): run.record.add_input(p, f"benchmark/{name}") for p in loaded.files
+            }
             bar_id = bar.add_task(f"eval {name}", total=len(loaded.items), info="")
             metrics, rows = evaluate_task(
-                engine, name, loaded.items, cfg.benchmark, preds,
-                lambda n, bar_id=bar_id: bar.update(bar_id, advance=n), seed=cfg.seed, mapper=mapper,
+                engine,
+                name,
+                loaded.items,
+                cfg.benchmark,
+                preds,
+                lambda n, bar_id=bar_id: bar.update(bar_id, advance=n),
+                seed=cfg.seed,
+                mapper=mapper,
             )
             metrics["skipped"] = len(loaded.skipped)
             per_task[name] = metrics
-            log.info("%s: accuracy %.3f on %d (chance %.3f, extracted %.3f)",
-                     name, metrics["accuracy"], metrics["n"], metrics["chance"], metrics["extracted"])
-            table_rows += [[r[k] for k in TABLE_COLUMNS] for r in rows[: cfg.logger.log_predictions]]
+            log.info(
+                "%s: accuracy %.3f on %d (chance %.3f, extracted %.3f)",
+                name,
+                metrics["accuracy"],
+                metrics["n"],
+                metrics["chance"],
+                metrics["extracted"],
+            )
+            table_rows += [
+                [r[k] for k in TABLE_COLUMNS] for r in rows[: cfg.logger.log_predictions]
+            ]
     mean = sum(m["accuracy"] for m in per_task.values()) / len(per_task) if per_task else 0.0
     result = {
         "tasks": per_task,
@@ -196,12 +260,16 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
     flat = {f"{prefix}{t}/{k}": v for t, m in per_task.items() for k, v in m.items()}
     flat[f"{prefix}mean_accuracy"] = mean
     run.tracker.log(flat)
-    run.tracker.summary({**flat, "prompt": cfg.benchmark.prompt, "extractor_version": EXTRACTOR_VERSION})
+    run.tracker.summary(
+        {**flat, "prompt": cfg.benchmark.prompt, "extractor_version": EXTRACTOR_VERSION}
+    )
     run.tracker.table(f"{prefix}predictions", TABLE_COLUMNS, table_rows)
     return result
 
 
 def run(cfg: Any, run: Any) -> dict[str, Any]:
     result = evaluate(cfg, run.dir, run)
-    console.print(results_table(f"{cfg.benchmark.name}: {cfg.model.name}", {cfg.model.name: result["tasks"]}))
+    console.print(
+        results_table(f"{cfg.benchmark.name}: {cfg.model.name}", {cfg.model.name: result["tasks"]})
+    )
     return {"mean_accuracy": result["mean_accuracy"]}

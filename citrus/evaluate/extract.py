@@ -44,8 +44,10 @@ def _leading_letter(text: str, letters: str) -> str | None:
     """`C`, `(C)`, `C.`, `C)`, `C:`, `C -` at the very start; a bare capital followed by a
     word ("A 45-year-old ...") is an article, not an answer."""
     text = MARKDOWN.sub("", text).strip()
-    m = re.match(rf"^(?:option|choice)?\s*\(?([{letters}])(?:\)|\.|:|\s+-|\s*$|\)?\s*\n)", text, re.I)
-    if m and (m.group(1).isupper() or text[: 1] == "(" or len(text) <= 3):
+    m = re.match(
+        rf"^(?:option|choice)?\s*\(?([{letters}])(?:\)|\.|:|\s+-|\s*$|\)?\s*\n)", text, re.I
+    )
+    if m and (m.group(1).isupper() or text[:1] == "(" or len(text) <= 3):
         return m.group(1).upper()
     return None
 
@@ -63,7 +65,11 @@ def _option_text(text: str, options: dict[str, str]) -> str | None:
     tail = text[-300:].lower()
     hits = {k for k, v in options.items() if v.strip() and v.strip().lower() in tail}
     # drop an option whose text is only a part of another hit ("cystitis" in "pyelonephritis and cystitis")
-    hits = {k for k in hits if not any(k != o and options[k].lower() in options[o].lower() for o in hits)}
+    hits = {
+        k
+        for k in hits
+        if not any(k != o and options[k].lower() in options[o].lower() for o in hits)
+    }
     return hits.pop() if len(hits) == 1 else None
 
 

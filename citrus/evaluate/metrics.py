@@ -21,7 +21,9 @@ def accuracy(predicted: list[str | None], gold: list[str]) -> float:
     return sum(p == g for p, g in zip(predicted, gold)) / len(gold) if gold else 0.0
 
 
-def bootstrap_ci(correct: list[float], n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    correct: list[float], n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of a mean (Efron & Tibshirani, 1993)."""
     values = np.asarray(correct, dtype=float)
     if values.size == 0:
@@ -46,14 +48,17 @@ def majority_vote(samples: list[str | None]) -> str | None:
 def score(samples: list[list[str | None]], gold: list[str], seed: int = 0) -> dict[str, float]:
     """Per question, one or more sampled answers. accuracy is pass@1 averaged over the samples
     (the mean accuracy of n samples); majority_vote_accuracy scores the most voted answer."""
-    per_question = [sum(s == g for s in answers) / len(answers) for answers, g in zip(samples, gold)]
+    per_question = [
+        sum(s == g for s in answers) / len(answers) for answers, g in zip(samples, gold)
+    ]
     n = len(gold)
     low, high = bootstrap_ci(per_question, seed=seed)
     out = {
         "accuracy": sum(per_question) / n if n else 0.0,
         "ci95_low": low,
         "ci95_high": high,
-        "invalid_rate": sum(a is None for answers in samples for a in answers) / max(1, sum(map(len, samples))),
+        "invalid_rate": sum(a is None for answers in samples for a in answers)
+        / max(1, sum(map(len, samples))),
         "n": n,
     }
     if any(len(a) > 1 for a in samples):
@@ -62,7 +67,11 @@ def score(samples: list[list[str | None]], gold: list[str], seed: int = 0) -> di
 
 
 def summarize(
-    predicted: list[list[str | None]], gold: list[str], rules: list[str], n_options: list[int], seed: int = 0
+    predicted: list[list[str | None]],
+    gold: list[str],
+    rules: list[str],
+    n_options: list[int],
+    seed: int = 0,
 ) -> dict[str, float]:
     """Scores through the shipped `evaluate` module (one or more extracted answers per question),
     plus the chance level to beat and the share of answers each extraction rule produced."""
@@ -75,5 +84,7 @@ def summarize(
     out = metric.compute(predictions=predictions, references=gold, seed=seed)
     out["chance"] = sum(1 / k for k in n_options) / n if n else 0.0
     out["extracted"] = 1.0 - out["invalid_rate"]
-    out.update({f"rule/{rule}": count / len(rules) for rule, count in sorted(Counter(rules).items())})
+    out.update(
+        {f"rule/{rule}": count / len(rules) for rule, count in sorted(Counter(rules).items())}
+    )
     return out

@@ -31,8 +31,10 @@ def resolve_path(model_cfg: Any) -> str:
 
         check_build(path, model_cfg.family, model_cfg.build)
     elif is_local(str(model_cfg.path)) and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model.path={model_cfg.path}: no model there (no config.json, nor a run's model/) "
-                                f"for model={model_cfg.name}; a hub id looks like org/name")
+        raise FileNotFoundError(
+            f"model.path={model_cfg.path}: no model there (no config.json, nor a run's model/) "
+            f"for model={model_cfg.name}; a hub id looks like org/name"
+        )
     return str(model_cfg.path)
 
 
@@ -44,7 +46,9 @@ def is_local(path: str) -> bool:
 def load_tokenizer(model_cfg: Any, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_path(model_cfg), trust_remote_code=model_cfg.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(
+        resolve_path(model_cfg), trust_remote_code=model_cfg.trust_remote_code
+    )
     if model_cfg.chat_template:
         tok.chat_template = model_cfg.chat_template
     if not tok.chat_template:

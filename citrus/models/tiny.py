@@ -13,9 +13,10 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -109,7 +110,9 @@ def init_model(build: Any, tokenizer) -> torch.nn.Module:
 
     classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
     if build.architecture not in classes:
-        raise ValueError(f"model.build.architecture: unknown {build.architecture!r}; one of {sorted(classes)}")
+        raise ValueError(
+            f"model.build.architecture: unknown {build.architecture!r}; one of {sorted(classes)}"
+        )
     config_cls, model_cls = classes[build.architecture]
     config = config_cls(
         vocab_size=len(tokenizer),
@@ -136,7 +139,11 @@ def _corpus_md5(n_items: int) -> str:
 
 def _stamp(family: str, build: Any) -> dict:
     """What a build depends on: its settings and the text its tokenizer is trained on."""
-    return {"family": family, **dict(build), "corpus_md5": _corpus_md5(build.tokenizer_corpus_items)}
+    return {
+        "family": family,
+        **dict(build),
+        "corpus_md5": _corpus_md5(build.tokenizer_corpus_items),
+    }
 
 
 def check_build(path: Path, family: str, build: Any) -> None:
@@ -158,7 +165,9 @@ def build_backbone(path: str | os.PathLike, family: str, build: Any) -> Path:
     path = Path(path)
     stamp = _stamp(family, build)
     if family not in FAMILIES:
-        raise ValueError(f"model.family: unknown {family!r} for a built model; one of {sorted(FAMILIES)}")
+        raise ValueError(
+            f"model.family: unknown {family!r} for a built model; one of {sorted(FAMILIES)}"
+        )
     tokenizer = train_tokenizer(FAMILIES[family], build.vocab_size, build.tokenizer_corpus_items)
     model = init_model(build, tokenizer)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -174,5 +183,7 @@ def build_backbone(path: str | os.PathLike, family: str, build: Any) -> Path:
     except OSError:  # another process finished first (keep theirs), or the path is taken
         shutil.rmtree(tmp, ignore_errors=True)
         if not (path / BUILD_STAMP).is_file():
-            raise FileExistsError(f"{path} exists and is not a tiny backbone; set model.path elsewhere")
+            raise FileExistsError(
+                f"{path} exists and is not a tiny backbone; set model.path elsewhere"
+            )
     return path

@@ -37,7 +37,9 @@ def load_prompt(name: str) -> tuple[str | None, str]:
     system = PROMPT_DIR / f"{name}.system.txt"
     template = user.read_text(encoding="utf-8").rstrip("\n")
     if "{question}" not in template and "{open_question}" not in template:
-        raise ValueError(f"{user}: the user prompt needs a {{question}} or {{open_question}} placeholder")
+        raise ValueError(
+            f"{user}: the user prompt needs a {{question}} or {{open_question}} placeholder"
+        )
     return (system.read_text(encoding="utf-8").strip() if system.is_file() else None), template
 
 

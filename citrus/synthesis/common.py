@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from citrus.data import quickstart
 from citrus.data.schema import KeyedLog, MCQuestion, load_records
 from citrus.engines import build_engine, build_role_engine
 from citrus.tracking import progress_bar
-
 
 
 def load_questions(cfg: Any, run: Any) -> list[MCQuestion]:
@@ -29,7 +29,9 @@ def load_questions(cfg: Any, run: Any) -> list[MCQuestion]:
 
 def open_question(q: MCQuestion) -> str:
     """The open-ended form `citrus label` wrote, else the stem (options left out)."""
-    return q.metadata.get("open_question") or (f"{q.context}\n\n{q.question}" if q.context else q.question)
+    return q.metadata.get("open_question") or (
+        f"{q.context}\n\n{q.question}" if q.context else q.question
+    )
 
 
 def gold(q: MCQuestion) -> str:
@@ -51,7 +53,9 @@ class RoleEngines:
     def __getitem__(self, name: str) -> Any:
         if name not in self.engines:
             if name not in self.cfg.roles:
-                raise KeyError(f"roles.{name} is not configured (conf/role/; e.g. role@roles.{name}=self)")
+                raise KeyError(
+                    f"roles.{name} is not configured (conf/role/; e.g. role@roles.{name}=self)"
+                )
             role = self.cfg.roles[name]
             if role.engine is None and self.job_engine is None:
                 self.job_engine = build_engine(self.cfg.engine, self.cfg.model)
@@ -66,8 +70,10 @@ class RoleEngines:
             out[f"usage/{name}/requests"] = stats.get("requests", 0)
             out[f"usage/{name}/prompt_tokens"] = stats.get("prompt_tokens", 0)
             out[f"usage/{name}/completion_tokens"] = stats.get("completion_tokens", 0)
-            out[f"usage/{name}/usd"] = (stats.get("prompt_tokens", 0) * role.price_in_per_mtok
-                                        + stats.get("completion_tokens", 0) * role.price_out_per_mtok) / 1e6
+            out[f"usage/{name}/usd"] = (
+                stats.get("prompt_tokens", 0) * role.price_in_per_mtok
+                + stats.get("completion_tokens", 0) * role.price_out_per_mtok
+            ) / 1e6
         out["usage/usd"] = sum(v for k, v in out.items() if k.endswith("/usd"))
         return out
 
@@ -76,20 +82,34 @@ def failed_record(q: MCQuestion, reason: str) -> dict:
     return {"id": q.id, "question": q.to_dict(), "status": "failed", "reason": reason}
 
 
-def run_chunks(cfg: Any, run: Any, name: str, log_name: str, work: Callable[[Any, RoleEngines, list], list[dict]],
-               failed: Callable[[MCQuestion, str], dict] = failed_record) -> tuple[list[dict], dict[str, int], RoleEngines]:
+def run_chunks(
+    cfg: Any,
+    run: Any,
+    name: str,
+    log_name: str,
+    work: Callable[[Any, RoleEngines, list], list[dict]],
+    failed: Callable[[MCQuestion, str], dict] = failed_record,
+) -> tuple[list[dict], dict[str, int], RoleEngines]:
     """A data job's frame: its questions, its roles, its resumable log in the run directory;
     `work(cfg, roles, chunk)` turns a chunk of questions into records with a status. Returns the
     records of every finished question (this run's and earlier runs'), counts and the roles."""
     questions = load_questions(cfg, run)
     roles = RoleEngines(cfg)
     out = KeyedLog(run.dir / log_name)
-    counts = process(questions, out, cfg.synthesis.chunk, name, lambda chunk: work(cfg, roles, chunk), failed)
+    counts = process(
+        questions, out, cfg.synthesis.chunk, name, lambda chunk: work(cfg, roles, chunk), failed
+    )
     return [out.done[q.id] for q in questions if q.id in out.done], counts, roles
 
 
-def process(questions: list[MCQuestion], out: KeyedLog, chunk_size: int, name: str,
-            work: Callable[[list[MCQuestion]], list[dict]], failed: Callable[[MCQuestion, str], dict]) -> dict[str, int]:
+def process(
+    questions: list[MCQuestion],
+    out: KeyedLog,
+    chunk_size: int,
+    name: str,
+    work: Callable[[list[MCQuestion]], list[dict]],
+    failed: Callable[[MCQuestion, str], dict],
+) -> dict[str, int]:
     """Run `work` over the questions not yet in `out`, a chunk at a time, appending each chunk's
     records. A chunk whose requests fail for good is recorded item by item as failed, with the
     reason, and the job goes on."""
@@ -108,5 +128,7 @@ def process(questions: list[MCQuestion], out: KeyedLog, chunk_size: int, name: s
             counts["done"] += len(records)
             counts["kept"] += sum(r["status"] == "kept" for r in records)
             counts["failed"] += sum(r["status"] == "failed" for r in records)
-            bar.update(task, advance=len(records), info=f"kept {counts['kept']} failed {counts['failed']}")
+            bar.update(
+                task, advance=len(records), info=f"kept {counts['kept']} failed {counts['failed']}"
+            )
     return counts

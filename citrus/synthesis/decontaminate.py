@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from citrus.data.benchmarks import load_task
 from citrus.data.prepare import training_file
@@ -58,12 +59,28 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
             run.record.add_input(p, f"benchmark/{name}")
         loaded.append((name, got.items))
     index = index_benchmarks(loaded, n)
-    flagged = {r.get("id", str(i)): sorted(hits) for i, r in enumerate(records) if (hits := overlaps(r, index, n))}
+    flagged = {
+        r.get("id", str(i)): sorted(hits)
+        for i, r in enumerate(records)
+        if (hits := overlaps(r, index, n))
+    }
     clean = [r for i, r in enumerate(records) if r.get("id", str(i)) not in flagged]
-    per_task = {name: sum(any(h.startswith(f"{name}/") for h in hits) for hits in flagged.values()) for name, _ in loaded}
-    report = {"data": str(path), "ngram": n, "records": len(records), "flagged": len(flagged), "per_benchmark": per_task,
-              "overlaps": flagged}
+    per_task = {
+        name: sum(any(h.startswith(f"{name}/") for h in hits) for hits in flagged.values())
+        for name, _ in loaded
+    }
+    report = {
+        "data": str(path),
+        "ngram": n,
+        "records": len(records),
+        "flagged": len(flagged),
+        "per_benchmark": per_task,
+        "overlaps": flagged,
+    }
     (run.dir / "report.json").write_text(json.dumps(report, indent=2))
     write_jsonl_atomic(run.dir / "clean.jsonl", clean)
-    return {"decontaminate/records": len(records), "decontaminate/flagged": len(flagged),
-            **{f"decontaminate/{k}": v for k, v in per_task.items()}}
+    return {
+        "decontaminate/records": len(records),
+        "decontaminate/flagged": len(flagged),
+        **{f"decontaminate/{k}": v for k, v in per_task.items()},
+    }

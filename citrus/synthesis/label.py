@@ -26,22 +26,33 @@ def difficulty(strong_rate: float, weak_rate: float) -> str:
     return "unknown" if strong_rate < 0.5 else "easy"
 
 
-def pass_rates(engine: Any, questions: list, prompt: str, k: int, seed: int) -> tuple[list[float], list[list[str]]]:
+def pass_rates(
+    engine: Any, questions: list, prompt: str, k: int, seed: int
+) -> tuple[list[float], list[list[str]]]:
     """Each question asked k times (seeds seed..seed+k-1): the share answered right, and the replies."""
     asked = [build_messages(q, prompt) for q in questions for _ in range(k)]
     replies = engine.generate(asked, seeds=[seed + j for _ in questions for j in range(k)])
     grouped = [replies[i * k : (i + 1) * k] for i in range(len(questions))]
-    rates = [sum(extract_answer(r, q.options).letter == q.answer for r in rs) / k for q, rs in zip(questions, grouped)]
+    rates = [
+        sum(extract_answer(r, q.options).letter == q.answer for r in rs) / k
+        for q, rs in zip(questions, grouped)
+    ]
     return rates, grouped
 
 
 def label_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
     lc = cfg.synthesis.label
     rewrites = roles["teacher"].generate([build_messages(q, "open_rewrite") for q in chunk])
-    strong, strong_replies = pass_rates(roles["strong"], chunk, lc.prompt, lc.difficulty_samples, cfg.seed)
-    weak, weak_replies = pass_rates(roles["weak"], chunk, lc.prompt, lc.difficulty_samples, cfg.seed)
+    strong, strong_replies = pass_rates(
+        roles["strong"], chunk, lc.prompt, lc.difficulty_samples, cfg.seed
+    )
+    weak, weak_replies = pass_rates(
+        roles["weak"], chunk, lc.prompt, lc.difficulty_samples, cfg.seed
+    )
     records = []
-    for q, rewrite, s, w, sr, wr in zip(chunk, rewrites, strong, weak, strong_replies, weak_replies):
+    for q, rewrite, s, w, sr, wr in zip(
+        chunk, rewrites, strong, weak, strong_replies, weak_replies
+    ):
         open_form = parse_open_question(rewrite)
         record = q.to_dict()
         record["metadata"] = {
@@ -53,7 +64,10 @@ def label_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
             "label_audit": {"rewrite": rewrite, "strong": sr, "weak": wr},
         }
         # status is about the open rewrite; the difficulty label is always there
-        record.update(status="kept" if open_form else "failed", reason=None if open_form else "unreadable open rewrite")
+        record.update(
+            status="kept" if open_form else "failed",
+            reason=None if open_form else "unreadable open rewrite",
+        )
         records.append(record)
     return records
 
@@ -62,10 +76,18 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
     def failed(q, reason):
         return {**q.to_dict(), "status": "failed", "reason": reason}
 
-    done, counts, roles = run_chunks(cfg, run, "label", "labeled.progress.jsonl", label_chunk, failed)
+    done, counts, roles = run_chunks(
+        cfg, run, "label", "labeled.progress.jsonl", label_chunk, failed
+    )
     labeled = [r for r in done if "difficulty" in r.get("metadata", {})]
     # the labeled questions in the unified schema: a `synthesis.source` for synthesize and sample
-    write_jsonl_atomic(run.dir / "labeled.jsonl", [{k: v for k, v in r.items() if k not in ("status", "reason")} for r in labeled])
+    write_jsonl_atomic(
+        run.dir / "labeled.jsonl",
+        [{k: v for k, v in r.items() if k not in ("status", "reason")} for r in labeled],
+    )
     levels = [r["metadata"]["difficulty"] for r in labeled]
-    return {**{f"label/{k}": v for k, v in counts.items()},
-            **{f"label/{d}": levels.count(d) for d in ("easy", "unknown", "hard")}, **roles.usage()}
+    return {
+        **{f"label/{k}": v for k, v in counts.items()},
+        **{f"label/{d}": levels.count(d) for d in ("easy", "unknown", "hard")},
+        **roles.usage(),
+    }

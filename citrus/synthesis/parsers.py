@@ -53,7 +53,9 @@ def parse_verdict(text: str) -> bool | None:
     value = _json_field(text, "complete", "verdict")
     if isinstance(value, bool):
         return value
-    m = re.search(r"\bcomplete\s*[:=]\s*(yes|no|true|false|1|0)\b", text, re.I) or re.fullmatch(r"\s*(yes|no|true|false|1|0)\W*", text, re.I)
+    m = re.search(r"\bcomplete\s*[:=]\s*(yes|no|true|false|1|0)\b", text, re.I) or re.fullmatch(
+        r"\s*(yes|no|true|false|1|0)\W*", text, re.I
+    )
     if not m:
         return None
     return m.group(1).lower() in ("yes", "true", "1")
@@ -64,7 +66,9 @@ def parse_score(text: str) -> int | None:
     text = _clean(text)
     value = _json_field(text, "score")
     if value is None:
-        m = re.search(r"\bscore\s*[:=]?\s*(\d{1,3})(?:\s*/\s*100)?\b", text, re.I) or re.fullmatch(r"\s*(\d{1,3})(?:\s*/\s*100)?\W*", text)
+        m = re.search(r"\bscore\s*[:=]?\s*(\d{1,3})(?:\s*/\s*100)?\b", text, re.I) or re.fullmatch(
+            r"\s*(\d{1,3})(?:\s*/\s*100)?\W*", text
+        )
         value = m.group(1) if m else None
     try:
         score = int(float(value))
@@ -79,15 +83,23 @@ def parse_preference(text: str) -> str | None:
     value = _json_field(text, "better", "winner", "preferred")
     if isinstance(value, str) and value.strip().upper() in ("A", "B"):
         return value.strip().upper()
-    m = re.search(r"\b(?:better|winner|preferred)\s*(?:answer)?\s*[:=]?\s*(?:answer\s*)?\(?([AB])\)?(?![\w])", text, re.I) \
-        or re.fullmatch(r"\s*(?:answer\s*)?\(?([AB])\)?\W*", text, re.I)
+    m = re.search(
+        r"\b(?:better|winner|preferred)\s*(?:answer)?\s*[:=]?\s*(?:answer\s*)?\(?([AB])\)?(?![\w])",
+        text,
+        re.I,
+    ) or re.fullmatch(r"\s*(?:answer\s*)?\(?([AB])\)?\W*", text, re.I)
     return m.group(1).upper() if m else None
 
 
 def parse_open_question(text: str) -> str | None:
     """Open-ended rewrite -> the question text, without a label, quotes or options."""
     text = THINK.sub("", text or "").strip()
-    text = re.sub(r"^\s*(?:open[- ]ended question|question|rewritten question)\s*:\s*", "", _clean(text), flags=re.I).strip()
+    text = re.sub(
+        r"^\s*(?:open[- ]ended question|question|rewritten question)\s*:\s*",
+        "",
+        _clean(text),
+        flags=re.I,
+    ).strip()
     text = text.strip('"\u201c\u201d').strip()
     if re.search(r"^\s*\(?[A-E][.)]\s", text, re.M):  # options crept back in
         return None
@@ -96,5 +108,7 @@ def parse_open_question(text: str) -> str | None:
 
 def parse_step(text: str) -> str | None:
     """A pathway step: the reply itself, minus a label; empty or runaway replies are unreadable."""
-    text = re.sub(r"^\s*(?:next\s+)?step\s*\d*\s*:\s*", "", THINK.sub("", text or "").strip(), flags=re.I).strip()
+    text = re.sub(
+        r"^\s*(?:next\s+)?step\s*\d*\s*:\s*", "", THINK.sub("", text or "").strip(), flags=re.I
+    ).strip()
     return text if len(text.split()) >= 3 else None

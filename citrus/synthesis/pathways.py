@@ -30,7 +30,9 @@ from citrus.synthesis.parsers import parse_rating, parse_step, parse_verdict
 def render(trace: list[dict]) -> str:
     if not trace:
         return "(nothing yet)"
-    return "\n\n".join(f"Step {i}: {t['step']}\nReviewer: {t['feedback']}".rstrip() for i, t in enumerate(trace, 1))
+    return "\n\n".join(
+        f"Step {i}: {t['step']}\nReviewer: {t['feedback']}".rstrip() for i, t in enumerate(trace, 1)
+    )
 
 
 def steer(note: str | None) -> str:
@@ -43,14 +45,36 @@ def new_state(q: Any) -> dict:
 
 def advance(states: list[dict], roles: RoleEngines) -> None:
     """One round for every state: step, critic, judge (each one batched call)."""
-    step_prompts = [build_messages(s["q"], "pathway_step", open_question=open_question(s["q"]), trace=render(s["trace"]),
-                                   feedback=steer(s["note"])) for s in states]
+    step_prompts = [
+        build_messages(
+            s["q"],
+            "pathway_step",
+            open_question=open_question(s["q"]),
+            trace=render(s["trace"]),
+            feedback=steer(s["note"]),
+        )
+        for s in states
+    ]
     steps = roles["teacher"].generate(step_prompts)
-    rounds = [{"step_prompt": p, "step_reply": r, "step": parse_step(r)} for p, r in zip(step_prompts, steps)]
+    rounds = [
+        {"step_prompt": p, "step_reply": r, "step": parse_step(r)}
+        for p, r in zip(step_prompts, steps)
+    ]
     rated = [(s, r) for s, r in zip(states, rounds) if r["step"]]
-    critic_prompts = [build_messages(s["q"], "pathway_critic", open_question=open_question(s["q"]), answer=gold(s["q"]),
-                                     trace=render(s["trace"]), step=r["step"]) for s, r in rated]
-    for (s, r), prompt, reply in zip(rated, critic_prompts, roles["critic"].generate(critic_prompts)):
+    critic_prompts = [
+        build_messages(
+            s["q"],
+            "pathway_critic",
+            open_question=open_question(s["q"]),
+            answer=gold(s["q"]),
+            trace=render(s["trace"]),
+            step=r["step"],
+        )
+        for s, r in rated
+    ]
+    for (s, r), prompt, reply in zip(
+        rated, critic_prompts, roles["critic"].generate(critic_prompts)
+    ):
         rating, feedback = parse_rating(reply)
         r.update(critic_prompt=prompt, critic_reply=reply, rating=rating, feedback=feedback)
         if rating == 1:
@@ -59,8 +83,12 @@ def advance(states: list[dict], roles: RoleEngines) -> None:
         else:  # dropped; unreadable ratings count as invalid
             s["note"] = feedback or None
     judged = [(s, r) for s, r in zip(states, rounds) if s["trace"]]
-    judge_prompts = [build_messages(s["q"], "pathway_judge", open_question=open_question(s["q"]), trace=render(s["trace"]))
-                     for s, _ in judged]
+    judge_prompts = [
+        build_messages(
+            s["q"], "pathway_judge", open_question=open_question(s["q"]), trace=render(s["trace"])
+        )
+        for s, _ in judged
+    ]
     for (s, r), prompt, reply in zip(judged, judge_prompts, roles["judge"].generate(judge_prompts)):
         verdict = parse_verdict(reply)
         r.update(judge_prompt=prompt, judge_reply=reply, complete=verdict)
@@ -72,24 +100,52 @@ def advance(states: list[dict], roles: RoleEngines) -> None:
 def finish(states: list[dict], roles: RoleEngines, record_prompt: str) -> list[dict]:
     """The narrative rewrite of each trace, checked against the gold answer."""
     with_trace = [s for s in states if s["trace"]]
-    prompts = [build_messages(s["q"], "pathway_narrative", answer=gold(s["q"]), trace=render(s["trace"])) for s in with_trace]
+    prompts = [
+        build_messages(s["q"], "pathway_narrative", answer=gold(s["q"]), trace=render(s["trace"]))
+        for s in with_trace
+    ]
     narratives = dict(zip(map(id, with_trace), zip(prompts, roles["teacher"].generate(prompts))))
     records = []
     for s in states:
         q = s["q"]
-        audit = {"id": q.id, "question": q.to_dict(), "rounds": s["rounds"], "trace": s["trace"], "votes": s["votes"]}
+        audit = {
+            "id": q.id,
+            "question": q.to_dict(),
+            "rounds": s["rounds"],
+            "trace": s["trace"],
+            "votes": s["votes"],
+        }
         if id(s) not in narratives:
             records.append({**audit, "status": "dropped", "reason": "no valid step in any round"})
             continue
         prompt, narrative = narratives[id(s)]
         found = extract_answer(narrative, q.options)
-        audit.update(narrative_prompt=prompt, narrative=narrative, extracted=found.letter, extract_rule=found.rule)
+        audit.update(
+            narrative_prompt=prompt,
+            narrative=narrative,
+            extracted=found.letter,
+            extract_rule=found.rule,
+        )
         if "<think>" not in narrative or not ANSWER_TAG.search(narrative):
-            records.append({**audit, "status": "dropped", "reason": "narrative without <think> and <answer>"})
+            records.append(
+                {**audit, "status": "dropped", "reason": "narrative without <think> and <answer>"}
+            )
         elif found.letter != q.answer:
-            records.append({**audit, "status": "dropped", "reason": f"narrative concludes {found.letter}, gold is {q.answer}"})
+            records.append(
+                {
+                    **audit,
+                    "status": "dropped",
+                    "reason": f"narrative concludes {found.letter}, gold is {q.answer}",
+                }
+            )
         else:
-            sft = {"id": f"{q.id}/pathway", "messages": [*build_messages(q, record_prompt), {"role": "assistant", "content": narrative.strip()}]}
+            sft = {
+                "id": f"{q.id}/pathway",
+                "messages": [
+                    *build_messages(q, record_prompt),
+                    {"role": "assistant", "content": narrative.strip()},
+                ],
+            }
             records.append({**audit, "status": "kept", "reason": None, "record": sft})
     return records
 
@@ -110,5 +166,8 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
     # sft.jsonl is derived from the audit log, so it is never half-written
     write_jsonl_atomic(run.dir / "sft.jsonl", [r["record"] for r in done if r["status"] == "kept"])
     rounds = [len(r.get("rounds", [])) for r in done]
-    return {**{f"synthesize/{k}": v for k, v in counts.items()},
-            "synthesize/mean_rounds": sum(rounds) / max(1, len(rounds)), **roles.usage()}
+    return {
+        **{f"synthesize/{k}": v for k, v in counts.items()},
+        "synthesize/mean_rounds": sum(rounds) / max(1, len(rounds)),
+        **roles.usage(),
+    }

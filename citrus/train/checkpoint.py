@@ -61,12 +61,23 @@ def find_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
         return path
     found = completed(path / "checkpoints") or completed(path)
     if not found:
-        raise FileNotFoundError(f"trainer.resume={resume}: no finished checkpoint (a step-NNNNNN/{STATE}) there")
+        raise FileNotFoundError(
+            f"trainer.resume={resume}: no finished checkpoint (a step-NNNNNN/{STATE}) there"
+        )
     return found[-1]
 
 
-def save_checkpoint(fabric: Any, root: Path, step: int, state: dict[str, Any], cfg: Any, tokenizer: Any,
-                    run_record: Path | None, keep: int, filter: dict | None = None) -> Path:
+def save_checkpoint(
+    fabric: Any,
+    root: Path,
+    step: int,
+    state: dict[str, Any],
+    cfg: Any,
+    tokenizer: Any,
+    run_record: Path | None,
+    keep: int,
+    filter: dict | None = None,
+) -> Path:
     """Write step `step` under `root`; keep the newest `keep` checkpoints (0: all)."""
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp"

@@ -12,20 +12,26 @@ from citrus.data.schema import DataError
 IGNORE = -100  # label value cross-entropy skips
 
 
-def tokenize_sft(record: dict[str, Any], tokenizer, max_length: int, completion_only: bool = True) -> dict:
+def tokenize_sft(
+    record: dict[str, Any], tokenizer, max_length: int, completion_only: bool = True
+) -> dict:
     """Token ids of the whole conversation; labels copy them on the final assistant reply
     (its end-of-turn token included, so the model learns to stop) and are IGNORE elsewhere.
 
     Labels come from the prompt length, never from pad ids: with pad == eos, masking pads
     would also mask the stop token and the model would never learn to end its answer."""
     messages = record["messages"]
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        messages[:-1], tokenize=False, add_generation_prompt=True
+    )
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     rid = record.get("id", "?")
     if not full.startswith(prompt):
-        raise DataError(f"record {rid!r}: the chat template does not render the prompt as a prefix of the conversation")
+        raise DataError(
+            f"record {rid!r}: the chat template does not render the prompt as a prefix of the conversation"
+        )
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    reply_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    reply_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
     input_ids = prompt_ids + reply_ids
     if len(input_ids) > max_length:
         raise DataError(
@@ -34,7 +40,9 @@ def tokenize_sft(record: dict[str, Any], tokenizer, max_length: int, completion_
         )
     labels = ([IGNORE] * len(prompt_ids) if completion_only else list(prompt_ids)) + reply_ids
     if tokenizer.eos_token_id not in reply_ids:
-        raise DataError(f"record {rid!r}: the rendered reply has no end-of-turn token {tokenizer.eos_token!r}")
+        raise DataError(
+            f"record {rid!r}: the rendered reply has no end-of-turn token {tokenizer.eos_token!r}"
+        )
     return {"input_ids": input_ids, "labels": labels}
 
 
@@ -54,7 +62,12 @@ class Collator:
             ids[i, :n] = torch.tensor(e["input_ids"])
             labels[i, :n] = torch.tensor(e["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "tokens": int(mask.sum())}
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "attention_mask": mask,
+            "tokens": int(mask.sum()),
+        }
 
 
 def tokenize_pair(record: dict[str, Any], tokenizer, max_length: int) -> dict[str, dict]:
@@ -62,8 +75,14 @@ def tokenize_pair(record: dict[str, Any], tokenizer, max_length: int) -> dict[st
     that share the prompt; labels cover each reply."""
     prompt = record["messages"]
     return {
-        side: tokenize_sft({"id": record.get("id", "?"), "messages": [*prompt, {"role": "assistant", "content": record[side]}]},
-                           tokenizer, max_length)
+        side: tokenize_sft(
+            {
+                "id": record.get("id", "?"),
+                "messages": [*prompt, {"role": "assistant", "content": record[side]}],
+            },
+            tokenizer,
+            max_length,
+        )
         for side in ("chosen", "rejected")
     }
 
@@ -125,4 +144,9 @@ class PackedCollator:
             labels[i, :n] = torch.tensor(r["labels"])
             positions[i, :n] = torch.tensor(r["position_ids"])
             positions[i, n:] = torch.arange(width - n)
-        return {"input_ids": ids, "labels": labels, "position_ids": positions, "tokens": sum(len(r["input_ids"]) for r in rows)}
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "position_ids": positions,
+            "tokens": sum(len(r["input_ids"]) for r in rows),
+        }

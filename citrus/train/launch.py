@@ -17,8 +17,8 @@ import subprocess
 import sys
 import threading
 import time
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -30,7 +30,9 @@ def started_externally() -> bool:
     """torchrun, srun, or a launcher that set LOCAL_RANK already made every process."""
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
-    return "LOCAL_RANK" in os.environ or TorchElasticEnvironment.detect() or SLURMEnvironment.detect()
+    return (
+        "LOCAL_RANK" in os.environ or TorchElasticEnvironment.detect() or SLURMEnvironment.detect()
+    )
 
 
 def _free_port() -> int:
@@ -46,18 +48,33 @@ class Workers:
     def __init__(self, cfg: Any, out_dir: Path):
         n = cfg.trainer.devices
         if cfg.trainer.num_nodes > 1:
-            raise ValueError("trainer.num_nodes > 1: start one process per device with torchrun or srun "
-                             "(see hydra/launcher=submitit_slurm); citrus only starts processes on one node")
+            raise ValueError(
+                "trainer.num_nodes > 1: start one process per device with torchrun or srun "
+                "(see hydra/launcher=submitit_slurm); citrus only starts processes on one node"
+            )
         launch_dir = out_dir / ".citrus"
         launch_dir.mkdir(parents=True, exist_ok=True)
         config = launch_dir / "launch.yaml"
         config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(n), "NODE_RANK": "0"}
-        os.environ.update({k: env[k] for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK")}, LOCAL_RANK="0")
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(_free_port()),
+            "WORLD_SIZE": str(n),
+            "NODE_RANK": "0",
+        }
+        os.environ.update(
+            {k: env[k] for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK")},
+            LOCAL_RANK="0",
+        )
         self.logs = [launch_dir / f"rank{r}.log" for r in range(1, n)]
         self.procs = [
-            subprocess.Popen([sys.executable, "-m", "citrus.train.launch", str(config), str(out_dir)],
-                             env={**env, "LOCAL_RANK": str(r)}, stdout=f.open("w"), stderr=subprocess.STDOUT)
+            subprocess.Popen(
+                [sys.executable, "-m", "citrus.train.launch", str(config), str(out_dir)],
+                env={**env, "LOCAL_RANK": str(r)},
+                stdout=f.open("w"),
+                stderr=subprocess.STDOUT,
+            )
             for r, f in zip(range(1, n), self.logs)
         ]
         log.info("started %d worker process(es); their logs: %s", len(self.procs), launch_dir)
@@ -68,7 +85,12 @@ class Workers:
         while not self.done.is_set():
             for proc, path in zip(self.procs, self.logs):
                 if proc.poll() not in (None, 0):
-                    log.error("worker %s exited with %s; stopping the run (see %s)", proc.args[-1], proc.returncode, path)
+                    log.error(
+                        "worker %s exited with %s; stopping the run (see %s)",
+                        proc.args[-1],
+                        proc.returncode,
+                        path,
+                    )
                     self.stop()
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
@@ -108,7 +130,10 @@ def worker_main(config_path: str, out_dir: str) -> None:
     from citrus.train.trainer import train
 
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config_path))
-    logging.basicConfig(level=logging.WARNING, format=f"[rank {os.environ.get('LOCAL_RANK')}] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        format=f"[rank {os.environ.get('LOCAL_RANK')}] %(levelname)s %(name)s: %(message)s",
+    )
     record = SimpleNamespace(path=None, add_input=lambda path, role: "")
     train(cfg, Path(out_dir), SimpleNamespace(dir=Path(out_dir), record=record, tracker=Tracker()))
 

@@ -8,7 +8,11 @@ import torch.nn.functional as F
 
 from citrus.train.data import IGNORE
 
-PAIR_LOSS_TYPES = {"cpo": ("sigmoid", "hinge", "ipo", "simpo"), "dpo": ("sigmoid", "hinge", "ipo"), "orpo": ("sigmoid",)}
+PAIR_LOSS_TYPES = {
+    "cpo": ("sigmoid", "hinge", "ipo", "simpo"),
+    "dpo": ("sigmoid", "hinge", "ipo"),
+    "orpo": ("sigmoid",),
+}
 
 
 def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,9 +48,15 @@ def _sigmoid_pair(margin: torch.Tensor, label_smoothing: float) -> torch.Tensor:
 
 
 def dpo_loss(
-    chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-    beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-    chosen_tokens: torch.Tensor | None = None, rejected_tokens: torch.Tensor | None = None,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DPO (Rafailov et al. 2023, eq. 7): -log σ(β[(log π(y_c) - log π_ref(y_c)) - (log π(y_r) - log π_ref(y_r))])
     over summed log-probs; hinge is SLiC's (Zhao et al. 2023); ipo is IPO's eq. 17 (Azar et al.
@@ -58,15 +68,23 @@ def dpo_loss(
         return torch.relu(1 - beta * (chosen_ratio - rejected_ratio))
     if loss_type == "ipo":
         if chosen_tokens is None or rejected_tokens is None:
-            raise ValueError("dpo ipo loss: pass chosen_tokens and rejected_tokens (it averages log-ratios per token)")
-        delta = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
+            raise ValueError(
+                "dpo ipo loss: pass chosen_tokens and rejected_tokens (it averages log-ratios per token)"
+            )
+        delta = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(
+            min=1
+        )
         return (delta - 1 / (2 * beta)) ** 2
     raise ValueError(f"dpo loss_type {loss_type!r}; one of {list(PAIR_LOSS_TYPES['dpo'])}")
 
 
 def cpo_loss(
-    chosen: torch.Tensor, rejected: torch.Tensor, beta: float, loss_type: str = "sigmoid",
-    label_smoothing: float = 0.0, simpo_gamma: float = 0.0,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    simpo_gamma: float = 0.0,
 ) -> torch.Tensor:
     """CPO (Xu et al. 2024, eq. 3), the reference-free preference term: -log σ(β(log π(y_c) - log π(y_r))).
     hinge: SLiC; ipo: (Δ - 1/2β)²; simpo: SimPO's target margin (Meng et al. 2024, eq. 6),
@@ -86,10 +104,14 @@ def cpo_loss(
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(x)) for x < 0, stable on both sides of -ln 2 (Maechler 2012)."""
-    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+    return torch.where(
+        x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x))
+    )
 
 
-def orpo_loss(chosen_avg: torch.Tensor, rejected_avg: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def orpo_loss(
+    chosen_avg: torch.Tensor, rejected_avg: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ORPO's odds-ratio term (Hong et al. 2024, eqs. 4 and 7), to be added to the chosen NLL:
     -β log σ(log odds(y_c) - log odds(y_r)), odds(y) = p / (1 - p) on length-averaged log-probs.
     Returns the per-pair loss and the log odds ratio (logged)."""

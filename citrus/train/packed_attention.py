@@ -24,16 +24,34 @@ def segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     return bounds
 
 
-def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_ids=None, **kwargs):
+def packed_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout=0.0,
+    scaling=None,
+    position_ids=None,
+    **kwargs,
+):
     """query (B, H, T, D), key/value (B, H_kv, T, D) -> (B, T, H, D), as transformers expects."""
     if position_ids is None:
-        raise ValueError(f"attention {NAME!r} needs position_ids that restart at each packed example")
+        raise ValueError(
+            f"attention {NAME!r} needs position_ids that restart at each packed example"
+        )
     rows = []
     for b, spans in enumerate(segments(position_ids)):
         parts = [
-            F.scaled_dot_product_attention(query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e],
-                                           is_causal=True, scale=scaling, dropout_p=dropout if module.training else 0.0,
-                                           enable_gqa=query.shape[1] != key.shape[1])
+            F.scaled_dot_product_attention(
+                query[b : b + 1, :, s:e],
+                key[b : b + 1, :, s:e],
+                value[b : b + 1, :, s:e],
+                is_causal=True,
+                scale=scaling,
+                dropout_p=dropout if module.training else 0.0,
+                enable_gqa=query.shape[1] != key.shape[1],
+            )
             for s, e in spans
         ]
         rows.append(torch.cat(parts, dim=2))

@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -33,13 +34,26 @@ from citrus.models import load_model, load_tokenizer
 from citrus.tracking import progress_bar
 from citrus.train import losses, packed_attention
 from citrus.train.checkpoint import find_checkpoint, restore_rng, rng_state, save_checkpoint
+from citrus.train.data import (
+    IGNORE,
+    Collator,
+    PackedCollator,
+    PairCollator,
+    pack,
+    tokenize_pair,
+    tokenize_sft,
+)
 from citrus.train.launch import start_workers
-from citrus.train.data import IGNORE, Collator, PackedCollator, PairCollator, pack, tokenize_pair, tokenize_sft
 from citrus.train.schedule import warmup_cosine
 from citrus.train.strategy import build_strategy
 
 log = logging.getLogger(__name__)
-OBJECTIVES = {"sft": "sft", "cpo": "preference", "dpo": "preference", "orpo": "preference"}  # objective -> data.format
+OBJECTIVES = {
+    "sft": "sft",
+    "cpo": "preference",
+    "dpo": "preference",
+    "orpo": "preference",
+}  # objective -> data.format
 
 
 def check_config(cfg: Any) -> None:
@@ -47,30 +61,47 @@ def check_config(cfg: Any) -> None:
     t, a = cfg.trainer, cfg.algorithm
     if a.objective not in OBJECTIVES:
         raise ValueError(f"algorithm.objective={a.objective!r}: one of {list(OBJECTIVES)}")
-    if a.objective in losses.PAIR_LOSS_TYPES and a.loss_type not in losses.PAIR_LOSS_TYPES[a.objective]:
-        raise ValueError(f"algorithm.loss_type={a.loss_type!r} is not a {a.objective} loss; one of {list(losses.PAIR_LOSS_TYPES[a.objective])}")
+    if (
+        a.objective in losses.PAIR_LOSS_TYPES
+        and a.loss_type not in losses.PAIR_LOSS_TYPES[a.objective]
+    ):
+        raise ValueError(
+            f"algorithm.loss_type={a.loss_type!r} is not a {a.objective} loss; one of {list(losses.PAIR_LOSS_TYPES[a.objective])}"
+        )
     if cfg.data.format != OBJECTIVES[a.objective]:
-        raise ValueError(f"algorithm={a.name} trains on {OBJECTIVES[a.objective]} records, but data={cfg.data.name} "
-                         f"has data.format={cfg.data.format!r}")
+        raise ValueError(
+            f"algorithm={a.name} trains on {OBJECTIVES[a.objective]} records, but data={cfg.data.name} "
+            f"has data.format={cfg.data.format!r}"
+        )
     if t.packing and a.objective != "sft":
-        raise ValueError(f"trainer.packing=true: only sft packs examples; {a.name} scores whole chosen/rejected pairs")
+        raise ValueError(
+            f"trainer.packing=true: only sft packs examples; {a.name} scores whole chosen/rejected pairs"
+        )
     if a.reference and a.objective != "dpo":
-        raise ValueError(f"algorithm.reference is set, but only dpo uses a reference model (algorithm={a.name})")
+        raise ValueError(
+            f"algorithm.reference is set, but only dpo uses a reference model (algorithm={a.name})"
+        )
     if cfg.adapter.name not in ("none", "lora"):
         raise ValueError(f"adapter.name={cfg.adapter.name!r}: one of ['none', 'lora']")
     if cfg.adapter.name != "none" and t.strategy == "fsdp2":
-        raise ValueError("adapter=lora with trainer.strategy=fsdp2 is not supported yet; use trainer.strategy=ddp for LoRA")
+        raise ValueError(
+            "adapter=lora with trainer.strategy=fsdp2 is not supported yet; use trainer.strategy=ddp for LoRA"
+        )
     for key in ("micro_batch_size", "grad_accum_steps", "devices", "num_nodes"):
         if t[key] < 1:
             raise ValueError(f"trainer.{key} must be >= 1, got {t[key]}")
     if t.global_batch_size is not None:
         per_step = t.micro_batch_size * t.devices * t.num_nodes
         if t.global_batch_size % per_step:
-            raise ValueError(f"trainer.global_batch_size={t.global_batch_size} is not a multiple of micro_batch_size x devices x "
-                             f"num_nodes = {per_step}, so no whole number of accumulation steps gives it")
+            raise ValueError(
+                f"trainer.global_batch_size={t.global_batch_size} is not a multiple of micro_batch_size x devices x "
+                f"num_nodes = {per_step}, so no whole number of accumulation steps gives it"
+            )
         if t.global_batch_size // per_step != t.grad_accum_steps:
-            raise ValueError(f"trainer.global_batch_size={t.global_batch_size} needs grad_accum_steps="
-                             f"{t.global_batch_size // per_step}, got {t.grad_accum_steps}")
+            raise ValueError(
+                f"trainer.global_batch_size={t.global_batch_size} needs grad_accum_steps="
+                f"{t.global_batch_size // per_step}, got {t.grad_accum_steps}"
+            )
     if t.max_steps < 1 and not t.max_epochs:
         raise ValueError("set trainer.max_steps >= 1 or trainer.max_epochs")
     if not 0.0 <= t.warmup_ratio < 1.0:
@@ -83,11 +114,21 @@ def build_dataset(cfg: Any, tokenizer, run: Any) -> tuple[list[dict], Callable]:
     run.record.add_input(path, f"data/{cfg.data.name}")
     records = load_records(path, cfg.data.format)
     if cfg.data.format == "preference":
-        return [tokenize_pair(r, tokenizer, cfg.model.max_length) for r in records], PairCollator(tokenizer.pad_token_id)
-    examples = [tokenize_sft(r, tokenizer, cfg.model.max_length, cfg.algorithm.completion_only_loss) for r in records]
+        return [tokenize_pair(r, tokenizer, cfg.model.max_length) for r in records], PairCollator(
+            tokenizer.pad_token_id
+        )
+    examples = [
+        tokenize_sft(r, tokenizer, cfg.model.max_length, cfg.algorithm.completion_only_loss)
+        for r in records
+    ]
     if cfg.trainer.packing:
         rows = pack(examples, cfg.model.max_length)
-        log.info("packed %d examples into %d rows of <= %d tokens", len(examples), len(rows), cfg.model.max_length)
+        log.info(
+            "packed %d examples into %d rows of <= %d tokens",
+            len(examples),
+            len(rows),
+            cfg.model.max_length,
+        )
         return rows, PackedCollator(tokenizer.pad_token_id)
     return examples, Collator(tokenizer.pad_token_id)
 
@@ -98,7 +139,9 @@ def micro_batches(n: int, t: Any, seed: int, world: int, rank: int, start: int):
     the order an uninterrupted one would."""
     per_epoch = n // (t.micro_batch_size * world)
     if per_epoch == 0:
-        raise ValueError(f"{n} training examples cannot fill one micro-batch of {t.micro_batch_size} on {world} processes")
+        raise ValueError(
+            f"{n} training examples cannot fill one micro-batch of {t.micro_batch_size} on {world} processes"
+        )
     epoch, offset = divmod(start, per_epoch)
     while True:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
@@ -132,8 +175,13 @@ def add_adapter(model: torch.nn.Module, adapter: Any) -> torch.nn.Module:
         return model
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-                        target_modules=list(adapter.target_modules), task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=list(adapter.target_modules),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 
@@ -147,13 +195,17 @@ def gather_full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     inner = unwrapped(model)
-    full = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full = get_model_state_dict(
+        inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     # named_parameters lists a tied weight once (embeddings, not lm_head): save it once too
     keep = {n for n, _ in inner.named_parameters()} | {n for n, _ in inner.named_buffers()}
     return {k: v for k, v in full.items() if k in keep}
 
 
-def export(model: torch.nn.Module, tokenizer, cfg: Any, out: Path, state_dict: dict | None = None) -> Path:
+def export(
+    model: torch.nn.Module, tokenizer, cfg: Any, out: Path, state_dict: dict | None = None
+) -> Path:
     """A Hugging Face model directory (what AutoModel, vLLM and `model.path=` load); LoRA
     adapters are merged into the base weights first; `state_dict` replaces sharded weights."""
     if hasattr(model, "merge_and_unload"):
@@ -177,7 +229,9 @@ def step_counts(window: list[dict], objective: str) -> dict[str, int]:
     return {
         "pairs": sum(pairs),
         "chosen_tokens": sum(targets(b["labels"][:n]) for b, n in zip(window, pairs)),
-        "chosen_sequence_tokens": sum(int(b["attention_mask"][:n, 1:].sum()) for b, n in zip(window, pairs)),  # orpo
+        "chosen_sequence_tokens": sum(
+            int(b["attention_mask"][:n, 1:].sum()) for b, n in zip(window, pairs)
+        ),  # orpo
     }
 
 
@@ -193,7 +247,9 @@ def sft_objective(model, batch, counts, algo, reference) -> tuple[torch.Tensor, 
     return nll / counts["tokens"], {"loss": float(nll.detach()) / counts["tokens"]}
 
 
-def preference_objective(model, batch, counts, algo, reference) -> tuple[torch.Tensor, dict[str, float]]:
+def preference_objective(
+    model, batch, counts, algo, reference
+) -> tuple[torch.Tensor, dict[str, float]]:
     """CPO / SimPO / DPO / ORPO on a batch of [chosen; rejected] rows."""
     logits = forward(model, batch)
     n = batch["input_ids"].shape[0] // 2
@@ -203,7 +259,9 @@ def preference_objective(model, batch, counts, algo, reference) -> tuple[torch.T
     if algo.objective == "cpo":
         averaged = algo.loss_type in ("ipo", "simpo")  # as in CPO/SimPO: length-normalized rewards
         c, r = (avg[:n], avg[n:]) if averaged else (logps[:n], logps[n:])
-        pair = losses.cpo_loss(c, r, algo.beta, algo.loss_type, algo.label_smoothing, algo.simpo_gamma)
+        pair = losses.cpo_loss(
+            c, r, algo.beta, algo.loss_type, algo.label_smoothing, algo.simpo_gamma
+        )
         loss = pair.sum() / counts["pairs"] + algo.cpo_alpha * chosen_nll / counts["chosen_tokens"]
         chosen_reward, rejected_reward = algo.beta * c.detach(), algo.beta * r.detach()
     elif algo.objective == "orpo":
@@ -216,15 +274,25 @@ def preference_objective(model, batch, counts, algo, reference) -> tuple[torch.T
     else:  # dpo
         with torch.no_grad():
             ref_logps, _ = losses.sequence_logps(reference(batch), batch["labels"])
-        pair = losses.dpo_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], algo.beta, algo.loss_type,
-                               algo.label_smoothing, lengths[:n], lengths[n:])
+        pair = losses.dpo_loss(
+            logps[:n],
+            logps[n:],
+            ref_logps[:n],
+            ref_logps[n:],
+            algo.beta,
+            algo.loss_type,
+            algo.label_smoothing,
+            lengths[:n],
+            lengths[n:],
+        )
         loss = pair.sum() / counts["pairs"]
         chosen_reward = algo.beta * (logps[:n] - ref_logps[:n]).detach()
         rejected_reward = algo.beta * (logps[n:] - ref_logps[n:]).detach()
     share = n / counts["pairs"]  # this micro-batch's part of the step's per-pair means
     metrics = {
         "loss": float(loss.detach()),
-        "nll": float(chosen_nll.detach()) / counts["chosen_sequence_tokens" if algo.objective == "orpo" else "chosen_tokens"],
+        "nll": float(chosen_nll.detach())
+        / counts["chosen_sequence_tokens" if algo.objective == "orpo" else "chosen_tokens"],
         "rewards/chosen": float(chosen_reward.mean()) * share,
         "rewards/rejected": float(rejected_reward.mean()) * share,
         "rewards/margins": float((chosen_reward - rejected_reward).mean()) * share,
@@ -243,9 +311,15 @@ def build_reference(cfg: Any, model: torch.nn.Module, fabric: L.Fabric) -> Calla
         return None
     if cfg.adapter.name != "none" and not cfg.algorithm.reference:
         return lambda batch: _without_adapters(model, batch)
-    ref_cfg = OmegaConf.merge(cfg.model, {"path": cfg.algorithm.reference}) if cfg.algorithm.reference else cfg.model
+    ref_cfg = (
+        OmegaConf.merge(cfg.model, {"path": cfg.algorithm.reference})
+        if cfg.algorithm.reference
+        else cfg.model
+    )
     reference = load_model(ref_cfg).eval().requires_grad_(False)
-    reference = fabric.setup_module(reference) if fabric.world_size > 1 else fabric.to_device(reference)
+    reference = (
+        fabric.setup_module(reference) if fabric.world_size > 1 else fabric.to_device(reference)
+    )
     return lambda batch: forward(reference, batch)
 
 
@@ -256,7 +330,10 @@ def _without_adapters(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 
 def all_sum(fabric: L.Fabric, values: dict[str, float]) -> dict[str, float]:
     """Sum a dict of numbers over every process."""
-    tensors = {k: torch.tensor(float(v), dtype=torch.float64, device=fabric.device) for k, v in values.items()}
+    tensors = {
+        k: torch.tensor(float(v), dtype=torch.float64, device=fabric.device)
+        for k, v in values.items()
+    }
     return {k: float(v) for k, v in fabric.all_reduce(tensors, reduce_op="sum").items()}
 
 
@@ -264,10 +341,17 @@ def forget_after(log_path: Path, step: int) -> None:
     """Drop the log lines of steps this run will (re)do, so the curve has each step once: those
     after the checkpoint it resumes from, all of them on a fresh start, and a line a kill cut."""
     if log_path.is_file():
-        write_jsonl_atomic(log_path, [row for row in whole_records(log_path) if row["step"] <= step])
+        write_jsonl_atomic(
+            log_path, [row for row in whole_records(log_path) if row["step"] <= step]
+        )
 
 
-OBJECTIVE_FNS = {"sft": sft_objective, "cpo": preference_objective, "dpo": preference_objective, "orpo": preference_objective}
+OBJECTIVE_FNS = {
+    "sft": sft_objective,
+    "cpo": preference_objective,
+    "dpo": preference_objective,
+    "orpo": preference_objective,
+}
 
 
 def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str, Any]:
@@ -276,8 +360,13 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
     t, algo = cfg.trainer, cfg.algorithm
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = start_workers(cfg, out_dir)
-    fabric = L.Fabric(accelerator=t.accelerator, strategy=build_strategy(t), devices=t.devices,
-                      num_nodes=t.num_nodes, precision=t.precision)
+    fabric = L.Fabric(
+        accelerator=t.accelerator,
+        strategy=build_strategy(t),
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+    )
     fabric.launch()
     fabric.seed_everything(cfg.seed, verbose=False)
     tokenizer = load_tokenizer(cfg.model)
@@ -294,13 +383,21 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = fabric.setup_module(model)
     optimizer = fabric.setup_optimizers(configure_optimizer(model, t))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup, t.min_lr_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, steps, warmup, t.min_lr_ratio)
+    )
     reference = build_reference(cfg, model, fabric)
     objective = OBJECTIVE_FNS[algo.objective]
 
     # plain values besides model and optimizer: FSDP2's distributed checkpoint loads other stateful
     # objects back as dicts instead of into the object
-    state: dict[str, Any] = {"model": model, "optimizer": optimizer, "scheduler": scheduler.state_dict(), "step": 0, "rng": rng_state()}
+    state: dict[str, Any] = {
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": scheduler.state_dict(),
+        "step": 0,
+        "rng": rng_state(),
+    }
     # LoRA checkpoints hold only the adapters: the base weights never change
     saved_only = {"model": lambda k, v: "lora_" in k} if cfg.adapter.name != "none" else None
     resume_from = find_checkpoint(t.resume, out_dir)
@@ -312,19 +409,37 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
     if fabric.is_global_zero:
         forget_after(out_dir / "train_log.jsonl", state["step"])
     step = state["step"]
-    log.info("%s %s on %d examples: steps %d..%d, each %d micro-batch(es) of %d on each of %d process(es) (%s)",
-             algo.name, cfg.model.name, len(dataset), step, steps, t.grad_accum_steps, t.micro_batch_size,
-             fabric.world_size, fabric.device)
+    log.info(
+        "%s %s on %d examples: steps %d..%d, each %d micro-batch(es) of %d on each of %d process(es) (%s)",
+        algo.name,
+        cfg.model.name,
+        len(dataset),
+        step,
+        steps,
+        t.grad_accum_steps,
+        t.micro_batch_size,
+        fabric.world_size,
+        fabric.device,
+    )
 
-    batches = micro_batches(len(dataset), t, cfg.seed, fabric.world_size, fabric.global_rank, step * t.grad_accum_steps)
+    batches = micro_batches(
+        len(dataset), t, cfg.seed, fabric.world_size, fabric.global_rank, step * t.grad_accum_steps
+    )
     model.train()
     losses_seen, tokens_seen, padded_seen, logged = [], 0, 0, {}
     started = time.perf_counter()
     bar = progress_bar() if fabric.is_global_zero else nullcontext()
     with bar:
-        task = bar.add_task("train", total=steps, completed=step, info="") if fabric.is_global_zero else None
+        task = (
+            bar.add_task("train", total=steps, completed=step, info="")
+            if fabric.is_global_zero
+            else None
+        )
         while step < steps:
-            window = [fabric.to_device(collate([dataset[i] for i in next(batches)])) for _ in range(t.grad_accum_steps)]
+            window = [
+                fabric.to_device(collate([dataset[i] for i in next(batches)]))
+                for _ in range(t.grad_accum_steps)
+            ]
             counts = step_counts(window, algo.objective)
             if fabric.world_size > 1:  # divide by the counts of the whole step, over every process
                 counts = {k: int(v) for k, v in all_sum(fabric, counts).items()}
@@ -340,7 +455,9 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
                 padded_seen += batch["input_ids"].numel()
             if fabric.world_size > 1:
                 sums = all_sum(fabric, sums)
-            grad_norm = fabric.clip_gradients(model, optimizer, max_norm=t.max_grad_norm, error_if_nonfinite=False)
+            grad_norm = fabric.clip_gradients(
+                model, optimizer, max_norm=t.max_grad_norm, error_if_nonfinite=False
+            )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -360,20 +477,37 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
                 if fabric.is_global_zero:
                     run.tracker.log(logged, step=step)
                     append_jsonl(out_dir / "train_log.jsonl", [{"step": step, **logged}])
-                    log.info("step %d/%d loss %.4f lr %.2e", step, steps, sums["loss"], logged[f"{prefix}lr"])
+                    log.info(
+                        "step %d/%d loss %.4f lr %.2e",
+                        step,
+                        steps,
+                        sums["loss"],
+                        logged[f"{prefix}lr"],
+                    )
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < steps:
                 state.update(step=step, rng=rng_state(), scheduler=scheduler.state_dict())
-                save_checkpoint(fabric, out_dir / "checkpoints", step, state, cfg, tokenizer,
-                                getattr(run.record, "path", None), t.keep_checkpoints, saved_only)
+                save_checkpoint(
+                    fabric,
+                    out_dir / "checkpoints",
+                    step,
+                    state,
+                    cfg,
+                    tokenizer,
+                    getattr(run.record, "path", None),
+                    t.keep_checkpoints,
+                    saved_only,
+                )
 
     elapsed = time.perf_counter() - started
     model_dir = out_dir / "model"
     base.config._attn_implementation = attention  # the export loads with the usual attention
-    full_state = gather_full_state(model) if t.strategy == "fsdp2" else None  # a collective: every rank
+    full_state = (
+        gather_full_state(model) if t.strategy == "fsdp2" else None
+    )  # a collective: every rank
     if fabric.is_global_zero:
         export(unwrapped(model), tokenizer, cfg, model_dir, full_state)
     fabric.barrier()
-    tail = losses_seen[-max(1, min(10, len(losses_seen))):] or [float("nan")]
+    tail = losses_seen[-max(1, min(10, len(losses_seen))) :] or [float("nan")]
     result = {
         f"{prefix}final_loss": sum(tail) / len(tail),
         f"{prefix}first_loss": losses_seen[0] if losses_seen else float("nan"),
@@ -385,7 +519,12 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> dict[str
     }
     if fabric.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-        log.info("exported %s (final loss %.4f, %.0f tokens/s)", model_dir, result[f"{prefix}final_loss"], result[f"{prefix}tokens_per_s"])
+        log.info(
+            "exported %s (final loss %.4f, %.0f tokens/s)",
+            model_dir,
+            result[f"{prefix}final_loss"],
+            result[f"{prefix}tokens_per_s"],
+        )
     if fabric.world_size > 1 and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # a later job in this process starts its own
     if workers:
