@@ -50,7 +50,7 @@ def compose(overrides: list[str]):
 
 
 def citrus_run(overrides: list[str]) -> dict:
-    from citrus.cli import execute
+    from citrus.jobs import execute
 
     out = Path(tempfile.mkdtemp(prefix="citrus-bench-"))
     cfg = compose(overrides)

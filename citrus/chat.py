@@ -17,7 +17,8 @@ from typing import Any
 from rich.live import Live
 from rich.text import Text
 
-from citrus.engines import build_engine
+from citrus.engines import Streaming, build_engine
+from citrus.jobs import JobResult
 from citrus.prompts import load_prompt
 from citrus.tracking import console
 
@@ -51,7 +52,7 @@ def expert_messages(history: list[dict], question: str) -> list[dict]:
 
 
 def stream(engine: Any, messages: list[dict]) -> Iterator[str]:
-    if hasattr(engine, "stream"):
+    if isinstance(engine, Streaming):
         yield from engine.stream(messages)
     else:
         yield engine.generate([messages])[0]
@@ -66,7 +67,7 @@ def ask(engine: Any, messages: list[dict]) -> str:
     return text
 
 
-def run(cfg: Any, run: Any) -> dict[str, Any]:
+def run(cfg: Any, run: Any) -> JobResult:
     engine = build_engine(cfg.engine, cfg.model)
     history: list[dict] = []
     transcript = run.dir / "chat.jsonl"
@@ -97,4 +98,4 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
             )
         history = [*messages, {"role": "assistant", "content": reply}]
         turns += 1
-    return {"chat/turns": turns}
+    return JobResult({"chat/turns": turns}, {"transcript": transcript})

@@ -24,7 +24,9 @@ from omegaconf import OmegaConf
 from citrus.config import CONF_DIR, AlgorithmConfig, DataConfig
 from citrus.data import prepare
 from citrus.data.schema import load_records, write_jsonl_atomic
+from citrus.errors import ConfigError, DataError
 from citrus.evaluate.evaluator import evaluate, results_table
+from citrus.jobs import JobResult
 from citrus.synthesis import label, pathways, sample
 from citrus.tracking import console
 from citrus.train import trainer
@@ -35,14 +37,14 @@ STAGES = ("label", "synthesize", "sft", "sample", "preference")
 def check_stages(stages: list[str], preference_data: str | None = None) -> None:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
-        raise ValueError(f"pipeline.stages: unknown {unknown}; stages are {list(STAGES)}")
+        raise ConfigError(f"pipeline.stages: unknown {unknown}; stages are {list(STAGES)}")
     order = [STAGES.index(s) for s in stages]
     if order != sorted(order) or len(set(stages)) != len(stages):
-        raise ValueError(
+        raise ConfigError(
             f"pipeline.stages={list(stages)}: each stage once, in the order {list(STAGES)}"
         )
     if "preference" in stages and "sample" not in stages and preference_data is None:
-        raise ValueError(
+        raise ConfigError(
             "pipeline.stages: preference trains on the pairs of a sample stage; add sample "
             "(or name a preference data config in pipeline.preference.data)"
         )
@@ -57,7 +59,7 @@ def group_option(group: str, name: str, schema: type, key: str) -> Any:
     """A config group option by name (conf/<group>/<name>.yaml), typed by its schema."""
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"{key}={name!r}: no {path}")
+        raise ConfigError(f"{key}={name!r}: no {path}")
     return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
 
 
@@ -92,87 +94,99 @@ def with_synthesized(cfg: Any, kept: Path, out: Path) -> Any:
     return merged
 
 
-def run(cfg: Any, run: Any) -> dict[str, Any]:
+def preference_config(cfg: Any, policy: Any, pairs: Path | None) -> Any:
+    """The preference stage's config: pipeline.preference's algorithm (with its params) and
+    trainer overrides, on the sample stage's pairs or a named preference data config."""
+    stage = cfg.pipeline.preference
+    pref = copy.deepcopy(policy)
+    algorithm = group_option(
+        "algorithm", stage.algorithm, AlgorithmConfig, "pipeline.preference.algorithm"
+    )
+    pref.algorithm = OmegaConf.merge(algorithm, stage.algorithm_params)
+    if stage.data is not None:
+        pref.data = group_option("data", stage.data, DataConfig, "pipeline.preference.data")
+    else:
+        if not pairs.stat().st_size:
+            raise DataError(
+                f"the sample stage wrote no preference pairs (each question's reason is in "
+                f"{pairs.parent / 'samples.jsonl'}); more synthesis.limit or "
+                "synthesis.sample.num_samples, or a stronger policy, may help"
+            )
+        sampled = {"name": "sampled_pairs", "format": "preference", "path": str(pairs),
+                   "quickstart": None, "hub": None}  # fmt: skip
+        pref.data = OmegaConf.merge(pref.data, sampled)
+    pref.trainer = OmegaConf.merge(pref.trainer, stage.trainer)
+    return pref
+
+
+class Journey:
+    """The pipeline's running state: the policy config (its model.path moves to each new
+    export), the accuracy columns of the final table, and the summary metrics."""
+
+    def __init__(self, cfg: Any, run: Any):
+        self.cfg, self.run = cfg, run
+        self.policy = copy.deepcopy(cfg)
+        self.columns: dict[str, dict] = {}
+        self.summary: dict[str, Any] = {}
+        self.outputs: dict[str, Path] = {}
+
+    def keep(self, stage: str, result: JobResult) -> JobResult:
+        self.summary.update(result.metrics)
+        self.outputs.update({f"{stage}/{k}": Path(v) for k, v in result.outputs.items()})
+        return result
+
+    def evaluate(self, name: str, column: str, model_dir: Path | None = None) -> None:
+        """Evaluate the base model (model_dir None) or a stage's export into evaluate_<name>/."""
+        stage_cfg = copy.deepcopy(self.cfg)
+        if model_dir is not None:
+            stage_cfg.model.path = str(model_dir)
+        result = evaluate(stage_cfg, self.run.dir / f"evaluate_{name}", self.run, prefix=f"{name}/")
+        self.columns[column] = result["tasks"]
+        self.summary[f"{name}/mean_accuracy"] = result["mean_accuracy"]
+
+    def train(self, name: str, stage_cfg: Any, column: str) -> None:
+        """Train a stage from the current policy, evaluate its export, make it the policy."""
+        trained = self.keep(
+            name, trainer.train(stage_cfg, self.run.dir / name, self.run, prefix=f"{name}/")
+        )
+        self.policy.model.path = str(trained.outputs["model"])
+        self.evaluate(name, column, trained.outputs["model"])
+
+
+def run(cfg: Any, run: Any) -> JobResult:
     stages = list(cfg.pipeline.stages)
     check_stages(stages, cfg.pipeline.preference.data)
-    prepare.run(cfg, run)
-    columns, summary = {}, {}
+    journey = Journey(cfg, run)
+    journey.keep("prepare", prepare.run(cfg, run))
     if cfg.pipeline.evaluate_base:
-        base = evaluate(cfg, run.dir / "evaluate_base", run, prefix="base/")
-        columns["before"] = base["tasks"]
-        summary["base/mean_accuracy"] = base["mean_accuracy"]
-    policy = copy.deepcopy(cfg)
-
-    def evaluated(stage_cfg: Any, model_dir: str, name: str, column: str) -> None:
-        after = copy.deepcopy(stage_cfg)
-        after.model.path = model_dir
-        result = evaluate(after, run.dir / f"evaluate_{name}", run, prefix=f"{name}/")
-        columns[column] = result["tasks"]
-        summary[f"{name}/mean_accuracy"] = result["mean_accuracy"]
-
-    labeled = None
+        journey.evaluate("base", "before")
+    labeled = synthesized = None
     if "label" in stages:
-        summary.update(label.run(limited(cfg), in_dir(run, "label")))
-        labeled = run.dir / "label" / "labeled.jsonl"
-    synthesized = None
+        labeled = journey.keep("label", label.run(limited(cfg), in_dir(run, "label")))
+        labeled = labeled.outputs["labeled"]
     if "synthesize" in stages:
-        summary.update(pathways.run(limited(cfg, labeled), in_dir(run, "synthesize")))
-        synthesized = run.dir / "synthesize" / "sft.jsonl"
+        source = limited(cfg, labeled)
+        synthesized = journey.keep("synthesize", pathways.run(source, in_dir(run, "synthesize")))
+        synthesized = synthesized.outputs["sft"]
     if "sft" in stages:
         for i, (name, data) in enumerate(sft_stages(cfg)):
-            stage_cfg = copy.deepcopy(policy)
+            stage_cfg = copy.deepcopy(journey.policy)
             stage_cfg.data = data
             if i == 0 and synthesized is not None:
-                stage_cfg = with_synthesized(
-                    stage_cfg, synthesized, run.dir / "synthesize" / "sft_data.jsonl"
-                )
-            trained = trainer.train(stage_cfg, run.dir / name, run, prefix=f"{name}/")
-            summary.update({k: v for k, v in trained.items() if k != "model_dir"})
-            policy.model.path = summary[f"{name}_model_dir"] = trained["model_dir"]
-            evaluated(cfg, trained["model_dir"], name, f"after {name.upper()}")
+                merged = synthesized.with_name("sft_data.jsonl")
+                stage_cfg = with_synthesized(stage_cfg, synthesized, merged)
+            journey.train(name, stage_cfg, f"after {name.upper()}")
+    pairs = None
     if "sample" in stages:
-        summary.update(sample.run(policy, in_dir(run, "sample")))
+        pairs = journey.keep("sample", sample.run(journey.policy, in_dir(run, "sample")))
+        pairs = pairs.outputs["pairs"]
     if "preference" in stages:
-        pref_data = cfg.pipeline.preference.data
-        pairs = run.dir / "sample" / "pairs.jsonl"
-        if pref_data is None and not pairs.stat().st_size:
-            raise ValueError(
-                f"the sample stage wrote no preference pairs (each question's reason is in {pairs.parent / 'samples.jsonl'}); "
-                "more synthesis.limit or synthesis.sample.num_samples, or a stronger policy, may help"
-            )
-        pref = copy.deepcopy(policy)
-        pref.algorithm = OmegaConf.merge(
-            group_option(
-                "algorithm",
-                cfg.pipeline.preference.algorithm,
-                AlgorithmConfig,
-                "pipeline.preference.algorithm",
-            ),
-            cfg.pipeline.preference.algorithm_params,
-        )
-        if pref_data is not None:
-            pref.data = group_option("data", pref_data, DataConfig, "pipeline.preference.data")
-        else:
-            pref.data = OmegaConf.merge(
-                pref.data,
-                {
-                    "name": "sampled_pairs",
-                    "format": "preference",
-                    "quickstart": None,
-                    "hub": None,
-                    "path": str(pairs),
-                },
-            )
-        pref.trainer = OmegaConf.merge(pref.trainer, cfg.pipeline.preference.trainer)
-        trained = trainer.train(pref, run.dir / "preference", run, prefix="preference/")
-        summary.update({k: v for k, v in trained.items() if k != "model_dir"})
-        summary["preference_model_dir"] = trained["model_dir"]
-        evaluated(cfg, trained["model_dir"], "preference", f"after {pref.algorithm.name.upper()}")
+        pref = preference_config(cfg, journey.policy, pairs)
+        journey.train("preference", pref, f"after {pref.algorithm.name.upper()}")
 
-    if columns:
-        console.print(
-            results_table(f"{cfg.name}: {cfg.model.name} on {cfg.benchmark.name}", columns)
-        )
-    (run.dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    run.tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    return summary
+    if journey.columns:
+        title = f"{cfg.name}: {cfg.model.name} on {cfg.benchmark.name}"
+        console.print(results_table(title, journey.columns))
+    (run.dir / "metrics.json").write_text(json.dumps(journey.summary, indent=2))
+    run.tracker.summary({k: v for k, v in journey.summary.items() if isinstance(v, (int, float))})
+    return JobResult(journey.summary, journey.outputs)

@@ -24,6 +24,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from citrus.data.schema import whole_records
+from citrus.errors import MissingFileError
+from citrus.jobs import JobResult
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ def find_runs(paths: list[str | Path], exclude: Path | None = None) -> list[RunS
     dirs: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
-            raise FileNotFoundError(f"report.runs: {p} does not exist")
+            raise MissingFileError(f"report.runs: {p} does not exist")
         found: list[Path] = []
         for d in sorted(
             {r.parent for r in p.rglob("run.json")},
@@ -102,7 +104,7 @@ def find_runs(paths: list[str | Path], exclude: Path | None = None) -> list[RunS
             if d != exclude and not any(a in found for a in d.parents):
                 found.append(d)
         if not found:
-            raise FileNotFoundError(f"report.runs: no run.json at or under {p}")
+            raise MissingFileError(f"report.runs: no run.json at or under {p}")
         dirs += [d for d in found if d not in dirs]
     runs = [load_run(d) for d in dirs]
     label_runs(runs)
@@ -293,14 +295,13 @@ def wandb_report(
     return report.url
 
 
-def run(cfg: Any, run: Any) -> dict[str, Any]:
+def run(cfg: Any, run: Any) -> JobResult:
     runs = find_runs(list(cfg.report.runs), exclude=run.dir)
     title = cfg.report.title or f"citrus report: {len(runs)} runs"
     path = write_report(runs, run.dir, title)
     out: dict[str, Any] = {
         "runs": len(runs),
         "completed": sum(r.status == "completed" for r in runs),
-        "report": str(path),
     }
     if (
         cfg.logger.name == "wandb"
@@ -308,7 +309,7 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
         and run.tracker.wandb_run.settings.mode == "online"
     ):
         out["wandb_report"] = wandb_report(runs, cfg.logger.project, cfg.logger.entity, title) or ""
-    return out
+    return JobResult(out, {"report": path})
 
 
 class SweepReport(Callback):

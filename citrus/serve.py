@@ -20,6 +20,7 @@ import time
 import urllib.request
 from typing import Any
 
+from citrus.jobs import JobResult
 from citrus.models import resolve_path
 from citrus.tracking import console
 
@@ -101,7 +102,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run(cfg: Any, run: Any) -> dict[str, Any]:
+def run(cfg: Any, run: Any) -> JobResult:
     s = cfg.serve
     name = s.served_model_name or cfg.model.name
     url = f"http://{s.host}:{s.port}/v1"
@@ -128,4 +129,4 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
             log.info("stopping the server")
         finally:
             stop(proc)
-    return {"serve/exit_code": proc.returncode}
+    return JobResult({"serve/exit_code": proc.returncode}, {"log": log_path})

@@ -19,6 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from citrus.errors import ConfigError
 from citrus.record import redact
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.summary.update(metrics)
 
-    def log_artifacts(self, inputs: dict[str, dict], models: dict[str, str]) -> None:
+    def log_artifacts(self, inputs: dict[str, dict], models: dict[str, Path]) -> None:
         """Data files read (uploaded: they are small) and exported models (by reference: a 70B
         export is 140 GB; W&B records where it is, not a copy)."""
         if self.wandb_run is None:
@@ -104,9 +105,9 @@ class Tracker:
             self.wandb_run.log_artifact(artifact)
         for key, model_dir in models.items():
             artifact = wandb.Artifact(
-                _artifact_name(f"{self.wandb_run.group}-{key.removesuffix('model_dir')}model"),
+                _artifact_name(f"{self.wandb_run.group}-{key}"),
                 type="model",
-                metadata={"path": model_dir},
+                metadata={"path": str(model_dir)},
             )
             artifact.add_reference(Path(model_dir).resolve().as_uri(), checksum=False)
             self.wandb_run.log_artifact(artifact)
@@ -151,7 +152,7 @@ def open_tracker(
     if logger_cfg.name == "none":
         return Tracker()
     if logger_cfg.name != "wandb":
-        raise ValueError(f"logger.name: unknown {logger_cfg.name!r}; one of ['none', 'wandb']")
+        raise ConfigError(f"logger.name: unknown {logger_cfg.name!r}; one of ['none', 'wandb']")
     import wandb
 
     mode = wandb_mode(logger_cfg.mode)

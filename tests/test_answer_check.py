@@ -10,13 +10,13 @@ import pytest
 from chat_server import ChatServer
 from conftest import SMOKE, compose_config
 
-from citrus.cli import execute
 from citrus.data import quickstart
 from citrus.engines import build_role_engine
 from citrus.engines.hf import HFEngine
 from citrus.evaluate.answer_check import check_answers
 from citrus.evaluate.evaluator import prediction_row, sampled_row
 from citrus.evaluate.extract import extract_answer
+from citrus.jobs import execute
 from citrus.prompts import build_messages
 
 ORDINALS = {"first": "A", "second": "B", "third": "C", "fourth": "D"}

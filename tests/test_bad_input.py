@@ -14,7 +14,7 @@ from conftest import compose_config
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from citrus.cli import execute
+from citrus.jobs import execute
 
 SMALL = [
     "experiment=quickstart",

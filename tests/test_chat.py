@@ -9,8 +9,8 @@ from chat_server import ChatServer
 from conftest import compose_config
 
 from citrus.chat import expert_messages, render, split_reply
-from citrus.cli import execute
 from citrus.engines.hf import HFEngine
+from citrus.jobs import execute
 from citrus.prompts import load_prompt
 
 REPLY = "<think>\nFever and flank pain; so the kidney.\n</think>\n<answer>\nB. acute pyelonephritis\n</answer>"
@@ -60,7 +60,7 @@ def test_one_shot_chat_over_a_served_model_streams_and_splits(tmp_path):
             "engine.served_model=citrus",
             "chat.prompt=A 30-year-old woman has fever and flank pain. Diagnosis?",
         ]
-        metrics = execute("chat", compose_config("chat", overrides), tmp_path, overrides)
+        metrics = execute("chat", compose_config("chat", overrides), tmp_path, overrides).metrics
     assert metrics["chat/turns"] == 1 and server.seen == {"stream": 1}
     turn = json.loads((tmp_path / "chat.jsonl").read_text())
     assert turn["reply"] == REPLY and turn["answer"] == "B. acute pyelonephritis"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import compose_config, run_cli
 from hydra.errors import ConfigCompositionException
@@ -9,6 +11,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from citrus.config import CONF_DIR, EXPERIMENTS_DIR, SWEEPS_DIR, BenchmarkTask
+from citrus.engines import check_engines
+from citrus.errors import ConfigError
 
 GROUPS = [
     "model",
@@ -19,7 +23,7 @@ GROUPS = [
     "engine",
     "trainer",
     "logger",
-    "synthesis",
+    "roles",
 ]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
@@ -45,6 +49,7 @@ def test_every_benchmark_task_is_a_group_of_its_own_and_in_a_group(task):
 def test_group_option_composes_and_resolves(group, option):
     cfg = compose_config("train", [f"{group}={option}"])
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    check_engines(cfg)  # the job's and every role's engine against its class's settings
     source = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
     assert_contains(OmegaConf.to_container(cfg[group]), source, group)
 
@@ -109,7 +114,7 @@ def test_quickstart_preset_overrides_the_defaults():
         ("model.dtyp=bfloat16", ConfigAttributeError, "model.dtyp"),
         ("trainer.max_steps=ten", ValidationError, "trainer.max_steps"),
         ("trainer.lr=fast", ValidationError, "trainer.lr"),
-        ("engine.batch_size=[1,2]", ValidationError, "engine.batch_size"),
+        ("engine.batch_sizee=3", ConfigAttributeError, "engine.batch_sizee"),
     ],
 )
 def test_bad_override_fails_at_compose_time_naming_the_key(override, error, key):
@@ -118,6 +123,29 @@ def test_bad_override_fails_at_compose_time_naming_the_key(override, error, key)
     cause = info.value.__cause__
     assert isinstance(cause, error), repr(cause)
     assert key in str(info.value) + str(cause)
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["engine.batch_size=[1,2]"], "engine.batch_size"),
+        (["engine=vllm", "engine.tensor_parallel_size=eight"], "engine.tensor_parallel_size"),
+        (
+            ["role@roles.critic=openai", "roles.critic.engine.concurrency=many"],
+            "roles.critic.engine.concurrency",
+        ),
+    ],
+)
+def test_engine_settings_are_typed_by_the_engine_before_a_job_starts(overrides, key):
+    """An engine declares its own settings; a wrong type fails naming the key and the schema."""
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        check_engines(compose_config("evaluate", overrides))
+
+
+def test_an_engine_class_that_cannot_be_imported_is_named():
+    cfg = compose_config("evaluate", ["engine.class_path=citrus.engines.hf:NoSuchEngine"])
+    with pytest.raises(ConfigError, match="engine.class_path=citrus.engines.hf:NoSuchEngine"):
+        check_engines(cfg)
 
 
 def test_unknown_group_option_lists_the_available_ones():

@@ -13,7 +13,7 @@ import torch
 from conftest import compose_config, run_cli
 from safetensors.torch import load_file
 
-from citrus.cli import execute
+from citrus.jobs import execute
 
 BASE = (
     "experiment=quickstart",
@@ -28,7 +28,7 @@ BASE = (
 
 def train(run_dir: Path, *overrides: str) -> dict:
     overrides = [*BASE, *overrides]
-    return execute("train", compose_config("train", overrides), run_dir, overrides)
+    return execute("train", compose_config("train", overrides), run_dir, overrides).metrics
 
 
 def curve(run_dir: Path) -> list[float]:

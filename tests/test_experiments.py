@@ -29,12 +29,11 @@ def test_every_pipeline_preset_runs_under_debug_smoke(preset, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     stages = ["base", *(["sft1", "sft2"]), "preference"]
     assert all(f"{s}/mean_accuracy" in metrics for s in stages), sorted(metrics)
-    assert (
-        Path(metrics["sft2_model_dir"]).is_dir() and Path(metrics["preference_model_dir"]).is_dir()
-    )
-    # each SFT stage starts from the previous export
+    # each stage's outputs are in run.json, and the next stage started from them
+    outputs = json.loads((tmp_path / "run.json").read_text())["outputs"]
+    assert Path(outputs["sft2/model"]).is_dir() and Path(outputs["preference/model"]).is_dir()
     sft2 = yaml.safe_load((tmp_path / "sft2" / "model" / "citrus_config.yaml").read_text())
-    assert sft2["model"]["path"] == metrics["sft1_model_dir"]
+    assert sft2["model"]["path"] == outputs["sft1/model"]
 
 
 def test_eval_matrix_runs_every_cell_and_reports_it(tmp_path):
@@ -144,15 +143,18 @@ def test_optuna_search_returns_the_metric_and_reports(tmp_path):
 
 
 def test_objective_is_nan_for_a_failed_job_and_names_a_missing_metric():
-    from citrus.cli import objective
+    from citrus.jobs import objective
 
+    from citrus.jobs import JobResult
+
+    result = JobResult({"sft/mean_accuracy": 0.5})
     assert math.isnan(objective(None, "preference/mean_accuracy"))
-    assert objective({"sft/mean_accuracy": 0.5}, "sft/mean_accuracy") == 0.5
+    assert objective(result, "sft/mean_accuracy") == 0.5
     with pytest.raises(
         KeyError,
-        match=r"optimized_metric='sft/mean_acc' is not a metric of this job; it has \['sft/mean_accuracy'\]",
+        match=r"'sft/mean_acc' is not a metric of this job; it has \['sft/mean_accuracy'\]",
     ):
-        objective({"sft/mean_accuracy": 0.5}, "sft/mean_acc")
+        objective(result, "sft/mean_acc")
 
 
 def test_submitit_local_launcher_runs_each_job_as_its_own_process(tmp_path):

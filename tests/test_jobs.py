@@ -9,7 +9,7 @@ import torch
 from conftest import SMOKE, compose_config, run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from citrus.cli import execute
+from citrus.jobs import execute
 from citrus.record import md5sum
 
 SECRET = "sk-citrus-test-secret-0123456789"
@@ -19,7 +19,7 @@ SECRET = "sk-citrus-test-secret-0123456789"
 def trained(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("train")
     cfg = compose_config("train", SMOKE)
-    metrics = execute("train", cfg, run_dir, list(SMOKE))
+    metrics = execute("train", cfg, run_dir, list(SMOKE)).metrics
     return run_dir, metrics
 
 
@@ -53,7 +53,7 @@ def test_sft_learns_checkpoints_and_exports_a_loadable_model(trained):
 def test_training_is_deterministic(trained, tmp_path):
     _, first = trained
     cfg = compose_config("train", SMOKE)
-    again = execute("train", cfg, tmp_path, list(SMOKE))
+    again = execute("train", cfg, tmp_path, list(SMOKE)).metrics
     assert again["train/final_loss"] == pytest.approx(first["train/final_loss"], rel=1e-6)
 
 
@@ -72,7 +72,7 @@ def test_run_record_reproduces_the_run_and_fingerprints_its_data(trained):
 def test_evaluate_scores_every_question_and_keeps_raw_responses(trained, tmp_path):
     run_dir, _ = trained
     overrides = [*SMOKE, f"model.path={run_dir}"]  # a run directory stands for its exported model
-    result = execute("evaluate", compose_config("evaluate", overrides), tmp_path, overrides)
+    result = execute("evaluate", compose_config("evaluate", overrides), tmp_path, overrides).metrics
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     task = metrics["tasks"]["quickstart"]
     assert (

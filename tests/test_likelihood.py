@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import SMOKE, compose_config
 
-from citrus.cli import execute
 from citrus.data import quickstart
 from citrus.engines.hf import HFEngine
+from citrus.jobs import execute
 from citrus.prompts import build_text
 
 

@@ -12,7 +12,7 @@ from conftest import compose_config
 from citrus.data import quickstart
 from citrus.engines import build_engine
 from citrus.engines.hf import HFEngine
-from citrus.engines.openai import RequestFailed
+from citrus.errors import EngineError
 from citrus.prompts import build_messages
 
 SECRET = "sk-openai-engine-test-9876543210"
@@ -83,7 +83,7 @@ def test_a_rerun_never_pays_twice(hf_engine, conversations, tmp_path):
 def test_retries_exhausted_raise_and_keep_finished_work(hf_engine, conversations, tmp_path):
     with ChatServer(hf_engine, faults=["ok", "500", "500", "500"]) as server:
         engine = openai_engine(server.url, tmp_path, "engine.concurrency=1", "engine.max_retries=2")
-        with pytest.raises(RequestFailed, match="gave up after 2 retries \\(last: HTTP 500\\)"):
+        with pytest.raises(EngineError, match="gave up after 2 retries \\(last: HTTP 500\\)"):
             engine.generate(conversations[:2])
     assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 1  # the finished one is kept
 
@@ -92,7 +92,7 @@ def test_api_key_comes_from_the_environment_and_is_never_written(
     hf_engine, conversations, tmp_path, monkeypatch
 ):
     with ChatServer(hf_engine, api_key=SECRET) as server:
-        with pytest.raises(RequestFailed, match="HTTP 401"):
+        with pytest.raises(EngineError, match="HTTP 401"):
             openai_engine(server.url, tmp_path, "engine.api_key_env=CITRUS_TEST_KEY").generate(
                 conversations[:1]
             )

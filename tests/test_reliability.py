@@ -20,10 +20,10 @@ from chat_server import ChatServer
 from conftest import REPO, compose_config, run_cli
 from safetensors.torch import load_file
 
-from citrus.cli import execute
 from citrus.data import quickstart
 from citrus.data.schema import whole_records
 from citrus.engines.hf import HFEngine
+from citrus.jobs import execute
 
 # A short SFT run that logs and checkpoints every other step: a kill can land anywhere.
 TRAIN = (
@@ -271,7 +271,7 @@ def test_a_flaky_api_at_30_percent_faults_loses_no_question(tiny_server_engine, 
         ]
         metrics = execute(
             "evaluate", compose_config("evaluate", overrides), tmp_path / "run", overrides
-        )
+        ).metrics
     assert sorted(prediction_ids(tmp_path / "run")) == sorted(
         q.id for q in quickstart.generate("test", n)
     )
@@ -355,7 +355,7 @@ def test_an_api_key_reaches_no_file_log_or_wandb_record(tiny_server_engine, tmp_
 
 
 def test_a_training_log_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
-    from citrus.train.trainer import forget_after
+    from citrus.train.checkpoint import forget_after
 
     log = tmp_path / "train_log.jsonl"
     log.write_text(

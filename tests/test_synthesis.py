@@ -18,9 +18,9 @@ from conftest import compose_config
 from datasets import load_dataset
 from test_benchmarks import ROOT
 
-from citrus.cli import execute
 from citrus.data import quickstart
 from citrus.data.benchmarks import load_task
+from citrus.jobs import execute
 
 ROLES = ("teacher", "critic", "judge", "policy", "answer_mapper", "strong", "weak")
 LIMIT = 4
@@ -103,7 +103,7 @@ def over_http(url: str, tmp_path) -> list[str]:
 
 def job(name: str, run_dir, *overrides: str) -> dict:
     overrides = ["logger=none", f"synthesis.limit={LIMIT}", "synthesis.chunk=3", *overrides]
-    return execute(name, compose_config(name, overrides), run_dir, overrides)
+    return execute(name, compose_config(name, overrides), run_dir, overrides).metrics
 
 
 def lines(path) -> list[dict]:
@@ -343,7 +343,9 @@ def test_pipeline_chains_synthesize_sft_sample_and_preference(tmp_path):
             "pipeline.preference.trainer.max_steps=2",
             "+pipeline.preference.trainer.micro_batch_size=2",
         ]
-        metrics = execute("pipeline", compose_config("pipeline", overrides), tmp_path, overrides)
+        metrics = execute(
+            "pipeline", compose_config("pipeline", overrides), tmp_path, overrides
+        ).metrics
     n_train = 48  # SMOKE's quickstart SFT data
     assert (
         len(lines(tmp_path / "synthesize" / "sft_data.jsonl"))
@@ -358,7 +360,7 @@ def test_pipeline_chains_synthesize_sft_sample_and_preference(tmp_path):
     assert cfg["architectures"] == ["LlamaForCausalLM"]
     saved = (tmp_path / "preference" / "model" / "citrus_config.yaml").read_text()
     assert (
-        "objective: cpo" in saved and f"path: {tmp_path / 'sft' / 'model'}" in saved
+        "loss: simpo" in saved and f"path: {tmp_path / 'sft' / 'model'}" in saved
     )  # started from the SFT export
 
 

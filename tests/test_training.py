@@ -11,12 +11,12 @@ import torch
 from conftest import compose_config
 from safetensors.torch import load_file
 
-from citrus.cli import execute
 from citrus.data import quickstart
+from citrus.jobs import execute
 from citrus.models import load_model, load_tokenizer
 from citrus.train.data import PackedCollator, pack, tokenize_sft
 from citrus.train.losses import token_nll_sum
-from citrus.train.trainer import forward
+from citrus.train.objectives import forward
 
 TINY = (
     "experiment=quickstart",
@@ -51,7 +51,7 @@ SETUPS = {
 
 def train(run_dir, overrides):
     overrides = [*TINY, *overrides]
-    return execute("train", compose_config("train", overrides), run_dir, overrides)
+    return execute("train", compose_config("train", overrides), run_dir, overrides).metrics
 
 
 def curve(run_dir):
@@ -188,7 +188,10 @@ BAD = [
     (["algorithm=dpo"], "trains on preference records"),
     (["data=quickstart_pairs"], "trains on sft records"),
     (["data=quickstart_pairs", "algorithm=cpo", "trainer.packing=true"], "only sft packs"),
-    (["data=quickstart_pairs", "algorithm=cpo", "algorithm.loss_type=robust"], "not a cpo loss"),
+    (
+        ["data=quickstart_pairs", "algorithm=cpo", "algorithm.loss=robust"],
+        "algorithm.loss='robust'",
+    ),
     (["trainer.micro_batch_size=4", "trainer.global_batch_size=10"], "not a multiple"),
     (
         [
@@ -198,7 +201,7 @@ BAD = [
         ],
         "needs grad_accum_steps=4",
     ),
-    (["algorithm.reference=/x"], "only dpo uses a reference"),
+    (["algorithm.reference=/x"], "uses no reference model"),
     (["trainer.strategy=fsdp"], "trainer.strategy='fsdp'"),
     (["adapter.name=qlora"], "adapter.name='qlora'"),
     (["adapter=lora", "trainer=fsdp2"], "not supported yet"),

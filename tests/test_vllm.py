@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import SMOKE, compose_config, run_cli
 
-from citrus.cli import execute
+from citrus.jobs import execute
 from citrus.models import resolve_path
 
 pytest.importorskip(

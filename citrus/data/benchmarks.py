@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -23,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from citrus.data import quickstart
 from citrus.data.layouts import hub_file, load_rows, to_mc_question
@@ -342,18 +345,39 @@ LOADERS: dict[str, Callable[[Any, str, Any, Path], LoadedTask]] = {
 
 
 def load_task(name: str, task: Any, bench: Any, data_dir: str | Path) -> LoadedTask:
-    """Items of one task, limited (first N, or a seeded sample of N) as configured."""
+    """Items of one task, limited (first N, or a seeded sample of N) by the task's own limit or,
+    without one, the group's benchmark.limit. A process loads each task once: a pipeline's
+    prepare and its evaluations after every stage share the parse."""
     if task.loader not in LOADERS:
         raise DataError(
             f"benchmark task {name!r}: unknown loader {task.loader!r}; one of {sorted(LOADERS)}"
         )
-    loaded = LOADERS[task.loader](task, name, bench, Path(data_dir))
-    for message in loaded.skipped:
-        log.warning("skipped %s", message)
-    if task.limit and len(loaded.items) > task.limit:
-        if task.sample:
-            picked = sorted(random.Random(task.seed).sample(range(len(loaded.items)), task.limit))
+    key = json.dumps(
+        [
+            name,
+            OmegaConf.to_container(task, resolve=True),
+            bench.data_root,
+            bench.base_url,
+            bench.strict,
+            bench.limit,
+            bench.sample,
+            str(data_dir),
+        ],
+        sort_keys=True,
+    )
+    if key not in _LOADED:
+        _LOADED[key] = LOADERS[task.loader](task, name, bench, Path(data_dir))
+        for message in _LOADED[key].skipped:
+            log.warning("skipped %s", message)
+    loaded = dataclasses.replace(_LOADED[key])
+    limit, sample = (task.limit, task.sample) if task.limit else (bench.limit, bench.sample)
+    if limit and len(loaded.items) > limit:
+        if sample:
+            picked = sorted(random.Random(task.seed).sample(range(len(loaded.items)), limit))
             loaded.items = [loaded.items[i] for i in picked]
         else:
-            loaded.items = loaded.items[: task.limit]
+            loaded.items = loaded.items[:limit]
     return loaded
+
+
+_LOADED: dict[str, LoadedTask] = {}  # load_task's parses, by task and benchmark settings

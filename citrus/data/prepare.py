@@ -11,6 +11,7 @@ from citrus.data import quickstart
 from citrus.data.benchmarks import load_task
 from citrus.data.layouts import TRAINING_CONVERTERS, hub_file, load_rows
 from citrus.data.schema import DataError, load_records, write_jsonl_atomic
+from citrus.jobs import JobResult
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ def converted_file(data_cfg: Any, data_dir: str | Path) -> Path:
         source = Path(data_cfg.path)
         if not source.is_file():
             raise DataError(
-                f"data.path: {source} does not exist (data={data_cfg.name}, a local copy of {hub.repo})"
+                f"data.path: {source} does not exist "
+                f"(data={data_cfg.name}, a local copy of {hub.repo})"
             )
     else:
         source = hub_file(hub.repo, hub.data_files, hub.revision)
@@ -37,7 +39,8 @@ def converted_file(data_cfg: Any, data_dir: str | Path) -> Path:
             records.append(convert(row, default_id=f"{data_cfg.name}-{n}"))
         except DataError as e:
             raise DataError(
-                f"{source}: record {n + 1}: {e} (data={data_cfg.name}, data.format={data_cfg.format})"
+                f"{source}: record {n + 1}: {e} "
+                f"(data={data_cfg.name}, data.format={data_cfg.format})"
             ) from None
     digest = hashlib.md5(key.encode()).hexdigest()[:10]
     path = write_jsonl_atomic(
@@ -68,11 +71,12 @@ def training_file(data_cfg: Any, data_dir: str | Path) -> Path:
             data_cfg.format,
         )
     raise DataError(
-        f"data={data_cfg.name}: set data.path (a JSONL of {data_cfg.format} records), data.hub or data.quickstart"
+        f"data={data_cfg.name}: set data.path (a JSONL of {data_cfg.format} records), "
+        "data.hub or data.quickstart"
     )
 
 
-def run(cfg: Any, run: Any) -> dict[str, float]:
+def run(cfg: Any, run: Any) -> JobResult:
     train_path = training_file(cfg.data, cfg.paths.data_dir)
     n_train = len(load_records(train_path, cfg.data.format))
     run.record.add_input(train_path, f"data/{cfg.data.name}")
@@ -90,4 +94,4 @@ def run(cfg: Any, run: Any) -> dict[str, float]:
             loaded.files[0],
         )
         metrics[f"benchmark/{name}/questions"] = len(loaded.items)
-    return metrics
+    return JobResult(metrics, {"train": train_path})

@@ -18,12 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from citrus.errors import DataError  # noqa: F401  (raised here; imported from here by loaders)
+
 LETTERS = string.ascii_uppercase
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, line or record at fault."""
 
 
 @dataclass

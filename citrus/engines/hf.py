@@ -8,10 +8,14 @@ from typing import Any
 
 import torch
 
+from citrus.config import EngineConfig
+from citrus.errors import EngineError
 from citrus.models import load_model, load_tokenizer
 
 
 class HFEngine:
+    Settings = EngineConfig  # the shared settings are all it has
+
     def __init__(self, engine_cfg: Any, model_cfg: Any):
         self.cfg = engine_cfg
         self.tokenizer = load_tokenizer(model_cfg, padding_side="left")
@@ -47,52 +51,48 @@ class HFEngine:
         lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
         replies: list[str | None] = [None] * len(prompts)
-        sample = self.cfg.temperature > 0
         torch.manual_seed(self.cfg.seed)
         for start in range(0, len(order), self.cfg.batch_size):
             idx = order[start : start + self.cfg.batch_size]
-            enc = self.tokenizer(
-                [prompts[i] for i in idx],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            ).to(self.device)
-            max_new = self.cfg.max_new_tokens
-            if self.max_length:
-                max_new = min(max_new, self.max_length - enc["input_ids"].shape[1])
-            if max_new <= 0:
-                raise ValueError(
-                    f"prompt of {enc['input_ids'].shape[1]} tokens leaves no room to generate (model limit {self.max_length})"
-                )
-            out = self.model.generate(
-                **enc,
-                max_new_tokens=max_new,
-                do_sample=sample,
-                temperature=self.cfg.temperature if sample else None,
-                top_p=self.cfg.top_p if sample else None,
-                top_k=None,
-                eos_token_id=self.eos_ids,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-            new_tokens = out[:, enc["input_ids"].shape[1] :]
-            texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            self.stats["requests"] += len(idx)
-            self.stats["prompt_tokens"] += int(enc["attention_mask"].sum())
-            self.stats["completion_tokens"] += int(
-                (
-                    ~torch.isin(
-                        new_tokens,
-                        torch.tensor(
-                            [self.tokenizer.pad_token_id, *self.eos_ids], device=new_tokens.device
-                        ),
-                    )
-                ).sum()
-            )
+            try:
+                texts = self._generate_batch([prompts[i] for i in idx])
+            except (RuntimeError, ValueError) as e:  # out of memory, a prompt too long, ...
+                raise EngineError(f"hf: {type(e).__name__}: {e}") from e
             for i, text in zip(idx, texts):
                 replies[i] = text
             if on_batch:
                 on_batch(idx, texts)
         return replies  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts: list[str]) -> list[str]:
+        enc = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
+        width = enc["input_ids"].shape[1]
+        max_new = self.cfg.max_new_tokens
+        if self.max_length:
+            max_new = min(max_new, self.max_length - width)
+        if max_new <= 0:
+            raise ValueError(f"a prompt of {width} tokens leaves no room to generate (model limit "
+                             f"{self.max_length})")  # fmt: skip
+        sample = self.cfg.temperature > 0
+        out = self.model.generate(
+            **enc,
+            max_new_tokens=max_new,
+            do_sample=sample,
+            temperature=self.cfg.temperature if sample else None,
+            top_p=self.cfg.top_p if sample else None,
+            top_k=None,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        new_tokens = out[:, width:]
+        stops = torch.tensor([self.tokenizer.pad_token_id, *self.eos_ids], device=new_tokens.device)
+        self.stats["requests"] += len(prompts)
+        self.stats["prompt_tokens"] += int(enc["attention_mask"].sum())
+        self.stats["completion_tokens"] += int((~torch.isin(new_tokens, stops)).sum())
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
     def stream(self, conversation: list[dict[str, str]]) -> Iterator[str]:
         """One reply, piece by piece as it is generated (for `citrus chat`)."""

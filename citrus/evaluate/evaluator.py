@@ -19,10 +19,12 @@ from rich.table import Table
 
 from citrus.data.benchmarks import load_task
 from citrus.data.schema import KeyedLog
-from citrus.engines import build_engine, build_role_engine
+from citrus.engines import Scoring, build_engine, build_role_engine
+from citrus.errors import ConfigError
 from citrus.evaluate.answer_check import check_answers, unread
 from citrus.evaluate.extract import EXTRACTOR_VERSION, extract_answer
 from citrus.evaluate.metrics import majority_vote, summarize
+from citrus.jobs import JobResult
 from citrus.prompts import build_messages, build_text
 from citrus.tracking import console, progress_bar
 
@@ -112,6 +114,35 @@ def likelihood_row(task: str, q: Any, context: str, scores: list[float]) -> dict
     }
 
 
+def plan(engine: Any, asked: list, bench: Any) -> tuple[list, Any, Any]:
+    """What to send for each question, how a reply becomes a row, and how to ask: generate
+    (once, or engine.num_samples times) or score the option letters (likelihood)."""
+    n = engine.cfg.num_samples
+    if bench.mode == "generate":
+        prompts = [build_messages(q, bench.prompt) for q in asked]
+        if n > 1:
+            return (
+                prompts,
+                sampled_row,
+                lambda save: ask_samples(engine, prompts, n, engine.cfg.seed, save),
+            )
+        return prompts, prediction_row, lambda save: engine.generate(prompts, on_batch=save)
+    if bench.mode == "likelihood":
+        if not isinstance(engine, Scoring):
+            raise ConfigError(
+                f"benchmark.mode=likelihood needs the model's log-probabilities: engine=hf "
+                f"(engine={engine.cfg.name} only generates)"
+            )
+        prompts = [build_text(q, bench.prompt) for q in asked]
+        letters = [[f" {k}" for k in q.options] for q in asked]
+        return (
+            prompts,
+            likelihood_row,
+            lambda save: engine.loglikelihoods(prompts, letters, on_batch=save),
+        )
+    raise ConfigError(f"benchmark.mode: unknown {bench.mode!r}; one of ['generate', 'likelihood']")
+
+
 def evaluate_task(
     engine: Any,
     task: str,
@@ -132,27 +163,7 @@ def evaluate_task(
     advance(len(rows))
     todo = [i for i in range(len(items)) if i not in rows]
     asked = [items[i] for i in todo]
-    n = engine.cfg.num_samples
-    if bench.mode == "generate" and n > 1:
-        prompts = [build_messages(q, bench.prompt) for q in asked]
-        make_row, ask = (
-            sampled_row,
-            lambda save: ask_samples(engine, prompts, n, engine.cfg.seed, save),
-        )
-    elif bench.mode == "generate":
-        prompts = [build_messages(q, bench.prompt) for q in asked]
-        make_row, ask = prediction_row, lambda save: engine.generate(prompts, on_batch=save)
-    elif bench.mode == "likelihood":
-        prompts = [build_text(q, bench.prompt) for q in asked]
-        letters = [[f" {k}" for k in q.options] for q in asked]
-        make_row, ask = (
-            likelihood_row,
-            lambda save: engine.loglikelihoods(prompts, letters, on_batch=save),
-        )
-    else:
-        raise ValueError(
-            f"benchmark.mode: unknown {bench.mode!r}; one of ['generate', 'likelihood']"
-        )
+    prompts, make_row, ask = plan(engine, asked, bench)
     held: list[int] = []  # rows waiting for the answer check
 
     def save(indices: list[int], outputs: list[Any]) -> None:
@@ -267,9 +278,10 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
     return result
 
 
-def run(cfg: Any, run: Any) -> dict[str, Any]:
+def run(cfg: Any, run: Any) -> JobResult:
     result = evaluate(cfg, run.dir, run)
     console.print(
         results_table(f"{cfg.benchmark.name}: {cfg.model.name}", {cfg.model.name: result["tasks"]})
     )
-    return {"mean_accuracy": result["mean_accuracy"]}
+    outputs = {"predictions": run.dir / "predictions.jsonl", "metrics": run.dir / "metrics.json"}
+    return JobResult({"mean_accuracy": result["mean_accuracy"]}, outputs)

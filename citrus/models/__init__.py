@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from citrus.errors import ConfigError, MissingFileError
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -31,7 +33,7 @@ def resolve_path(model_cfg: Any) -> str:
 
         check_build(path, model_cfg.family, model_cfg.build)
     elif is_local(str(model_cfg.path)) and not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"model.path={model_cfg.path}: no model there (no config.json, nor a run's model/) "
             f"for model={model_cfg.name}; a hub id looks like org/name"
         )
@@ -52,7 +54,7 @@ def load_tokenizer(model_cfg: Any, padding_side: str = "right"):
     if model_cfg.chat_template:
         tok.chat_template = model_cfg.chat_template
     if not tok.chat_template:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer of model {model_cfg.name!r} ({model_cfg.path}) has no chat template; "
             "set model.chat_template"
         )
@@ -69,7 +71,7 @@ def load_model(model_cfg: Any, dtype: str | None = None):
 
     name = dtype or model_cfg.dtype
     if name not in DTYPES:
-        raise ValueError(f"model.dtype: unknown {name!r}; one of {sorted(DTYPES)}")
+        raise ConfigError(f"model.dtype: unknown {name!r}; one of {sorted(DTYPES)}")
     return AutoModelForCausalLM.from_pretrained(
         resolve_path(model_cfg), dtype=DTYPES[name], trust_remote_code=model_cfg.trust_remote_code
     )

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from citrus.errors import ConfigError
+
 BUILD_STAMP = "citrus_build.json"
 
 
@@ -110,7 +112,7 @@ def init_model(build: Any, tokenizer) -> torch.nn.Module:
 
     classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
     if build.architecture not in classes:
-        raise ValueError(
+        raise ConfigError(
             f"model.build.architecture: unknown {build.architecture!r}; one of {sorted(classes)}"
         )
     config_cls, model_cls = classes[build.architecture]
@@ -165,7 +167,7 @@ def build_backbone(path: str | os.PathLike, family: str, build: Any) -> Path:
     path = Path(path)
     stamp = _stamp(family, build)
     if family not in FAMILIES:
-        raise ValueError(
+        raise ConfigError(
             f"model.family: unknown {family!r} for a built model; one of {sorted(FAMILIES)}"
         )
     tokenizer = train_tokenizer(FAMILIES[family], build.vocab_size, build.tokenizer_corpus_items)

@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 
 from citrus.data.schema import MCQuestion
+from citrus.errors import ConfigError, MissingFileError
 
 PROMPT_DIR = Path(__file__).resolve().parent
 
@@ -33,11 +34,11 @@ def load_prompt(name: str) -> tuple[str | None, str]:
     user = PROMPT_DIR / f"{name}.user.txt"
     if not user.is_file():
         known = sorted(p.name.removesuffix(".user.txt") for p in PROMPT_DIR.glob("*.user.txt"))
-        raise FileNotFoundError(f"unknown prompt {name!r} (no {user}); known prompts: {known}")
+        raise MissingFileError(f"unknown prompt {name!r} (no {user}); known prompts: {known}")
     system = PROMPT_DIR / f"{name}.system.txt"
     template = user.read_text(encoding="utf-8").rstrip("\n")
     if "{question}" not in template and "{open_question}" not in template:
-        raise ValueError(
+        raise ConfigError(
             f"{user}: the user prompt needs a {{question}} or {{open_question}} placeholder"
         )
     return (system.read_text(encoding="utf-8").strip() if system.is_file() else None), template
@@ -57,7 +58,7 @@ def build_messages(q: MCQuestion, prompt: str, **slots: str) -> list[dict[str, s
     system, template = load_prompt(prompt)
     for name in slots:
         if f"{{{name}}}" not in template:
-            raise ValueError(f"prompt {prompt!r} has no {{{name}}} placeholder")
+            raise ConfigError(f"prompt {prompt!r} has no {{{name}}} placeholder")
     values = {**slots, "question": format_question(q)}
     # one pass, so a reply that happens to contain "{question}" stays as written
     user = re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)

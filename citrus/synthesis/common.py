@@ -9,6 +9,7 @@ from typing import Any
 from citrus.data import quickstart
 from citrus.data.schema import KeyedLog, MCQuestion, load_records
 from citrus.engines import build_engine, build_role_engine
+from citrus.errors import ConfigError, EngineError
 from citrus.tracking import progress_bar
 
 
@@ -53,7 +54,7 @@ class RoleEngines:
     def __getitem__(self, name: str) -> Any:
         if name not in self.engines:
             if name not in self.cfg.roles:
-                raise KeyError(
+                raise ConfigError(
                     f"roles.{name} is not configured (conf/role/; e.g. role@roles.{name}=self)"
                 )
             role = self.cfg.roles[name]
@@ -113,8 +114,6 @@ def process(
     """Run `work` over the questions not yet in `out`, a chunk at a time, appending each chunk's
     records. A chunk whose requests fail for good is recorded item by item as failed, with the
     reason, and the job goes on."""
-    from citrus.engines.openai import RequestFailed
-
     todo = [q for q in questions if q.id not in out.done]
     counts = {"done": len(questions) - len(todo), "kept": 0, "failed": 0}
     with progress_bar() as bar:
@@ -122,7 +121,7 @@ def process(
         for chunk in chunks(todo, chunk_size):
             try:
                 records = work(chunk)
-            except RequestFailed as e:
+            except EngineError as e:
                 records = [failed(q, f"request failed: {e}") for q in chunk]
             out.append(records)
             counts["done"] += len(records)

@@ -17,6 +17,7 @@ from typing import Any
 from citrus.data.benchmarks import load_task
 from citrus.data.prepare import training_file
 from citrus.data.schema import load_records, write_jsonl_atomic
+from citrus.jobs import JobResult
 
 WORD = re.compile(r"[a-z0-9]+")
 
@@ -47,7 +48,7 @@ def overlaps(record: dict, index: dict, n: int) -> set[str]:
     return set().union(*(index.get(g, ()) for g in ngrams(record_text(record), n)))
 
 
-def run(cfg: Any, run: Any) -> dict[str, Any]:
+def run(cfg: Any, run: Any) -> JobResult:
     n = cfg.synthesis.decontaminate_ngram
     path = training_file(cfg.data, cfg.paths.data_dir)
     run.record.add_input(path, f"data/{cfg.data.name}")
@@ -78,9 +79,10 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
         "overlaps": flagged,
     }
     (run.dir / "report.json").write_text(json.dumps(report, indent=2))
-    write_jsonl_atomic(run.dir / "clean.jsonl", clean)
-    return {
+    metrics = {
         "decontaminate/records": len(records),
         "decontaminate/flagged": len(flagged),
         **{f"decontaminate/{k}": v for k, v in per_task.items()},
     }
+    clean_path = write_jsonl_atomic(run.dir / "clean.jsonl", clean)
+    return JobResult(metrics, {"clean": clean_path, "report": run.dir / "report.json"})

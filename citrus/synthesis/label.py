@@ -15,6 +15,7 @@ from typing import Any
 
 from citrus.data.schema import write_jsonl_atomic
 from citrus.evaluate.extract import extract_answer
+from citrus.jobs import JobResult
 from citrus.prompts import build_messages
 from citrus.synthesis.common import RoleEngines, run_chunks
 from citrus.synthesis.parsers import parse_open_question
@@ -72,7 +73,7 @@ def label_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
     return records
 
 
-def run(cfg: Any, run: Any) -> dict[str, Any]:
+def run(cfg: Any, run: Any) -> JobResult:
     def failed(q, reason):
         return {**q.to_dict(), "status": "failed", "reason": reason}
 
@@ -81,13 +82,14 @@ def run(cfg: Any, run: Any) -> dict[str, Any]:
     )
     labeled = [r for r in done if "difficulty" in r.get("metadata", {})]
     # the labeled questions in the unified schema: a `synthesis.source` for synthesize and sample
-    write_jsonl_atomic(
+    path = write_jsonl_atomic(
         run.dir / "labeled.jsonl",
         [{k: v for k, v in r.items() if k not in ("status", "reason")} for r in labeled],
     )
     levels = [r["metadata"]["difficulty"] for r in labeled]
-    return {
+    metrics = {
         **{f"label/{k}": v for k, v in counts.items()},
         **{f"label/{d}": levels.count(d) for d in ("easy", "unknown", "hard")},
         **roles.usage(),
     }
+    return JobResult(metrics, {"labeled": path})

@@ -22,6 +22,7 @@ from typing import Any
 
 from citrus.data.schema import write_jsonl_atomic
 from citrus.evaluate.extract import ANSWER_TAG, extract_answer
+from citrus.jobs import JobResult
 from citrus.prompts import build_messages
 from citrus.synthesis.common import RoleEngines, gold, open_question, run_chunks
 from citrus.synthesis.parsers import parse_rating, parse_step, parse_verdict
@@ -161,13 +162,16 @@ def synthesize_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
     return finish(states, roles, pc.prompt)
 
 
-def run(cfg: Any, run: Any) -> dict[str, Any]:
+def run(cfg: Any, run: Any) -> JobResult:
     done, counts, roles = run_chunks(cfg, run, "synthesize", "pathways.jsonl", synthesize_chunk)
     # sft.jsonl is derived from the audit log, so it is never half-written
-    write_jsonl_atomic(run.dir / "sft.jsonl", [r["record"] for r in done if r["status"] == "kept"])
+    sft = write_jsonl_atomic(
+        run.dir / "sft.jsonl", [r["record"] for r in done if r["status"] == "kept"]
+    )
     rounds = [len(r.get("rounds", [])) for r in done]
-    return {
+    metrics = {
         **{f"synthesize/{k}": v for k, v in counts.items()},
         "synthesize/mean_rounds": sum(rounds) / max(1, len(rounds)),
         **roles.usage(),
     }
+    return JobResult(metrics, {"sft": sft, "pathways": run.dir / "pathways.jsonl"})

@@ -21,8 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 from citrus.data.schema import write_jsonl_atomic
+from citrus.errors import ConfigError
 from citrus.evaluate.answer_check import check_answers
 from citrus.evaluate.evaluator import sampled_row
+from citrus.jobs import JobResult
 from citrus.prompts import build_messages
 from citrus.synthesis.common import RoleEngines, gold, open_question, run_chunks
 from citrus.synthesis.parsers import parse_preference, parse_score
@@ -153,18 +155,19 @@ def sample_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
     return records
 
 
-def run(cfg: Any, run: Any) -> dict[str, Any]:
+def run(cfg: Any, run: Any) -> JobResult:
     if cfg.synthesis.sample.pairing not in PAIRINGS:
-        raise ValueError(
+        raise ConfigError(
             f"synthesis.sample.pairing={cfg.synthesis.sample.pairing!r}: one of {list(PAIRINGS)}"
         )
     done, counts, roles = run_chunks(cfg, run, "sample", "samples.jsonl", sample_chunk)
     pairs = [p for r in done for p in r.get("records", [])]
-    write_jsonl_atomic(run.dir / "pairs.jsonl", pairs)  # derived from samples.jsonl
+    pairs_path = write_jsonl_atomic(run.dir / "pairs.jsonl", pairs)  # derived from samples.jsonl
     answers = [s for r in done for s in r.get("samples", [])]
-    return {
+    metrics = {
         **{f"sample/{k}": v for k, v in counts.items()},
         "sample/pairs": len(pairs),
         "sample/accuracy": sum(s["correct"] for s in answers) / max(1, len(answers)),
         **roles.usage(),
     }
+    return JobResult(metrics, {"pairs": pairs_path, "samples": run.dir / "samples.jsonl"})

@@ -22,6 +22,9 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from citrus.data.schema import whole_records, write_jsonl_atomic
+from citrus.errors import MissingFileError
+
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 STATE = "state.ckpt"
@@ -61,7 +64,7 @@ def find_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
         return path
     found = completed(path / "checkpoints") or completed(path)
     if not found:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"trainer.resume={resume}: no finished checkpoint (a step-NNNNNN/{STATE}) there"
         )
     return found[-1]
@@ -101,3 +104,12 @@ def save_checkpoint(
     fabric.barrier()
     log.info("checkpoint %s", final)
     return final
+
+
+def forget_after(log_path: Path, step: int) -> None:
+    """Drop the log lines of steps this run will (re)do, so the curve has each step once: those
+    after the checkpoint it resumes from, all of them on a fresh start, and a line a kill cut."""
+    if log_path.is_file():
+        write_jsonl_atomic(
+            log_path, [row for row in whole_records(log_path) if row["step"] <= step]
+        )

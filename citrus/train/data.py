@@ -1,15 +1,19 @@
-"""Training records -> token ids with completion-only labels, and batches: padded SFT batches,
-packed SFT rows, chosen/rejected pairs."""
+"""Training records -> token ids with completion-only labels; batches (padded SFT batches,
+packed SFT rows, chosen/rejected pairs); the order micro-batches are drawn in."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from citrus.data.schema import DataError
+from citrus.data.prepare import training_file
+from citrus.data.schema import DataError, load_records
 
 IGNORE = -100  # label value cross-entropy skips
+log = logging.getLogger(__name__)
 
 
 def tokenize_sft(
@@ -150,3 +154,53 @@ class PackedCollator:
             "position_ids": positions,
             "tokens": sum(len(r["input_ids"]) for r in rows),
         }
+
+
+def build_dataset(cfg: Any, tokenizer: Any, run: Any) -> tuple[list[dict], Callable]:
+    """Tokenized examples (packed rows with trainer.packing) and the collator that batches them."""
+    path = training_file(cfg.data, cfg.paths.data_dir)
+    run.record.add_input(path, f"data/{cfg.data.name}")
+    records = load_records(path, cfg.data.format)
+    max_length = cfg.model.max_length
+    if cfg.data.format == "preference":
+        pairs = [tokenize_pair(r, tokenizer, max_length) for r in records]
+        return pairs, PairCollator(tokenizer.pad_token_id)
+    completion_only = cfg.algorithm.completion_only_loss
+    examples = [tokenize_sft(r, tokenizer, max_length, completion_only) for r in records]
+    if cfg.trainer.packing:
+        rows = pack(examples, max_length)
+        log.info(
+            "packed %d examples into %d rows of <= %d tokens", len(examples), len(rows), max_length
+        )
+        return rows, PackedCollator(tokenizer.pad_token_id)
+    return examples, Collator(tokenizer.pad_token_id)
+
+
+def micro_batches(
+    n: int, t: Any, seed: int, world: int, rank: int, start: int
+) -> Iterator[list[int]]:
+    """Index lists of this rank's micro-batches, from global micro-batch `start` on, epoch after
+    epoch. Each epoch is a permutation seeded by (seed, epoch), so a resumed run sees the data in
+    the order an uninterrupted one would."""
+    per_epoch = n // (t.micro_batch_size * world)
+    if per_epoch == 0:
+        raise DataError(
+            f"{n} training examples cannot fill one micro-batch of {t.micro_batch_size} "
+            f"on {world} processes"
+        )
+    epoch, offset = divmod(start, per_epoch)
+    while True:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        for b in range(offset, per_epoch):
+            first = (b * world + rank) * t.micro_batch_size
+            yield order[first : first + t.micro_batch_size]
+        epoch, offset = epoch + 1, 0
+
+
+def total_steps(t: Any, n_examples: int, world: int = 1) -> int:
+    """Optimizer steps of the run: max_steps, or max_epochs over the data if that comes first."""
+    steps_per_epoch = max(1, n_examples // (t.micro_batch_size * t.grad_accum_steps * world))
+    limits = [t.max_steps] if t.max_steps > 0 else []
+    if t.max_epochs:
+        limits.append(steps_per_epoch * t.max_epochs)
+    return min(limits)

@@ -1,6 +1,6 @@
 """Start the other local processes of a multi-process run (trainer.devices > 1) the way torchrun
 would, without re-running Hydra: this process is local rank 0; ranks 1..n-1 run
-`python -m citrus.train.launch <config>` on the resolved config written into the run directory.
+`python -m citrus.train.worker <config>` on the resolved config written into the run directory.
 So a multi-process job makes one run directory, and a multirun sweep stays one sweep.
 
 Under torchrun or SLURM (srun) every process already exists and nothing is started here:
@@ -18,10 +18,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from citrus.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Workers:
     def __init__(self, cfg: Any, out_dir: Path):
         n = cfg.trainer.devices
         if cfg.trainer.num_nodes > 1:
-            raise ValueError(
+            raise ConfigError(
                 "trainer.num_nodes > 1: start one process per device with torchrun or srun "
                 "(see hydra/launcher=submitit_slurm); citrus only starts processes on one node"
             )
@@ -70,7 +71,7 @@ class Workers:
         self.logs = [launch_dir / f"rank{r}.log" for r in range(1, n)]
         self.procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "citrus.train.launch", str(config), str(out_dir)],
+                [sys.executable, "-m", "citrus.train.worker", str(config), str(out_dir)],
                 env={**env, "LOCAL_RANK": str(r)},
                 stdout=f.open("w"),
                 stderr=subprocess.STDOUT,
@@ -121,22 +122,3 @@ def start_workers(cfg: Any, out_dir: Path) -> Workers | None:
     resolve_path(cfg.model)
     training_file(cfg.data, cfg.paths.data_dir)
     return Workers(cfg, out_dir)
-
-
-def worker_main(config_path: str, out_dir: str) -> None:
-    """Local rank > 0: train on the resolved config; rank 0 keeps the run record and the tracker."""
-    from citrus.config import Config
-    from citrus.tracking import Tracker
-    from citrus.train.trainer import train
-
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config_path))
-    logging.basicConfig(
-        level=logging.WARNING,
-        format=f"[rank {os.environ.get('LOCAL_RANK')}] %(levelname)s %(name)s: %(message)s",
-    )
-    record = SimpleNamespace(path=None, add_input=lambda path, role: "")
-    train(cfg, Path(out_dir), SimpleNamespace(dir=Path(out_dir), record=record, tracker=Tracker()))
-
-
-if __name__ == "__main__":
-    worker_main(sys.argv[1], sys.argv[2])

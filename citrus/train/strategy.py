@@ -42,8 +42,6 @@ def fsdp2_parallelize(model: torch.nn.Module, device_mesh: Any) -> torch.nn.Modu
 
 
 def build_strategy(t: Any) -> Any:
-    if t.strategy not in STRATEGIES:
-        raise ValueError(f"trainer.strategy={t.strategy!r}: one of {list(STRATEGIES)}")
     if t.strategy == "fsdp2":
         from lightning.fabric.strategies import ModelParallelStrategy
 

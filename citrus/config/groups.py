@@ -1,0 +1,199 @@
+"""Schemas of the config groups (conf/<group>/): the shape of each node; the YAML options in
+conf/ hold the values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+# Public copy of the benchmark files the Citrus paper used (jdh-algo/Citrus, datas/, pinned).
+CITRUS_DATA_URL = (
+    "https://raw.githubusercontent.com/jdh-algo/Citrus/"
+    "b08fe3519db96fe54bb3423cbca4db97ed233a36/datas"
+)
+
+
+@dataclass
+class BuildConfig:
+    """Architecture of a backbone built from config (no hub download), and its tokenizer."""
+
+    architecture: str = "llama"  # llama | qwen2
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4  # head_dim = hidden/heads = 64: vLLM's CPU kernels reject less
+    num_key_value_heads: int = 2
+    intermediate_size: int = 768
+    vocab_size: int = 4096  # size of the byte-level BPE trained on the quickstart corpus
+    max_position_embeddings: int = 1024
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    init_seed: int = 0
+    tokenizer_corpus_items: int = 3000  # quickstart vignettes the tokenizer is trained on
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    path: str = MISSING  # hub id, local directory, or a run's exported `model/` directory
+    family: str = "llama"  # llama | qwen2: picks the chat template of built models
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    max_length: int = 2048  # longest training sequence (prompt + completion) in tokens
+    # jinja override for tokenizers that lack one; null: the tokenizer's own
+    chat_template: str | None = None
+    tensor_parallel_size: int = 1  # GPUs one copy is served on (vLLM engine, `citrus serve`)
+    trust_remote_code: bool = False
+    build: BuildConfig | None = None  # set: build from config into `path` when absent
+
+
+@dataclass
+class QuickstartConfig:
+    seed: int = 0
+    n_train: int = 2000
+    n_options: int = 4
+
+
+@dataclass
+class HubDataConfig:
+    """A released dataset on the Hugging Face hub, read with `datasets` in its own record layout
+    (citrus/data/layouts.py) and converted into the training schema."""
+
+    repo: str = MISSING  # e.g. jdh-algo/Citrus_S3
+    data_files: str | None = None  # the file of the repo to read, e.g. Citrus_S3.jsonl
+    revision: str | None = None  # a commit or tag, for a pinned run
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    # sft: chat records whose last assistant turn is the target; preference: prompt + two replies
+    format: str = "sft"
+    path: str | None = None  # jsonl of training records; null when generated or from the hub
+    hub: HubDataConfig | None = None  # set: released data; data.path then names a local copy
+    quickstart: QuickstartConfig | None = None  # set: generate the quickstart train split
+    prompt: str = "citrus_expert"  # prompt that wraps questions turned into training records
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "sft"  # what runs are tagged with (cpo_simpo, simpo, ...)
+    # the training loss: a key of citrus.train.objectives.OBJECTIVES (sft, cpo, simpo, dpo, ...)
+    loss: str = "sft"
+    completion_only_loss: bool = True  # sft: loss on the assistant's reply only, not the prompt
+    beta: float = 0.1
+    simpo_gamma: float = 0.5  # SimPO's target reward margin (loss simpo)
+    cpo_alpha: float = 1.0  # weight of the chosen replies' NLL (the cpo and simpo losses)
+    label_smoothing: float = 0.0
+    reference: str | None = None  # dpo/ipo: the frozen reference's path; null: the initial policy
+
+
+@dataclass
+class AdapterConfig:
+    """Parameter-efficient fine-tuning through peft; name none trains every weight."""
+
+    name: str = "none"  # none | lora
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+@dataclass
+class BenchmarkTask:
+    loader: str = MISSING  # key in citrus.data.benchmarks.LOADERS
+    # original file, relative to benchmark.data_root / base_url (loader hub: in the repo)
+    file: str | None = None
+    dataset: str | None = None  # loader hub: the hub dataset id, read with `datasets`
+    revision: str | None = None  # loader hub: a commit or tag
+    url: str | None = None  # where to fetch `file` when it is not under base_url
+    split_file: str | None = None  # ids of the official split (PubMedQA test)
+    split: str = "test"
+    limit: int | None = None  # how many items (quickstart: how many to generate)
+    sample: bool = False  # limit takes a seeded random sample instead of the first items
+    seed: int = 0
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = MISSING
+    tasks: dict[str, BenchmarkTask] = field(default_factory=dict)  # reported name -> task
+    prompt: str = "citrus_expert"  # citrus/prompts/<prompt>.{system,user}.txt
+    mode: str = "generate"  # generate: reason, then extract the answer | likelihood
+    data_root: str | None = None  # local copy of the original files; null: download them
+    base_url: str = CITRUS_DATA_URL  # public source of the original files
+    strict: bool = True  # false: skip malformed records (counted) instead of failing
+    answer_check: bool = False  # replies no rule can read go to the `answer_mapper` role (an LLM)
+    # every task of the group at once (a task's own limit wins): benchmark.limit=20 is a smoke run
+    limit: int | None = None
+    sample: bool = (
+        False  # with limit: a seeded random sample (seed: the task's) instead of the first
+    )
+
+
+@dataclass
+class EngineConfig:
+    """What every engine shares; each engine extends it with its own settings (citrus/engines/)."""
+
+    name: str = MISSING  # what runs are tagged with
+    class_path: str = MISSING  # the engine's class, module:Class (a citrus.engines.Engine)
+    batch_size: int = 16
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    # answers per question (> 1 needs temperature > 0): pass@1 over n and majority vote
+    num_samples: int = 1
+
+
+@dataclass
+class RoleConfig:
+    """An LLM playing a part in a job (the answer mapper of evaluation): an engine and the model
+    behind it, with the role's own sampling settings."""
+
+    name: str = "self"
+    engine: Any = None  # an engine config (conf/engine/); null: the job's engine, already loaded
+    model: ModelConfig | None = None
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    price_in_per_mtok: float = 0.0  # USD per million prompt tokens, for cost accounting (0: free)
+    price_out_per_mtok: float = 0.0  # USD per million completion tokens
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # auto | cpu | cuda
+    strategy: str = "auto"  # auto (one device) | ddp | fsdp2
+    devices: int = 1
+    num_nodes: int = 1
+    precision: str = "32-true"  # Fabric precision: 32-true | bf16-mixed | bf16-true
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    global_batch_size: int | None = None  # set: checked to equal micro x accum x devices x nodes
+    max_steps: int = 100
+    max_epochs: int | None = None  # stop at whichever of max_steps / max_epochs comes first
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    checkpoint_every: int = 0  # steps between checkpoints; 0: final export only
+    keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all
+    resume: str | None = None  # auto: this run dir's newest checkpoint | a checkpoint dir | null
+    packing: bool = False  # sft: pack examples into rows of model.max_length, no cross-attention
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # wandb | none
+    mode: str = "auto"  # auto: online with credentials, else offline | online | offline
+    project: str = "citrus"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    log_predictions: int = 200  # rows of the predictions table

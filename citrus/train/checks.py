@@ -1,0 +1,63 @@
+"""Settings that cannot train, found before any work (a model load or a data read)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from citrus.errors import ConfigError
+from citrus.train.objectives import OBJECTIVES
+from citrus.train.strategy import STRATEGIES
+
+
+def check_config(cfg: Any) -> None:
+    t, a = cfg.trainer, cfg.algorithm
+    if a.loss not in OBJECTIVES:
+        raise ConfigError(f"algorithm.loss={a.loss!r}: one of {sorted(OBJECTIVES)}")
+    objective = OBJECTIVES[a.loss]
+    if cfg.data.format != objective.data_format:
+        raise ConfigError(
+            f"algorithm={a.name} trains on {objective.data_format} records, but "
+            f"data={cfg.data.name} has data.format={cfg.data.format!r}"
+        )
+    if t.packing and objective.data_format != "sft":
+        raise ConfigError(
+            f"trainer.packing=true: only sft packs examples; {a.name} scores whole pairs"
+        )
+    if a.reference and not objective.needs_reference:
+        raise ConfigError(
+            f"algorithm.reference is set, but loss {a.loss!r} uses no reference model"
+        )
+    if t.strategy not in STRATEGIES:
+        raise ConfigError(f"trainer.strategy={t.strategy!r}: one of {list(STRATEGIES)}")
+    if cfg.adapter.name not in ("none", "lora"):
+        raise ConfigError(f"adapter.name={cfg.adapter.name!r}: one of ['none', 'lora']")
+    if cfg.adapter.name != "none" and t.strategy == "fsdp2":
+        raise ConfigError(
+            "adapter=lora with trainer.strategy=fsdp2 is not supported yet; "
+            "use trainer.strategy=ddp for LoRA"
+        )
+    check_batch(t)
+    if t.max_steps < 1 and not t.max_epochs:
+        raise ConfigError("set trainer.max_steps >= 1 or trainer.max_epochs")
+    if not 0.0 <= t.warmup_ratio < 1.0:
+        raise ConfigError(f"trainer.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+
+
+def check_batch(t: Any) -> None:
+    for key in ("micro_batch_size", "grad_accum_steps", "devices", "num_nodes"):
+        if t[key] < 1:
+            raise ConfigError(f"trainer.{key} must be >= 1, got {t[key]}")
+    if t.global_batch_size is None:
+        return
+    per_step = t.micro_batch_size * t.devices * t.num_nodes
+    if t.global_batch_size % per_step:
+        raise ConfigError(
+            f"trainer.global_batch_size={t.global_batch_size} is not a multiple of "
+            f"micro_batch_size x devices x num_nodes = {per_step}, so no whole number of "
+            "accumulation steps gives it"
+        )
+    if t.global_batch_size // per_step != t.grad_accum_steps:
+        raise ConfigError(
+            f"trainer.global_batch_size={t.global_batch_size} needs "
+            f"grad_accum_steps={t.global_batch_size // per_step}, got {t.grad_accum_steps}"
+        )

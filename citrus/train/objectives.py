@@ -1,0 +1,163 @@
+"""Training objectives: one registry, `OBJECTIVES`, keyed by `algorithm.loss`.
+
+An objective says which records it trains on (`data_format`), whether it needs a frozen
+reference model, the denominators of a step's loss terms (`counts`), and how it scores one
+micro-batch. Every preference loss is a pure function in losses.py plus one line in
+`PREFERENCE_LOSSES` saying what it is fed; `conf/algorithm/<name>.yaml` then selects it:
+
+    # losses.py                                   # here
+    def my_loss(chosen, rejected, algo): ...      "my_loss": PreferenceLoss(losses.my_loss),
+    # conf/algorithm/my_loss.yaml: name: my_loss / loss: my_loss / beta: 0.1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from citrus.train import losses
+from citrus.train.data import IGNORE
+
+Reference = Callable[[dict], torch.Tensor]  # batch -> the frozen reference model's logits
+
+
+class Objective(Protocol):
+    data_format: str  # the records it trains on: sft | preference
+    needs_reference: bool  # the trainer builds a frozen reference model for it
+
+    def counts(self, window: list[dict]) -> dict[str, int]:
+        """Denominators of the step's loss terms, summed over its micro-batches (and then over
+        processes by the trainer), so a loss does not depend on how a step is split."""
+        ...
+
+    def __call__(
+        self,
+        model: Any,
+        batch: dict,
+        counts: dict[str, int],
+        algo: Any,
+        reference: Reference | None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """This micro-batch's share of the step's loss, and its share of the logged metrics."""
+        ...
+
+
+def forward(model: Any, batch: dict) -> torch.Tensor:
+    # use_cache=False matters beyond memory: with a cache, transformers ignores the restarted
+    # position ids of packed rows and lets examples attend to each other
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    return model(**inputs, use_cache=False).logits
+
+
+def _targets(labels: torch.Tensor) -> int:
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
+class SFT:
+    """Next-token NLL on the labelled tokens (the reply, or the whole record)."""
+
+    data_format, needs_reference = "sft", False
+
+    def counts(self, window: list[dict]) -> dict[str, int]:
+        return {"tokens": sum(_targets(b["labels"]) for b in window)}
+
+    def __call__(self, model, batch, counts, algo, reference):
+        nll, _ = losses.token_nll_sum(forward(model, batch), batch["labels"])
+        return nll / counts["tokens"], {"loss": float(nll.detach()) / counts["tokens"]}
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """A registry entry: a pure per-pair loss (losses.py) and what it is fed."""
+
+    fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+    logps: str = "sum"  # the replies' log-probs the loss sees: "sum" over tokens | per-token "mean"
+    reference: bool = False  # the loss sees log-ratios to a frozen reference: log π - log π_ref
+    # behaviour cloning added to the loss: "reply" (cpo_alpha x the chosen reply's NLL),
+    # "sequence" (ORPO: the chosen prompt + reply's NLL, weight 1) or None
+    nll: str | None = "reply"
+    rewards: str | None = None  # the logged rewards' reduction when not `logps` (TRL's IPO: sum)
+
+
+PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
+    # reference-free, + cpo_alpha x chosen NLL: CPO (Xu et al. 2024) and SimPO (Meng et al. 2024)
+    "cpo": PreferenceLoss(losses.sigmoid),
+    "cpo_hinge": PreferenceLoss(losses.hinge),
+    "cpo_ipo": PreferenceLoss(losses.ipo, logps="mean"),
+    "simpo": PreferenceLoss(losses.simpo, logps="mean"),  # CPO-SimPO when cpo_alpha > 0
+    # against a frozen reference: DPO (Rafailov et al. 2023), SLiC-style hinge, IPO
+    "dpo": PreferenceLoss(losses.sigmoid, reference=True, nll=None),
+    "dpo_hinge": PreferenceLoss(losses.hinge, reference=True, nll=None),
+    "ipo": PreferenceLoss(losses.ipo, logps="mean", reference=True, nll=None, rewards="sum"),
+    # ORPO (Hong et al. 2024): odds ratio on averaged log-probs + the whole chosen sequence's NLL
+    "orpo": PreferenceLoss(losses.orpo, logps="mean", nll="sequence"),
+}
+
+
+class Preference:
+    """A preference loss on batches of [chosen; rejected] rows (row i and row B + i: a pair)."""
+
+    data_format = "preference"
+
+    def __init__(self, loss: PreferenceLoss):
+        self.loss, self.needs_reference = loss, loss.reference
+
+    def counts(self, window: list[dict]) -> dict[str, int]:
+        pairs = [b["input_ids"].shape[0] // 2 for b in window]
+        sequence = [int(b["attention_mask"][:n, 1:].sum()) for b, n in zip(window, pairs)]
+        return {
+            "pairs": sum(pairs),
+            "chosen_tokens": sum(_targets(b["labels"][:n]) for b, n in zip(window, pairs)),
+            "chosen_sequence_tokens": sum(sequence),  # orpo's NLL covers the prompt too
+        }
+
+    def __call__(self, model, batch, counts, algo, reference):
+        n = batch["input_ids"].shape[0] // 2
+        logits = forward(model, batch)
+        sums, lengths = losses.sequence_logps(logits, batch["labels"])
+        ref_sums = None
+        if self.loss.reference:
+            with torch.no_grad():
+                ref_sums, _ = losses.sequence_logps(reference(batch), batch["labels"])
+
+        def scored(how: str) -> torch.Tensor:  # per-row log-probs (minus the reference's)
+            logps = sums if ref_sums is None else sums - ref_sums
+            return logps / lengths.clamp(min=1) if how == "mean" else logps
+
+        fed = scored(self.loss.logps)
+        loss = self.loss.fn(fed[:n], fed[n:], algo).sum() / counts["pairs"]
+        nll, nll_tokens = self.chosen_nll(logits, batch, sums, n, counts)
+        if self.loss.nll == "reply":
+            loss = loss + algo.cpo_alpha * nll / nll_tokens
+        elif self.loss.nll == "sequence":
+            loss = loss + nll / nll_tokens
+        rewards = algo.beta * scored(self.loss.rewards or self.loss.logps).detach()
+        chosen, rejected = rewards[:n], rewards[n:]
+        share = n / counts["pairs"]  # this micro-batch's part of the step's per-pair means
+        return loss, {
+            "loss": float(loss.detach()),
+            "nll": float(nll.detach()) / nll_tokens,
+            "rewards/chosen": float(chosen.mean()) * share,
+            "rewards/rejected": float(rejected.mean()) * share,
+            "rewards/margins": float((chosen - rejected).mean()) * share,
+            "rewards/accuracies": float((chosen > rejected).float().mean()) * share,
+            "logps/chosen": float(sums[:n].detach().mean()) * share,
+            "logps/rejected": float(sums[n:].detach().mean()) * share,
+        }
+
+    def chosen_nll(self, logits, batch, sums, n, counts) -> tuple[torch.Tensor, int]:
+        """Summed NLL of the chosen rows and its denominator over the step: the reply's tokens,
+        or (ORPO, as its reference code and TRL) the whole sequence's."""
+        if self.loss.nll != "sequence":
+            return -sums[:n].sum(), counts["chosen_tokens"]
+        whole = batch["input_ids"][:n].masked_fill(batch["attention_mask"][:n] == 0, IGNORE)
+        return losses.token_nll_sum(logits[:n], whole)[0], counts["chosen_sequence_tokens"]
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "sft": SFT(),
+    **{name: Preference(loss) for name, loss in PREFERENCE_LOSSES.items()},
+}
