@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from citrus.errors import CitrusError, StorageError
+from citrus.errors import CitrusError, ConfigError, StorageError
 
 log = logging.getLogger("citrus")
 
@@ -66,6 +66,7 @@ def execute(
     In a multirun (`sweep` set) a failed job is recorded (run.json status "failed") and the
     sweep goes on (returns None)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
     from citrus.engines import check_engines
     from citrus.record import RunRecord
@@ -73,7 +74,10 @@ def execute(
 
     check_engines(cfg)
     check_writable([run_dir, Path(cfg.paths.cache_dir)], cfg.paths.min_free_gb)
-    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key} is required (??? in its config): set {e.full_key}=...") from None
     record = RunRecord(run_dir, job, overrides, config, sweep)
     tracker = open_tracker(cfg.logger, config, run_dir, job, cfg.name, sweep)
     if tracker.info:

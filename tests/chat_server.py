@@ -23,6 +23,7 @@ class ChatServer:
         fault_rate: float = 0.0,
         seed: int = 0,
         delay: float = 0.0,
+        finish_reason: str = "stop",
     ):
         self.engine, self.api_key, self.delay = (
             engine,
@@ -37,6 +38,8 @@ class ChatServer:
         self.seen: Counter = (
             Counter()
         )  # what happened: "ok", "429", "500", "drop", "truncate", "slow", "401"
+        self.finish_reason = finish_reason  # what every reply reports ("length": cut short)
+        self.bodies: list[dict] = []  # every request body received, in order
         self.lock = threading.Lock()
         server = self
 
@@ -46,6 +49,7 @@ class ChatServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.bodies.append(body)
                 if (
                     server.api_key
                     and self.headers.get("Authorization") != f"Bearer {server.api_key}"
@@ -86,7 +90,7 @@ class ChatServer:
                         {
                             "index": 0,
                             "message": {"role": "assistant", "content": reply},
-                            "finish_reason": "stop",
+                            "finish_reason": server.finish_reason,
                         }
                     ],
                 }

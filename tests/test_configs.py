@@ -25,6 +25,7 @@ GROUPS = [
     "logger",
     "roles",
 ]
+REQUIRED = {("engine", "replay"): ["engine.path=run_dir"]}  # options with a ??? to fill
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
 
@@ -47,7 +48,7 @@ def test_every_benchmark_task_is_a_group_of_its_own_and_in_a_group(task):
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_group_option_composes_and_resolves(group, option):
-    cfg = compose_config("train", [f"{group}={option}"])
+    cfg = compose_config("train", [f"{group}={option}", *REQUIRED.get((group, option), [])])
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     check_engines(cfg)  # the job's and every role's engine against its class's settings
     source = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
@@ -64,7 +65,7 @@ def assert_contains(composed, source, where):
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             for i, item in enumerate(value):
                 assert_contains(composed[key][i], item, f"{where}.{key}.{i}")
-        else:
+        elif value != "???":  # a required value: the test filled it in
             assert composed[key] == value, f"{where}.{key}"
 
 

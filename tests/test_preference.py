@@ -28,7 +28,7 @@ N = 4
 TOL = 1e-9
 DPO_RTOL = 1e-4
 CPO_LOSSES = {"sigmoid": "cpo", "hinge": "cpo_hinge", "ipo": "cpo_ipo", "simpo": "simpo"}
-DPO_LOSSES = {"sigmoid": "dpo", "hinge": "dpo_hinge", "ipo": "ipo"}
+DPO_LOSSES = {"sigmoid": "dpo", "hinge": "dpo_hinge", "ipo": "ipo", "apo_zero": "apo_zero"}
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_orpo_matches_trl(setup):
     assert metrics["rewards/margins"] != 0.0
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo"])
+@pytest.mark.parametrize("loss_type", list(DPO_LOSSES))
 def test_dpo_matches_trl(setup, loss_type):
     from trl import DPOConfig, DPOTrainer
 

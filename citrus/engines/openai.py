@@ -1,12 +1,20 @@
 """Any OpenAI-compatible chat-completions server: vLLM's, a hosted API, a local gateway.
 
+The transport is the official `openai` SDK (`AsyncOpenAI` for batches, `OpenAI` for `stream`);
+on top of it the engine guarantees:
+
 - bounded concurrency (engine.concurrency requests in flight);
-- retries with exponential backoff and jitter on 429, 5xx, timeouts, dropped connections and
-  malformed bodies, honouring Retry-After; other 4xx fail at once;
+- retries with exponential backoff and jitter on 408/409/425/429 and 5xx, timeouts, dropped
+  connections and malformed or truncated 200 bodies, honouring Retry-After; other 4xx fail at
+  once. The SDK's own retries are off (max_retries=0), so stats count every HTTP attempt
+  (`requests`) and every retry (`retries`) exactly;
+- every failure for good is an `EngineError` naming the server and the last problem, never an
+  `openai` exception;
 - an append-only on-disk cache keyed by the request, so a rerun or a resumed job never pays
   twice for a finished request;
 - the API key only from the environment variable named by engine.api_key_env; it is sent in a
-  header and never logged or written.
+  header and never logged or written. Without one, no Authorization header is sent at all;
+- usage per engine in `stats`: tokens, and `truncated` replies (finish_reason "length").
 """
 
 from __future__ import annotations
@@ -22,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import openai
 
 from citrus.config import EngineConfig
 from citrus.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
 
 
 @dataclass
@@ -42,6 +50,9 @@ class OpenAISettings(EngineConfig):
     backoff_s: float = 0.5  # first retry delay, doubled each retry
     max_backoff_s: float = 30.0
     cache_path: str | None = None  # JSONL of finished requests; null: no cache
+    # send max_new_tokens as max_completion_tokens (OpenAI's reasoning models want it) rather
+    # than max_tokens (what vLLM and most servers read)
+    max_completion_tokens: bool = False
 
 
 class ResponseCache:
@@ -71,6 +82,15 @@ class ResponseCache:
                 os.fsync(f.fileno())
 
 
+class Retry(Exception):
+    """One attempt failed in a way worth retrying: `problem` for the message, and the server's
+    Retry-After when it sent one."""
+
+    def __init__(self, problem: str, retry_after: str | None = None):
+        super().__init__(problem)
+        self.problem, self.retry_after = problem, retry_after
+
+
 class OpenAIEngine:
     Settings = OpenAISettings
 
@@ -83,28 +103,25 @@ class OpenAIEngine:
         self.model = engine_cfg.served_model or str(model_cfg.path)
         self.api_key = os.environ.get(engine_cfg.api_key_env, "") if engine_cfg.api_key_env else ""
         self.cache = ResponseCache(Path(engine_cfg.cache_path) if engine_cfg.cache_path else None)
-        self.stats = {
-            "requests": 0,
-            "retries": 0,
-            "cached": 0,
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-        }
+        self.stats = dict.fromkeys(
+            ("requests", "retries", "cached", "prompt_tokens", "completion_tokens", "truncated"), 0
+        )
 
     def request_body(
         self, conversation: list[dict[str, str]], seed: int | None = None
     ) -> dict[str, Any]:
+        wants_new_name = getattr(self.cfg, "max_completion_tokens", False)
+        limit = "max_completion_tokens" if wants_new_name else "max_tokens"
         body = {
             "model": self.model,
             "messages": conversation,
-            "max_tokens": self.cfg.max_new_tokens,
+            limit: self.cfg.max_new_tokens,
             "temperature": self.cfg.temperature,
             "top_p": self.cfg.top_p,
         }
         if self.cfg.temperature > 0 or seed is not None:
-            body["seed"] = (
-                self.cfg.seed if seed is None else seed
-            )  # also keeps samples apart in the cache
+            # the seed also keeps samples apart in the cache
+            body["seed"] = self.cfg.seed if seed is None else seed
         return body
 
     def generate(
@@ -119,42 +136,40 @@ class OpenAIEngine:
     def stream(self, conversation: list[dict[str, str]]) -> Iterator[str]:
         """One reply as server-sent events arrive (for `citrus chat`; interactive, so no retries
         and no cache)."""
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         body = {**self.request_body(conversation), "stream": True}
-        with (
-            httpx.Client(
-                base_url=self.cfg.base_url.rstrip("/"), headers=headers, timeout=self.cfg.timeout_s
-            ) as client,
-            client.stream("POST", "/chat/completions", json=body) as response,
-        ):
-            if response.status_code >= 400:
-                response.read()
-                raise EngineError(
-                    f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}"
-                )
-            for line in response.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[len("data:") :].strip()
-                if data == "[DONE]":
-                    break
-                try:
-                    piece = json.loads(data)["choices"][0].get("delta", {}).get("content")
-                except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-                    raise EngineError(
-                        f"{self.cfg.base_url}: malformed stream event {data[:200]!r}"
-                    ) from None
-                if piece:
-                    yield piece
+        try:
+            with (
+                openai.OpenAI(**self._client_options()) as client,
+                client.chat.completions.create(**body, extra_headers=self._headers()) as events,
+            ):
+                for chunk in events:
+                    if chunk.choices is None:  # not a chat chunk: a proxy's error, say
+                        raise EngineError(f"{self.cfg.base_url}: malformed stream event")
+                    piece = chunk.choices[0].delta.content if chunk.choices else None
+                    if piece:
+                        yield piece
+        except openai.APIStatusError as e:
+            raise EngineError(self._status_message(e)) from None
+        except openai.OpenAIError as e:
+            raise EngineError(f"{self.cfg.base_url}: {type(e).__name__}: {e}") from None
+
+    def _client_options(self) -> dict[str, Any]:
+        """The SDK client's settings: its retries off (ours count and back off), and a
+        placeholder key where there is none (the SDK wants one; `_headers` keeps it unsent)."""
+        return {
+            "base_url": self.cfg.base_url,
+            "api_key": self.api_key or "EMPTY",
+            "timeout": self.cfg.timeout_s,
+            "max_retries": 0,
+        }
+
+    def _headers(self) -> dict[str, Any]:
+        return {} if self.api_key else {"Authorization": openai.omit}
 
     async def _generate_all(self, conversations, on_batch, seeds) -> list[str]:
         replies: list[str | None] = [None] * len(conversations)
         limit = asyncio.Semaphore(self.cfg.concurrency)
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        timeout = httpx.Timeout(self.cfg.timeout_s)
-        async with httpx.AsyncClient(
-            base_url=self.cfg.base_url.rstrip("/"), headers=headers, timeout=timeout
-        ) as client:
+        async with openai.AsyncOpenAI(**self._client_options()) as client:
 
             async def one(i: int) -> None:
                 body = self.request_body(conversations[i], seeds[i] if seeds else None)
@@ -173,7 +188,7 @@ class OpenAIEngine:
             await asyncio.gather(*(one(i) for i in range(len(conversations))))
         return replies  # type: ignore[return-value]
 
-    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> str:
+    async def _post(self, client: openai.AsyncOpenAI, body: dict[str, Any]) -> str:
         problem, retry_after = "", None
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
@@ -181,33 +196,50 @@ class OpenAIEngine:
                 await asyncio.sleep(self._backoff(attempt, retry_after))
             self.stats["requests"] += 1
             try:
-                response = await client.post("/chat/completions", json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as e:
-                problem, retry_after = type(e).__name__, None
-                continue
-            if response.status_code in RETRY_STATUS:
-                problem, retry_after = (
-                    f"HTTP {response.status_code}",
-                    response.headers.get("retry-after"),
-                )
-                continue
-            if response.status_code >= 400:
-                raise EngineError(
-                    f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}"
-                )
-            try:
-                payload = response.json()
-                reply = payload["choices"][0]["message"]["content"] or ""
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-                problem, retry_after = "malformed body", None
-                continue
-            usage = payload.get("usage") or {}
-            self.stats["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
-            self.stats["completion_tokens"] += int(usage.get("completion_tokens") or 0)
-            return reply
+                return await self._attempt(client, body)
+            except Retry as e:
+                problem, retry_after = e.problem, e.retry_after
         raise EngineError(
             f"{self.cfg.base_url}: gave up after {self.cfg.max_retries} retries (last: {problem})"
         )
+
+    async def _attempt(self, client: openai.AsyncOpenAI, body: dict[str, Any]) -> str:
+        """One HTTP request: its reply, or `Retry`, or `EngineError` for a failure for good."""
+        try:
+            completion = await client.chat.completions.create(**body, extra_headers=self._headers())
+        except openai.APIStatusError as e:
+            if e.status_code in RETRY_STATUS or e.status_code >= 500:
+                raise Retry(
+                    f"HTTP {e.status_code}", e.response.headers.get("retry-after")
+                ) from None
+            raise EngineError(self._status_message(e)) from None
+        except openai.APIConnectionError as e:  # timeouts too
+            raise Retry(type(e.__cause__ or e).__name__) from None
+        except (openai.APIResponseValidationError, json.JSONDecodeError):  # a truncated body
+            raise Retry("malformed body") from None
+        except openai.OpenAIError as e:
+            raise EngineError(f"{self.cfg.base_url}: {type(e).__name__}: {e}") from None
+        return self._reply(completion)
+
+    def _reply(self, completion: Any) -> str:
+        """The reply text, its usage and finish reason counted; `Retry` when the 200's body is
+        not a chat completion (valid JSON from a proxy, say: the SDK parses it leniently)."""
+        try:
+            choice = completion.choices[0]
+            reply = choice.message.content or ""
+        except (AttributeError, IndexError, TypeError):
+            raise Retry("malformed body") from None
+        if not isinstance(reply, str):
+            raise Retry("malformed body")
+        usage = getattr(completion, "usage", None)
+        self.stats["prompt_tokens"] += int(getattr(usage, "prompt_tokens", 0) or 0)
+        self.stats["completion_tokens"] += int(getattr(usage, "completion_tokens", 0) or 0)
+        self.stats["truncated"] += getattr(choice, "finish_reason", None) == "length"
+        return reply
+
+    def _status_message(self, e: openai.APIStatusError) -> str:
+        # the SDK reads an error's body before raising, streamed or not
+        return f"{self.cfg.base_url}: HTTP {e.status_code}: {e.response.text[:300]}"
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         """The server's Retry-After when it sends seconds; else exponential, with jitter so

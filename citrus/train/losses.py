@@ -88,3 +88,10 @@ def orpo(chosen: torch.Tensor, rejected: torch.Tensor, algo: Any) -> torch.Tenso
     chosen, rejected = upcast(chosen), upcast(rejected)
     log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
     return -algo.beta * F.logsigmoid(log_odds)
+
+
+def apo_zero(chosen: torch.Tensor, rejected: torch.Tensor, algo: Any) -> torch.Tensor:
+    """APO-zero (D'Oosterlinck et al. 2024, eq. 7): 1 - σ(β c) + σ(β r) on log-ratios to the
+    reference: raises the chosen reply's likelihood and lowers the rejected one's, each on its
+    own (for chosen replies better than what the model writes now)."""
+    return 1 - torch.sigmoid(algo.beta * chosen) + torch.sigmoid(algo.beta * rejected)

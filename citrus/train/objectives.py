@@ -92,6 +92,7 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
     "dpo": PreferenceLoss(losses.sigmoid, reference=True, nll=None),
     "dpo_hinge": PreferenceLoss(losses.hinge, reference=True, nll=None),
     "ipo": PreferenceLoss(losses.ipo, logps="mean", reference=True, nll=None, rewards="sum"),
+    "apo_zero": PreferenceLoss(losses.apo_zero, reference=True, nll=None),
     # ORPO (Hong et al. 2024): odds ratio on averaged log-probs + the whole chosen sequence's NLL
     "orpo": PreferenceLoss(losses.orpo, logps="mean", nll="sequence"),
 }

@@ -162,7 +162,8 @@ def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> dict[str, A
     stats = {"losses": [], "tokens": 0, "padded": 0, "logged": {}, "started": time.perf_counter()}
     bar = progress_bar() if fabric.is_global_zero else nullcontext()
     with bar:
-        task = bar.add_task("train", total=steps, completed=step, info="") if bar else None
+        zero = fabric.is_global_zero
+        task = bar.add_task("train", total=steps, completed=step, info="") if zero else None
         while step < steps:
             sums = train_step(training, batches, stats)
             step += 1
