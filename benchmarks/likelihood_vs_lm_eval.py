@@ -1,11 +1,12 @@
-"""Likelihood scoring speed: citrus vs lm-evaluation-harness (its HF backend), same items.
+r"""Likelihood scoring speed: citrus vs lm-evaluation-harness (its HF backend), same items.
 
 Scores the first --limit MedQA test questions with the tiny model in one process, both ways, on
 the same "Question: ... Answer:" contexts and " A".." D" choices, checks that both pick the same
 option on every item, and prints items/s and the ratio. Run by hand (needs `pip install lm-eval`
 and the MedQA file):
 
-    python benchmarks/likelihood_vs_lm_eval.py --data-root ../shared/benchmarks/citrus-repo --limit 400
+    python benchmarks/likelihood_vs_lm_eval.py \
+        --data-root ../shared/benchmarks/citrus-repo --limit 400
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def main() -> None:
     max_diff = max(abs(x - y) for a, b in zip(ours, theirs) for x, y in zip(a, b))
     n = len(items)
     print(
-        f"MedQA likelihood scoring, {n} questions x 4 options, {args.model}, batch {args.batch_size}, "
+        f"MedQA likelihood scoring, {n} questions x 4 options, {args.model}, "
+        f"batch {args.batch_size}, "
         f"{torch.get_num_threads()} threads"
     )
     print(f"  citrus   {n / ours_s:8.1f} items/s  ({ours_s:.1f} s)")

@@ -232,11 +232,13 @@ def main() -> None:
     params = sum(p.numel() for p in load_model(cfg.model).parameters())
     ours = tokens / res["citrus_sft"]["seconds"]
     print(
-        f"tiny_llama ({params / 1e6:.1f}M parameters), {args.examples} quickstart examples ({tokens} tokens), "
+        f"tiny_llama ({params / 1e6:.1f}M parameters), "
+        f"{args.examples} quickstart examples ({tokens} tokens), "
         f"{torch.get_num_threads()} threads, bf16 autocast"
     )
     print(
-        f"SFT   citrus, packed (efficiency {res['citrus_sft']['padding_efficiency']:.2f})  {ours:8.0f} tokens/s, "
+        f"SFT   citrus, packed (efficiency {res['citrus_sft']['padding_efficiency']:.2f})  "
+        f"{ours:8.0f} tokens/s, "
         f"peak {res['citrus_sft']['peak_rss_mib']:.0f} MiB"
     )
     for kind, label in (
@@ -245,8 +247,10 @@ def main() -> None:
     ):
         theirs = tokens / res[kind]["seconds"]
         print(
-            f"      {label:<31} {theirs:8.0f} tokens/s, peak {res[kind]['peak_rss_mib']:.0f} MiB: citrus "
-            f"{ours / theirs:.2f}x the speed at {res['citrus_sft']['peak_rss_mib'] / res[kind]['peak_rss_mib']:.2f}x the memory"
+            f"      {label:<31} {theirs:8.0f} tokens/s, "
+            f"peak {res[kind]['peak_rss_mib']:.0f} MiB: citrus "
+            f"{ours / theirs:.2f}x the speed at "
+            f"{res['citrus_sft']['peak_rss_mib'] / res[kind]['peak_rss_mib']:.2f}x the memory"
         )
     c = res["citrus_cpo"]["seconds"] / res["citrus_cpo"]["steps"]
     print(f"CPO   citrus CPO-SimPO {c * 1000:.0f} ms/step")
@@ -259,8 +263,10 @@ def main() -> None:
     peak = res["matmul_peak"]
     achieved = 6 * params * ours
     print(
-        f"FLOPs matmul peak {peak['float32'] / 1e9:.0f} GFLOP/s fp32, {peak['bfloat16'] / 1e9:.0f} GFLOP/s bf16; "
-        f"citrus SFT achieves {achieved / 1e9:.1f} GFLOP/s (6ND) = {achieved / peak['bfloat16']:.1%} of the bf16 peak"
+        f"FLOPs matmul peak {peak['float32'] / 1e9:.0f} GFLOP/s fp32, "
+        f"{peak['bfloat16'] / 1e9:.0f} GFLOP/s bf16; "
+        f"citrus SFT achieves {achieved / 1e9:.1f} GFLOP/s (6ND) = "
+        f"{achieved / peak['bfloat16']:.1%} of the bf16 peak"
     )
 
 

@@ -77,7 +77,9 @@ def execute(
     try:
         config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as e:
-        raise ConfigError(f"{e.full_key} is required (??? in its config): set {e.full_key}=...") from None
+        raise ConfigError(
+            f"{e.full_key} is required (??? in its config): set {e.full_key}=..."
+        ) from None
     record = RunRecord(run_dir, job, overrides, config, sweep)
     tracker = open_tracker(cfg.logger, config, run_dir, job, cfg.name, sweep)
     if tracker.info:

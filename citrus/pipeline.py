@@ -76,7 +76,8 @@ def sft_stages(cfg: Any) -> list[tuple[str, Any]]:
 
 
 def limited(cfg: Any, source: Path | None = None) -> Any:
-    """cfg for the label and synthesize stages: pipeline.synthesis_limit questions, from `source`."""
+    """cfg for the label and synthesize stages: pipeline.synthesis_limit questions from
+    `source`."""
     out = copy.deepcopy(cfg)
     if cfg.pipeline.synthesis_limit is not None:
         out.synthesis.limit = cfg.pipeline.synthesis_limit

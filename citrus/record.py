@@ -7,6 +7,7 @@ every seed in the config, and the md5 of every input data file. Values of secret
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -93,10 +94,8 @@ def git_state(repo: Path = PACKAGE_DIR.parent) -> dict[str, Any]:
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

@@ -313,7 +313,8 @@ def run(cfg: Any, run: Any) -> JobResult:
 
 
 class SweepReport(Callback):
-    """Hydra callback: when a multirun ends, write the report of its jobs into <sweep dir>/report."""
+    """Hydra callback: when a multirun ends, write the report of its jobs into
+    <sweep dir>/report."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -10,6 +10,7 @@ group (API server and engine workers), so no process is left behind. The server 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -66,12 +67,14 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, log_path: Any
         except OSError:
             if proc.poll() is not None:
                 raise RuntimeError(
-                    f"the vLLM server exited with {proc.returncode} before answering; see {log_path}"
+                    f"the vLLM server exited with {proc.returncode} before answering; "
+                    f"see {log_path}"
                 ) from None
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"the vLLM server did not answer {url}/models in {timeout_s:.0f} s; see {log_path}"
-                )
+                    f"the vLLM server did not answer {url}/models in {timeout_s:.0f} s; "
+                    f"see {log_path}"
+                ) from None
             time.sleep(1)
 
 
@@ -91,10 +94,8 @@ def stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
         time.sleep(0.5)
     else:
         log.warning("server processes still up %.0f s after SIGTERM: killing them", grace_s)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     proc.wait()
 
 

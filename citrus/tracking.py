@@ -124,7 +124,8 @@ def _artifact_name(text: str) -> str:
 
 
 def run_group(name: str, sweep: dict | None) -> str:
-    """A sweep's jobs share a group named after the sweep; a single run groups under its experiment."""
+    """A sweep's jobs share a group named after the sweep; a single run groups under its
+    experiment."""
     if sweep is None:
         return name
     parts = Path(sweep["dir"]).parts

@@ -40,6 +40,7 @@ class ChatServer:
         )  # what happened: "ok", "429", "500", "drop", "truncate", "slow", "401"
         self.finish_reason = finish_reason  # what every reply reports ("length": cut short)
         self.bodies: list[dict] = []  # every request body received, in order
+        self.auth: list[str | None] = []  # and its Authorization header (None: not sent)
         self.lock = threading.Lock()
         server = self
 
@@ -50,6 +51,7 @@ class ChatServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.bodies.append(body)
+                server.auth.append(self.headers.get("Authorization"))
                 if (
                     server.api_key
                     and self.headers.get("Authorization") != f"Bearer {server.api_key}"

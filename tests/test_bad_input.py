@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
+from conftest import SMOKE, compose_config, run_cli
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
@@ -85,7 +85,8 @@ CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
     "zero-length completion": (
         "train",
         lambda t: [f"data.path={jsonl(t / 'zero.jsonl', chat('a', reply=''))}"],
-        r"zero\.jsonl: record 1: SFT record 'a': the last message must be a non-empty assistant reply",
+        r"zero\.jsonl: record 1: SFT record 'a': "
+        r"the last message must be a non-empty assistant reply",
     ),
     "message without a role": (
         "train",
@@ -107,14 +108,26 @@ CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
         lambda t: [
             "algorithm=cpo",
             "data=quickstart_pairs",
-            f"data.path={jsonl(t / 'pairs.jsonl', {'id': 'p', 'messages': [{'role': 'user', 'content': 'Q'}], 'chosen': 'R', 'rejected': 'R'})}",
+            "data.path="
+            + str(
+                jsonl(
+                    t / "pairs.jsonl",
+                    {
+                        "id": "p",
+                        "messages": [{"role": "user", "content": "Q"}],
+                        "chosen": "R",
+                        "rejected": "R",
+                    },
+                )
+            ),
         ],
         r"pairs\.jsonl: record 1: preference record 'p': chosen and rejected are the same reply",
     ),
     "data format the algorithm cannot train": (
         "train",
         lambda t: ["algorithm=cpo_simpo"],
-        r"algorithm=cpo_simpo trains on preference records, but data=quickstart has data\.format='sft'",
+        r"algorithm=cpo_simpo trains on preference records, "
+        r"but data=quickstart has data\.format='sft'",
     ),
     "missing data file": (
         "train",
@@ -134,7 +147,8 @@ CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
     "tokenizer without a chat template": (
         "train",
         lambda t: ["model=qwen2.5-0.5b-instruct", f"model.path={no_template_model(t)}"],
-        r"tokenizer of model 'qwen2\.5-0\.5b-instruct' .* has no chat template; set model\.chat_template",
+        r"tokenizer of model 'qwen2\.5-0\.5b-instruct' .* has no chat template; "
+        r"set model\.chat_template",
     ),
     "question without options": (
         "evaluate",
@@ -205,3 +219,37 @@ def test_bad_config_fails_at_compose_time_naming_the_key(kind):
 
 def test_the_table_covers_at_least_fifteen_kinds():
     assert len(CASES) + len(COMPOSE_CASES) >= 15
+
+
+@pytest.mark.parametrize(
+    "write,message",
+    [
+        (None, "does not exist"),  # a missing data file
+        (
+            json.dumps(
+                {
+                    "id": "a",
+                    "messages": [
+                        {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "yo"},
+                    ],
+                }
+            )
+            + '\n{"id": "b", "mess',
+            "train.jsonl:2: bad JSON",
+        ),
+    ],
+    ids=["missing file", "bad record"],
+)
+def test_the_cli_prints_a_user_error_in_a_few_lines_without_a_traceback(tmp_path, write, message):
+    data = tmp_path / "train.jsonl"
+    if write is not None:
+        data.write_text(write)
+    args = ["train", *SMOKE, f"data.path={data}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_cli(*args)
+    assert result.returncode == 1
+    assert "Traceback (most recent" not in result.stderr and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 4, result.stderr
+    assert str(data) in result.stderr  # names the file at fault
+    debug = run_cli(*args, env={"CITRUS_DEBUG": "1"})
+    assert debug.returncode != 0 and "Traceback (most recent" in debug.stderr

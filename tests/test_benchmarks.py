@@ -97,9 +97,9 @@ def test_groups_compose_from_the_single_tasks(tmp_path):
         k for k in COUNTS if k.startswith("mmlu_") and not k.startswith("mmlu_pro_")
     }
     quick = bench_cfg("quick")
-    assert set(quick.tasks) == set(paper.tasks) and all(
-        t.limit == 20 and t.sample for t in quick.tasks.values()
-    )
+    # the group's limit and sample apply to every task (a task's own limit would win)
+    assert set(quick.tasks) == set(paper.tasks) and quick.limit == 20 and quick.sample
+    assert all(t.limit is None for t in quick.tasks.values())
     a = load_task("careqa", quick.tasks.careqa, quick, tmp_path).items
     b = load_task("careqa", quick.tasks.careqa, quick, tmp_path).items
     assert len(a) == 20 and [q.id for q in a] == [q.id for q in b]  # a fixed sample

@@ -13,7 +13,10 @@ from citrus.engines.hf import HFEngine
 from citrus.jobs import execute
 from citrus.prompts import load_prompt
 
-REPLY = "<think>\nFever and flank pain; so the kidney.\n</think>\n<answer>\nB. acute pyelonephritis\n</answer>"
+REPLY = (
+    "<think>\nFever and flank pain; so the kidney.\n</think>\n"
+    "<answer>\nB. acute pyelonephritis\n</answer>"
+)
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ def test_cpo_grid_sweep_survives_failing_jobs_and_reports_them_all(tmp_path):
     assert {r.label.split(" trainer.")[0] for r in runs} == grid, [r.label for r in runs]
     report = (tmp_path / "report" / "report.md").read_text()
     assert "8 runs: 4 completed, 4 failed." in report
-    assert report.count("| failed: ValueError: set trainer.max_steps >= 1") == 4
+    assert report.count("| failed: ConfigError: set trainer.max_steps >= 1") == 4
     for plot in ("accuracy.png", "curves.png", "margins.png"):
         assert (tmp_path / "report" / plot).stat().st_size > 1000, plot
     # preference margins come from the completed jobs' own training logs
@@ -143,9 +143,7 @@ def test_optuna_search_returns_the_metric_and_reports(tmp_path):
 
 
 def test_objective_is_nan_for_a_failed_job_and_names_a_missing_metric():
-    from citrus.jobs import objective
-
-    from citrus.jobs import JobResult
+    from citrus.jobs import JobResult, objective
 
     result = JobResult({"sft/mean_accuracy": 0.5})
     assert math.isnan(objective(None, "preference/mean_accuracy"))

@@ -101,7 +101,8 @@ def test_parse_preference(reply, expected):
             "A woman has a cough for 2 weeks. What is the diagnosis?",
         ),
         (
-            "<think>rewrite it</think>**Question:** A boy has a rash on both legs. Which condition explains it?",
+            "<think>rewrite it</think>**Question:** "
+            "A boy has a rash on both legs. Which condition explains it?",
             "A boy has a rash on both legs. Which condition explains it?",
         ),
         ("A man has chest pain. What is it?\nA. MI\nB. GERD", None),  # options left in

@@ -30,7 +30,8 @@ def test_quickstart_pipeline_learns_to_reason_to_the_answer(tmp_path):
         metrics["preference/mean_accuracy"],
     )
     print(
-        f"quickstart pipeline: {elapsed:.0f} s, accuracy {before:.3f} -> SFT {after:.3f} -> CPO-SimPO {preferred:.3f}"
+        f"quickstart pipeline: {elapsed:.0f} s, accuracy {before:.3f} -> SFT {after:.3f} "
+        f"-> CPO-SimPO {preferred:.3f}"
     )
     assert after >= 0.6, f"after SFT accuracy {after:.3f} is not well above chance (0.25)"
     assert after - before >= 0.3

@@ -64,7 +64,8 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
     while not ready():
         if proc.poll() is not None:
             raise AssertionError(
-                f"the job ended (rc {proc.returncode}) before the kill: {proc.stderr.read()[-2000:]}"
+                f"the job ended (rc {proc.returncode}) before the kill: "
+                f"{proc.stderr.read()[-2000:]}"
             )
         if time.monotonic() > deadline:
             raise AssertionError("the kill point was never reached")

@@ -45,7 +45,8 @@ class ScriptedClinician:
         system = messages[0]["content"] if messages[0]["role"] == "system" else ""
         user = messages[-1]["content"]
         gold = re.search(
-            r"(?:Correct answer \(secret, never mention it\)|Correct answer \(never cite it\)|Reference answer): (\w)\. (.+)",
+            r"(?:Correct answer \(secret, never mention it\)|Correct answer \(never cite it\)"
+            r"|Reference answer): (\w)\. (.+)",
             user,
         )
         if system.startswith("You rewrite"):
@@ -67,7 +68,10 @@ class ScriptedClinician:
             letter, name = gold.groups()
             if self.wrong_case in user:
                 letter = "A" if letter != "A" else "B"
-            return f"<think>\nSo the findings fit; wait, alternatively... no.\n</think>\n<answer>{letter}</answer>"
+            return (
+                "<think>\nSo the findings fit; wait, alternatively... no.\n</think>\n"
+                f"<answer>{letter}</answer>"
+            )
         if system.startswith(
             "You grade the form"
         ):  # answer mapper: reads "option N", which no rule does

@@ -112,8 +112,8 @@ def test_sft_stages_chain_by_config(tmp_path):
 def test_gradient_checkpointing_and_bf16_train_the_same_curve(tmp_path):
     plain = train(tmp_path / "plain", SETUPS["sft"])
     recomputed = train(tmp_path / "ckpt", [*SETUPS["sft"], "trainer.gradient_checkpointing=true"])
-    assert [l for _, l in curve(tmp_path / "ckpt")] == pytest.approx(
-        [l for _, l in curve(tmp_path / "plain")], rel=1e-5
+    assert [loss for _, loss in curve(tmp_path / "ckpt")] == pytest.approx(
+        [loss for _, loss in curve(tmp_path / "plain")], rel=1e-5
     )
     assert recomputed["train/final_loss"] == pytest.approx(plain["train/final_loss"], rel=1e-5)
     bf16 = train(tmp_path / "bf16", [*SETUPS["sft"], "trainer.precision=bf16-mixed"])
@@ -153,7 +153,8 @@ def test_packed_rows_score_like_separate_examples():
         ]
     assert int(n_packed) == sum(int(n) for _, n in alone)
     assert float(packed) == pytest.approx(sum(float(s) for s, _ in alone), rel=1e-4)
-    # without the restarted positions, examples would attend across the boundary and score differently
+    # without the restarted positions, examples would attend across the boundary and score
+    # differently
     with torch.no_grad():
         leaky, _ = token_nll_sum(forward(model, {"input_ids": batch["input_ids"]}), batch["labels"])
     assert float(leaky) != pytest.approx(float(packed), rel=1e-3)

@@ -10,17 +10,12 @@ counted. The md5 of every file read goes in run.json.
 
 from __future__ import annotations
 
-import ast
-import csv
 import dataclasses
 import json
 import logging
 import math
-import os
 import random
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,19 +23,17 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from citrus.data import quickstart
+from citrus.data.benchmark_records import careqa, medbullets, medmcqa, medqa, mmlu, mmlu_pro
+from citrus.data.files import Raw, csv_rows, jsonl, pandas_columns, parquet, source_file, xlsx
 from citrus.data.layouts import hub_file, load_rows, to_mc_question
 from citrus.data.schema import (
-    LETTERS,
     DataError,
     MCQuestion,
     load_records,
-    read_jsonl,
     write_jsonl_atomic,
 )
 
 log = logging.getLogger(__name__)
-
-Raw = Iterator[tuple[str, Any]]  # (where in the file, raw record)
 
 
 @dataclass
@@ -48,159 +41,6 @@ class LoadedTask:
     items: list[MCQuestion]
     files: list[Path]  # every file read (their md5s go in run.json)
     skipped: list[str] = field(default_factory=list)  # malformed records, when not strict
-
-
-# ---------------------------------------------------------------- where the files come from
-
-
-def download(url: str, dest: Path, timeout: float = 60.0) -> Path:
-    """Fetch `url` to `dest` through a temporary file: an interrupted download leaves nothing."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    log.info("downloading %s", url)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, tmp.open("wb") as f:
-            while block := response.read(1 << 20):
-                f.write(block)
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError) as e:
-        raise DataError(
-            f"could not download {url} ({e}); set benchmark.data_root to a local copy"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
-
-def source_file(rel: str, bench: Any, data_dir: str | Path, url: str | None = None) -> Path:
-    if bench.data_root:
-        path = Path(bench.data_root) / rel
-        if not path.is_file():
-            raise DataError(f"{path}: no such file (benchmark.data_root={bench.data_root})")
-        return path
-    cached = Path(data_dir) / "benchmarks" / rel
-    return (
-        cached
-        if cached.is_file()
-        else download(url or f"{bench.base_url.rstrip('/')}/{rel}", cached)
-    )
-
-
-# ---------------------------------------------------------------- readers of the published formats
-
-
-def _jsonl(path: Path) -> Raw:
-    for i, record in enumerate(read_jsonl(path), 1):
-        yield f"record {i}", record
-
-
-def _csv_rows(path: Path) -> Raw:
-    with path.open(newline="", encoding="utf-8") as f:
-        for i, row in enumerate(csv.reader(f), 1):
-            yield f"row {i}", row
-
-
-def _pandas_columns(path: Path) -> Raw:
-    """A DataFrame saved with to_json(): {column: {row: value}}."""
-    columns = json.loads(path.read_text(encoding="utf-8"))
-    for row in next(iter(columns.values())):
-        yield f"row {row}", {col: values.get(row) for col, values in columns.items()}
-
-
-def _xlsx(path: Path) -> Raw:
-    import openpyxl
-
-    sheet = openpyxl.load_workbook(path, read_only=True).worksheets[0]
-    rows = sheet.iter_rows(values_only=True)
-    header = next(rows)
-    for i, row in enumerate(rows, 2):
-        yield f"sheet row {i}", dict(zip(header, row))
-
-
-def _parquet(path: Path) -> Raw:
-    import pandas as pd
-
-    for i, record in enumerate(pd.read_parquet(path).to_dict("records"), 1):
-        yield f"row {i}", record
-
-
-# ---------------------------------------------------------------- record converters
-
-
-def _options(texts: list[Any]) -> dict[str, str]:
-    return {LETTERS[i]: str(t).strip() for i, t in enumerate(texts)}
-
-
-def _letter(index: Any, base: int) -> str:
-    return LETTERS[int(float(index)) - base]
-
-
-def medqa(raw: dict, task: str, n: int) -> MCQuestion:
-    return MCQuestion(
-        f"{task}-{n:05d}",
-        task,
-        raw["question"],
-        dict(sorted(raw["options"].items())),
-        raw["answer_idx"],
-        metadata={"meta_info": raw.get("meta_info")},
-    )
-
-
-def mmlu(raw: list, task: str, n: int) -> MCQuestion:
-    if len(raw) != 6:
-        raise DataError(f"expected 6 columns (question, A-D, answer), got {len(raw)}")
-    return MCQuestion(f"{task}-{n:05d}", task, raw[0], _options(raw[1:5]), raw[5].strip())
-
-
-def mmlu_pro(raw: dict, task: str, n: int) -> MCQuestion:
-    options = (
-        raw["options"] if isinstance(raw["options"], list) else ast.literal_eval(raw["options"])
-    )
-    return MCQuestion(
-        f"{task}-{raw['question_id']}",
-        task,
-        raw["question"],
-        _options(options),
-        raw["answer"],
-        metadata={"src": raw.get("src"), "category": raw.get("category")},
-    )
-
-
-def medbullets(raw: dict, task: str, n: int) -> MCQuestion:
-    texts = [raw[k] for k in ("opa", "opb", "opc", "opd", "ope") if raw.get(k) is not None]
-    return MCQuestion(
-        f"{task}-{n:05d}",
-        task,
-        raw["question"],
-        _options(texts),
-        raw["answer_idx"],
-        metadata={"link": raw.get("link")},
-    )
-
-
-def careqa(raw: dict, task: str, n: int) -> MCQuestion:
-    return MCQuestion(
-        f"{task}-{raw['unique_id']}",
-        task,
-        raw["question"],
-        _options([raw[f"op{i}"] for i in range(1, 5)]),
-        _letter(raw["cop"], 1),
-        metadata={"year": raw.get("year"), "category": raw.get("category")},
-    )
-
-
-def medmcqa(raw: dict, task: str, n: int, zero_based: bool) -> MCQuestion:
-    return MCQuestion(
-        f"{task}-{raw['id']}",
-        task,
-        raw["question"],
-        _options([raw["opa"], raw["opb"], raw["opc"], raw["opd"]]),
-        _letter(raw["cop"], 0 if zero_based else 1),
-        metadata={"subject": raw.get("subject_name")},
-    )
-
-
-# ---------------------------------------------------------------- loaders: task -> LoadedTask
 
 
 def _blank(raw: Any) -> bool:
@@ -278,10 +118,14 @@ def load_pubmedqa(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTas
 def load_medmcqa(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
     """The original dev.json (JSON lines, cop 1-4) or the hub's parquet copy (cop 0-3)."""
     path = task_file(task, name, bench, data_dir)
-    parquet = path.suffix == ".parquet"
-    reader = _parquet(path) if parquet else _jsonl(path)
+    zero_based = path.suffix == ".parquet"  # the hub's parquet counts options from 0
+    reader = parquet(path) if zero_based else jsonl(path)
     return _convert(
-        reader, lambda raw, t, n: medmcqa(raw, t, n, zero_based=parquet), name, path, bench.strict
+        reader,
+        lambda raw, t, n: medmcqa(raw, t, n, zero_based=zero_based),
+        name,
+        path,
+        bench.strict,
     )
 
 
@@ -328,15 +172,15 @@ def load_hub(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
 
 
 LOADERS: dict[str, Callable[[Any, str, Any, Path], LoadedTask]] = {
-    "medqa": _single_file(_jsonl, medqa),
+    "medqa": _single_file(jsonl, medqa),
     "pubmedqa": load_pubmedqa,
     "medmcqa": load_medmcqa,
-    "mmlu": _single_file(_csv_rows, mmlu),
-    "mmlu_pro": _single_file(_jsonl, mmlu_pro),
-    "medbullets": _single_file(_pandas_columns, medbullets),
-    "careqa": _single_file(_jsonl, careqa),
+    "mmlu": _single_file(csv_rows, mmlu),
+    "mmlu_pro": _single_file(jsonl, mmlu_pro),
+    "medbullets": _single_file(pandas_columns, medbullets),
+    "careqa": _single_file(jsonl, careqa),
     "jmed": _single_file(
-        _xlsx, to_mc_question
+        xlsx, to_mc_question
     ),  # the sheet's layout: final_question / final_options / final_correct_answer
     "quickstart": load_quickstart,
     "unified": load_unified,

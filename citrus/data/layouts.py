@@ -48,7 +48,8 @@ def hub_file(repo: str, filename: str | None, revision: str | None = None) -> Pa
         Exception
     ) as e:  # offline, no such repo or file, no access: huggingface_hub raises many kinds
         raise DataError(
-            f"{repo}/{filename}@{revision or 'main'}: could not be downloaded ({type(e).__name__}: {e}); "
+            f"{repo}/{filename}@{revision or 'main'}: could not be downloaded "
+            f"({type(e).__name__}: {e}); "
             "download it once and point at the local copy"
         ) from None
 

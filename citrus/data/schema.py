@@ -192,9 +192,8 @@ class KeyedLog:
         self.path, self.done = path, {}
         if path.is_file():
             raw = path.read_bytes()
-            if (
-                raw and not raw.endswith(b"\n")
-            ):  # cut a line a kill left half-written: appending after it would spoil the next record
+            # cut a line a kill left half-written: appending after it would spoil the next record
+            if raw and not raw.endswith(b"\n"):
                 os.truncate(path, raw.rfind(b"\n") + 1)
             self.done = {r["id"]: r for r in whole_records(path) if "id" in r}
         if self.done:

@@ -169,7 +169,7 @@ class HFEngine:
             ).logits.float()
             logprobs = torch.log_softmax(logits, dim=-1)
             finished = []
-            for row, (i, seq, conts) in enumerate(batch):
+            for row, (i, _seq, conts) in enumerate(batch):
                 for j, cont in conts:
                     if len(cont) == 1:
                         scores[i][j] = float(logprobs[row, -1, cont[0]])

@@ -64,7 +64,8 @@ def _bare_letter(text: str, letters: str) -> str | None:
 def _option_text(text: str, options: dict[str, str]) -> str | None:
     tail = text[-300:].lower()
     hits = {k for k, v in options.items() if v.strip() and v.strip().lower() in tail}
-    # drop an option whose text is only a part of another hit ("cystitis" in "pyelonephritis and cystitis")
+    # drop an option whose text is only a part of another hit
+    # ("cystitis" in "pyelonephritis and cystitis")
     hits = {
         k
         for k in hits

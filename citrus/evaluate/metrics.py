@@ -1,7 +1,9 @@
 """Metrics as pure functions of predictions and gold answers.
 
-The `evaluate` library reaches them through the metric module shipped beside this file
-(citrus/evaluate/mc_accuracy/), which loads offline: `evaluate.load(METRIC_PATH)`.
+citrus scores with these directly. For users of Hugging Face's `evaluate` library the same
+score ships as a metric module beside this file (citrus/evaluate/mc_accuracy/), which loads
+offline: `evaluate.load(METRIC_PATH)` (the `evaluate` extra); citrus itself does not route
+through it, since importing `evaluate` costs seconds per process and adds nothing here.
 """
 
 from __future__ import annotations
@@ -73,15 +75,10 @@ def summarize(
     n_options: list[int],
     seed: int = 0,
 ) -> dict[str, float]:
-    """Scores through the shipped `evaluate` module (one or more extracted answers per question),
-    plus the chance level to beat and the share of answers each extraction rule produced."""
-    import evaluate
-
+    """score() of one or more extracted answers per question, plus the chance level to beat and
+    the share of answers each extraction rule produced."""
     n = len(gold)
-    metric = evaluate.load(METRIC_PATH)
-    sampled = any(len(p) > 1 for p in predicted)
-    predictions = [[a or "" for a in p] if sampled else (p[0] or "") for p in predicted]
-    out = metric.compute(predictions=predictions, references=gold, seed=seed)
+    out = score(predicted, gold, seed=seed)
     out["chance"] = sum(1 / k for k in n_options) / n if n else 0.0
     out["extracted"] = 1.0 - out["invalid_rate"]
     out.update(

@@ -41,7 +41,8 @@ def resolve_path(model_cfg: Any) -> str:
 
 
 def is_local(path: str) -> bool:
-    """A filesystem path rather than a hub id (org/name): absolute, relative-dotted, ~, or deeper."""
+    """A filesystem path rather than a hub id (org/name): absolute, relative-dotted, ~, or
+    deeper."""
     return path.startswith(("/", ".", "~")) or path.count("/") > 1 or Path(path).exists()
 
 

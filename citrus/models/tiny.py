@@ -44,9 +44,11 @@ LLAMA3 = ChatFamily(
     chat_template=(
         "{{ bos_token }}"
         "{% for m in messages %}"
-        "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}"
+        "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' "
+        "+ m['content'] | trim + '<|eot_id|>' }}"
         "{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+        "{% if add_generation_prompt %}"
+        "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
     ),
 )
 
@@ -155,7 +157,8 @@ def check_build(path: Path, family: str, build: Any) -> None:
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) != _stamp(family, build):
         raise FileExistsError(
             f"{path} holds a tiny backbone built from other settings or another version of its "
-            f"tokenizer corpus (see {stamp_file}); delete {path} to rebuild it, or set model.path elsewhere"
+            f"tokenizer corpus (see {stamp_file}); delete {path} to rebuild it, "
+            "or set model.path elsewhere"
         )
 
 
@@ -187,5 +190,5 @@ def build_backbone(path: str | os.PathLike, family: str, build: Any) -> Path:
         if not (path / BUILD_STAMP).is_file():
             raise FileExistsError(
                 f"{path} exists and is not a tiny backbone; set model.path elsewhere"
-            )
+            ) from None
     return path

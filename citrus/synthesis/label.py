@@ -30,7 +30,8 @@ def difficulty(strong_rate: float, weak_rate: float) -> str:
 def pass_rates(
     engine: Any, questions: list, prompt: str, k: int, seed: int
 ) -> tuple[list[float], list[list[str]]]:
-    """Each question asked k times (seeds seed..seed+k-1): the share answered right, and the replies."""
+    """Each question asked k times (seeds seed..seed+k-1): the share answered right, and the
+    replies."""
     asked = [build_messages(q, prompt) for q in questions for _ in range(k)]
     replies = engine.generate(asked, seeds=[seed + j for _ in questions for j in range(k)])
     grouped = [replies[i * k : (i + 1) * k] for i in range(len(questions))]

@@ -116,7 +116,8 @@ def sample_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
         [p for p in prompts for _ in range(n)],
         seeds=[cfg.seed + k for _ in prompts for k in range(n)],
     )
-    # rows in the evaluator's shape (samples read by the extraction rules), so the answer check can map the rest
+    # rows in the evaluator's shape (samples read by the extraction rules), so the answer check
+    # can map the rest
     rows = [
         sampled_row("sample", q, p, replies[i * n : (i + 1) * n])
         for i, (q, p) in enumerate(zip(chunk, prompts))

@@ -113,3 +113,27 @@ def forget_after(log_path: Path, step: int) -> None:
         write_jsonl_atomic(
             log_path, [row for row in whole_records(log_path) if row["step"] <= step]
         )
+
+
+def resume_training(training: Any, out_dir: Path) -> None:
+    """Load trainer.resume's checkpoint, if any, and forget the log lines of steps to redo."""
+    fabric, state = training.fabric, training.state
+    checkpoint = find_checkpoint(training.cfg.trainer.resume, out_dir)
+    if checkpoint:
+        fabric.load(checkpoint / "state.ckpt", state, strict=training.saved_only is None)
+        restore_rng(state["rng"])
+        training.scheduler.load_state_dict(state["scheduler"])
+        log.info("resumed from %s at step %d", checkpoint, state["step"])
+    if fabric.is_global_zero:
+        forget_after(out_dir / "train_log.jsonl", state["step"])
+
+
+def save_training(training: Any, step: int, out_dir: Path, run: Any) -> None:
+    """A checkpoint of the run's Training state (citrus.train.trainer) at `step`."""
+    t = training.cfg.trainer
+    training.state.update(step=step, rng=rng_state(), scheduler=training.scheduler.state_dict())
+    save_checkpoint(
+        training.fabric, out_dir / "checkpoints", step, training.state, training.cfg,
+        training.tokenizer, getattr(run.record, "path", None), t.keep_checkpoints,
+        training.saved_only,
+    )  # fmt: skip

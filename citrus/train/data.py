@@ -32,7 +32,8 @@ def tokenize_sft(
     rid = record.get("id", "?")
     if not full.startswith(prompt):
         raise DataError(
-            f"record {rid!r}: the chat template does not render the prompt as a prefix of the conversation"
+            f"record {rid!r}: the chat template does not render the prompt as a prefix "
+            "of the conversation"
         )
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     reply_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]

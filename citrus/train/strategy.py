@@ -21,7 +21,8 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
         ):
             return list(layers)
     raise ValueError(
-        f"{type(model).__name__}: no decoder layers (a .layers ModuleList next to .embed_tokens) to shard"
+        f"{type(model).__name__}: no decoder layers "
+        "(a .layers ModuleList next to .embed_tokens) to shard"
     )
 
 
@@ -51,3 +52,12 @@ def build_strategy(t: Any) -> Any:
             tensor_parallel_size=1,
         )
     return t.strategy
+
+
+def all_sum(fabric: Any, values: dict[str, float]) -> dict[str, float]:
+    """Sum a dict of numbers over every process."""
+    tensors = {
+        k: torch.tensor(float(v), dtype=torch.float64, device=fabric.device)
+        for k, v in values.items()
+    }
+    return {k: float(v) for k, v in fabric.all_reduce(tensors, reduce_op="sum").items()}

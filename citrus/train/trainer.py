@@ -33,13 +33,7 @@ from citrus.jobs import JobResult
 from citrus.models import load_tokenizer
 from citrus.tracking import progress_bar
 from citrus.train import packed_attention
-from citrus.train.checkpoint import (
-    find_checkpoint,
-    forget_after,
-    restore_rng,
-    rng_state,
-    save_checkpoint,
-)
+from citrus.train.checkpoint import resume_training, rng_state, save_training
 from citrus.train.checks import check_config
 from citrus.train.data import build_dataset, micro_batches, total_steps
 from citrus.train.export import export, gather_full_state, unwrapped
@@ -47,7 +41,7 @@ from citrus.train.launch import start_workers
 from citrus.train.modules import build_policy, build_reference, configure_optimizer
 from citrus.train.objectives import OBJECTIVES
 from citrus.train.schedule import warmup_cosine
-from citrus.train.strategy import build_strategy
+from citrus.train.strategy import all_sum, build_strategy
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +83,8 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> JobResul
 
 def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
     t = cfg.trainer
-    fabric = L.Fabric(
-        accelerator=t.accelerator,
-        strategy=build_strategy(t),
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        precision=t.precision,
-    )
+    fabric = L.Fabric(accelerator=t.accelerator, strategy=build_strategy(t), devices=t.devices,
+                      num_nodes=t.num_nodes, precision=t.precision)  # fmt: skip
     fabric.launch()
     fabric.seed_everything(cfg.seed, verbose=False)
     tokenizer = load_tokenizer(cfg.model)
@@ -111,40 +100,16 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
     optimizer = fabric.setup_optimizers(configure_optimizer(model, t))
     schedule = lambda s: warmup_cosine(s, steps, warmup, t.min_lr_ratio)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    training = Training(
-        cfg,
-        fabric,
-        tokenizer,
-        dataset,
-        collate,
-        base,
-        model,
-        optimizer,
-        scheduler,
-        steps,
-        attention,
-    )
+    training = Training(cfg, fabric, tokenizer, dataset, collate, base, model, optimizer,
+                        scheduler, steps, attention)  # fmt: skip
     if OBJECTIVES[cfg.algorithm.loss].needs_reference:
         training.reference = build_reference(cfg, model, fabric)
     training.state = {"model": model, "optimizer": optimizer, "step": 0, "rng": rng_state(),
                       "scheduler": scheduler.state_dict()}  # fmt: skip
     if cfg.adapter.name != "none":
         training.saved_only = {"model": lambda k, v: "lora_" in k}
-    resume(training, out_dir)
+    resume_training(training, out_dir)
     return training
-
-
-def resume(training: Training, out_dir: Path) -> None:
-    """Load trainer.resume's checkpoint, if any, and forget the log lines of steps to redo."""
-    fabric, state = training.fabric, training.state
-    checkpoint = find_checkpoint(training.cfg.trainer.resume, out_dir)
-    if checkpoint:
-        fabric.load(checkpoint / "state.ckpt", state, strict=training.saved_only is None)
-        restore_rng(state["rng"])
-        training.scheduler.load_state_dict(state["scheduler"])
-        log.info("resumed from %s at step %d", checkpoint, state["step"])
-    if fabric.is_global_zero:
-        forget_after(out_dir / "train_log.jsonl", state["step"])
 
 
 def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> dict[str, Any]:
@@ -173,7 +138,7 @@ def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> dict[str, A
             if step % t.log_every == 0 or step == steps:
                 stats["logged"] = log_step(training, step, sums, stats, out_dir, run, prefix)
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < steps:
-                checkpoint(training, step, out_dir, run)
+                save_training(training, step, out_dir, run)
     stats["steps"], stats["elapsed"] = step, time.perf_counter() - stats["started"]
     return stats
 
@@ -216,15 +181,6 @@ def train_step(training: Training, batches: Any, stats: dict) -> dict[str, float
     return sums
 
 
-def all_sum(fabric: L.Fabric, values: dict[str, float]) -> dict[str, float]:
-    """Sum a dict of numbers over every process."""
-    tensors = {
-        k: torch.tensor(float(v), dtype=torch.float64, device=fabric.device)
-        for k, v in values.items()
-    }
-    return {k: float(v) for k, v in fabric.all_reduce(tensors, reduce_op="sum").items()}
-
-
 def throughput(training: Training, stats: dict, prefix: str) -> dict[str, float]:
     elapsed = time.perf_counter() - stats["started"]
     return {
@@ -241,16 +197,6 @@ def log_step(training, step, sums, stats, out_dir, run, prefix) -> dict[str, flo
         append_jsonl(out_dir / "train_log.jsonl", [{"step": step, **logged}])
         log.info("step %d/%d loss %.4f lr %.2e", step, training.steps, sums["loss"], sums["lr"])
     return logged
-
-
-def checkpoint(training: Training, step: int, out_dir: Path, run: Any) -> None:
-    t = training.cfg.trainer
-    training.state.update(step=step, rng=rng_state(), scheduler=training.scheduler.state_dict())
-    save_checkpoint(
-        training.fabric, out_dir / "checkpoints", step, training.state, training.cfg,
-        training.tokenizer, getattr(run.record, "path", None), t.keep_checkpoints,
-        training.saved_only,
-    )  # fmt: skip
 
 
 def finish(training: Training, out_dir: Path, prefix: str, stats: dict) -> JobResult:

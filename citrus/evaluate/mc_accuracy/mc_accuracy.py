@@ -12,7 +12,10 @@ import evaluate
 from citrus.evaluate.metrics import score
 
 _DESCRIPTION = __doc__
-_CITATION = "Efron & Tibshirani (1993), An Introduction to the Bootstrap; Wang et al. (2023), Self-Consistency."
+_CITATION = (
+    "Efron & Tibshirani (1993), An Introduction to the Bootstrap; "
+    "Wang et al. (2023), Self-Consistency."
+)
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION)
