@@ -149,6 +149,8 @@ def worker(kind: str, args: argparse.Namespace) -> dict:
             for r in records("preference", args.examples)
         ]
         a = cfg.algorithm
+        # citrus's algorithm.loss -> TRL CPOTrainer's loss_type
+        TRL_CPO_LOSS = {"cpo": "sigmoid", "cpo_hinge": "hinge", "cpo_ipo": "ipo", "simpo": "simpo"}
         cpo_args = CPOConfig(
             output_dir=tempfile.mkdtemp(),
             per_device_train_batch_size=4,
@@ -161,7 +163,7 @@ def worker(kind: str, args: argparse.Namespace) -> dict:
             logging_steps=1000,
             max_length=1024,
             disable_tqdm=True,
-            loss_type=a.loss_type,
+            loss_type=TRL_CPO_LOSS[a.loss],
             beta=a.beta,
             simpo_gamma=a.simpo_gamma,
             cpo_alpha=a.cpo_alpha,

@@ -26,6 +26,7 @@ from hydra.experimental.callback import Callback
 from citrus.data.schema import whole_records
 from citrus.errors import MissingFileError
 from citrus.jobs import JobResult
+from citrus.tracking import wandb_report
 
 log = logging.getLogger(__name__)
 
@@ -257,44 +258,6 @@ def write_report(runs: list[RunSummary], out: Path, title: str) -> Path:
     return out / "report.md"
 
 
-def wandb_report(
-    runs: list[RunSummary], project: str, entity: str | None, title: str
-) -> str | None:
-    """A W&B report over the runs' group, through the wandb-workspaces reports API (online only)."""
-    try:
-        import wandb_workspaces.reports.v2 as wr
-    except ImportError:
-        log.info("wandb-workspaces is not installed: no W&B report (the local one is written)")
-        return None
-    groups = sorted({r.wandb_group for r in runs if r.wandb_group})
-    report = wr.Report(
-        project=project,
-        entity=entity,
-        title=title,
-        blocks=[
-            wr.H1(title),
-            wr.PanelGrid(
-                runsets=[
-                    wr.Runset(
-                        project=project,
-                        entity=entity,
-                        filters=f"group in {groups}" if groups else "",
-                    )
-                ],
-                panels=[
-                    wr.BarPlot(title="mean accuracy", metrics=["mean_accuracy"]),
-                    wr.LinePlot(
-                        title="training loss", y=["sft/loss", "train/loss", "preference/loss"]
-                    ),
-                    wr.LinePlot(title="preference margin", y=["preference/rewards/margins"]),
-                ],
-            ),
-        ],
-    )
-    report.save()
-    return report.url
-
-
 def run(cfg: Any, run: Any) -> JobResult:
     runs = find_runs(list(cfg.report.runs), exclude=run.dir)
     title = cfg.report.title or f"citrus report: {len(runs)} runs"
@@ -308,7 +271,9 @@ def run(cfg: Any, run: Any) -> JobResult:
         and run.tracker.wandb_run is not None
         and run.tracker.wandb_run.settings.mode == "online"
     ):
-        out["wandb_report"] = wandb_report(runs, cfg.logger.project, cfg.logger.entity, title) or ""
+        groups = sorted({r.wandb_group for r in runs if r.wandb_group})
+        project, entity = cfg.logger.project, cfg.logger.entity
+        out["wandb_report"] = wandb_report(groups, project, entity, title) or ""
     return JobResult(out, {"report": path})
 
 

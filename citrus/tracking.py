@@ -172,3 +172,38 @@ def open_tracker(
     )
     log.info("W&B %s run %s in %s", mode, run.id, run_dir / "wandb")
     return Tracker(run)
+
+
+def wandb_report(groups: list[str], project: str, entity: str | None, title: str) -> str | None:
+    """A W&B report over the runs' group, through the wandb-workspaces reports API (online only)."""
+    try:
+        import wandb_workspaces.reports.v2 as wr
+    except ImportError:
+        log.info("wandb-workspaces is not installed: no W&B report (the local one is written)")
+        return None
+    report = wr.Report(
+        project=project,
+        entity=entity,
+        title=title,
+        blocks=[
+            wr.H1(title),
+            wr.PanelGrid(
+                runsets=[
+                    wr.Runset(
+                        project=project,
+                        entity=entity,
+                        filters=f"group in {groups}" if groups else "",
+                    )
+                ],
+                panels=[
+                    wr.BarPlot(title="mean accuracy", metrics=["mean_accuracy"]),
+                    wr.LinePlot(
+                        title="training loss", y=["sft/loss", "train/loss", "preference/loss"]
+                    ),
+                    wr.LinePlot(title="preference margin", y=["preference/rewards/margins"]),
+                ],
+            ),
+        ],
+    )
+    report.save()
+    return report.url
