@@ -58,14 +58,17 @@ def test_replies_equal_the_model_served_directly(hf_engine, conversations, tmp_p
 
 
 def test_faults_are_retried_and_every_item_completes(hf_engine, conversations, tmp_path):
-    faults = ["429", "500", "drop", "truncate", "slow", "429", "500"]  # all on the first request
+    # all on the first request
+    faults = ["429", "500", "drop", "truncate", "malformed", "slow", "429", "500"]
     with ChatServer(hf_engine, faults=faults) as server:
         engine = openai_engine(server.url, tmp_path, "engine.concurrency=1", "engine.max_retries=8")
         replies = engine.generate(conversations)
     assert replies == hf_engine.generate(conversations)
     assert server.seen["429"] == 2 and server.seen["500"] == 2 and server.seen["drop"] == 1
-    assert server.seen["truncate"] == 1 and server.seen["slow"] == 1  # timed out at 1 s, retried
+    assert server.seen["truncate"] == server.seen["malformed"] == 1
+    assert server.seen["slow"] == 1  # timed out at 1 s, retried
     assert engine.stats["retries"] == len(faults)
+    assert engine.stats["requests"] == len(faults) + len(conversations)  # every HTTP attempt
 
 
 def test_a_rerun_never_pays_twice(hf_engine, conversations, tmp_path):
@@ -91,15 +94,18 @@ def test_retries_exhausted_raise_and_keep_finished_work(hf_engine, conversations
 def test_api_key_comes_from_the_environment_and_is_never_written(
     hf_engine, conversations, tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)  # another variable's key is never taken
     with ChatServer(hf_engine, api_key=SECRET) as server:
+        keyless = openai_engine(server.url, tmp_path, "engine.api_key_env=CITRUS_TEST_KEY")
         with pytest.raises(EngineError, match="HTTP 401"):
-            openai_engine(server.url, tmp_path, "engine.api_key_env=CITRUS_TEST_KEY").generate(
-                conversations[:1]
-            )
+            keyless.generate(conversations[:1])
+        assert keyless.stats["requests"] == 1 and keyless.stats["retries"] == 0  # failed at once
+        with pytest.raises(EngineError, match="HTTP 401"):
+            list(keyless.stream(conversations[0]))
+        assert server.auth == [None, None]  # no key: no Authorization header, not a placeholder
         monkeypatch.setenv("CITRUS_TEST_KEY", SECRET)
-        assert openai_engine(server.url, tmp_path, "engine.api_key_env=CITRUS_TEST_KEY").generate(
-            conversations[:1]
-        )
+        keyed = openai_engine(server.url, tmp_path, "engine.api_key_env=CITRUS_TEST_KEY")
+        assert keyed.generate(conversations[:1]) == ["".join(keyed.stream(conversations[0]))]
     assert SECRET not in (tmp_path / "cache.jsonl").read_text()
 
 
@@ -114,6 +120,21 @@ def test_per_request_seeds_are_sent_and_keep_samples_apart_in_the_cache(
         assert server.seen["ok"] == 3 and engine.stats["cached"] == 3
     seeds = [engine.request_body(conversations[0], k)["seed"] for k in range(3)]
     assert seeds == [0, 1, 2]
+
+
+def test_max_completion_tokens_is_sent_and_length_cut_replies_are_counted(
+    hf_engine, conversations, tmp_path
+):
+    with ChatServer(hf_engine, finish_reason="length") as server:
+        # ++: sets it whether or not conf/engine/openai.yaml lists the key
+        engine = openai_engine(server.url, tmp_path, "++engine.max_completion_tokens=true")
+        replies = engine.generate(conversations[:3])
+        assert engine.generate(conversations[:3]) == replies  # from the cache: counted once
+    assert len(server.bodies) == 3
+    assert all(b["max_completion_tokens"] == 12 and "max_tokens" not in b for b in server.bodies)
+    assert engine.stats["truncated"] == 3 and engine.stats["cached"] == 3
+    default = openai_engine("http://127.0.0.1:1/v1", tmp_path)
+    assert default.request_body(conversations[0])["max_tokens"] == 12  # what vLLM reads
 
 
 def test_missing_base_url_is_a_clear_error():

@@ -8,8 +8,7 @@ on top of it the engine guarantees:
   connections and malformed or truncated 200 bodies, honouring Retry-After; other 4xx fail at
   once. The SDK's own retries are off (max_retries=0), so stats count every HTTP attempt
   (`requests`) and every retry (`retries`) exactly;
-- every failure for good is an `EngineError` naming the server and the last problem, never an
-  `openai` exception;
+- every failure for good is an `EngineError` naming the problem, never an `openai` exception;
 - an append-only on-disk cache keyed by the request, so a rerun or a resumed job never pays
   twice for a finished request;
 - the API key only from the environment variable named by engine.api_key_env; it is sent in a
@@ -22,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -35,7 +33,6 @@ import openai
 from citrus.config import EngineConfig
 from citrus.errors import ConfigError, EngineError
 
-log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
 
 
@@ -83,8 +80,7 @@ class ResponseCache:
 
 
 class Retry(Exception):
-    """One attempt failed in a way worth retrying: `problem` for the message, and the server's
-    Retry-After when it sent one."""
+    """An attempt that failed in a way worth retrying, with the server's Retry-After if any."""
 
     def __init__(self, problem: str, retry_after: str | None = None):
         super().__init__(problem)
@@ -110,8 +106,8 @@ class OpenAIEngine:
     def request_body(
         self, conversation: list[dict[str, str]], seed: int | None = None
     ) -> dict[str, Any]:
-        wants_new_name = getattr(self.cfg, "max_completion_tokens", False)
-        limit = "max_completion_tokens" if wants_new_name else "max_tokens"
+        new_name = getattr(self.cfg, "max_completion_tokens", False)  # OpenAI's reasoning models
+        limit = "max_completion_tokens" if new_name else "max_tokens"
         body = {
             "model": self.model,
             "messages": conversation,
@@ -137,21 +133,23 @@ class OpenAIEngine:
         """One reply as server-sent events arrive (for `citrus chat`; interactive, so no retries
         and no cache)."""
         body = {**self.request_body(conversation), "stream": True}
+        malformed = EngineError(f"{self.cfg.base_url}: malformed stream event")
         try:
             with (
                 openai.OpenAI(**self._client_options()) as client,
                 client.chat.completions.create(**body, extra_headers=self._headers()) as events,
             ):
-                for chunk in events:
-                    if chunk.choices is None:  # not a chat chunk: a proxy's error, say
-                        raise EngineError(f"{self.cfg.base_url}: malformed stream event")
-                    piece = chunk.choices[0].delta.content if chunk.choices else None
-                    if piece:
+                for chunk in events:  # choices empty: a usage chunk; missing: not a chat chunk
+                    if chunk.choices is None:
+                        raise malformed
+                    if chunk.choices and (piece := chunk.choices[0].delta.content):
                         yield piece
         except openai.APIStatusError as e:
             raise EngineError(self._status_message(e)) from None
-        except openai.OpenAIError as e:
+        except openai.OpenAIError as e:  # a dropped connection included
             raise EngineError(f"{self.cfg.base_url}: {type(e).__name__}: {e}") from None
+        except (json.JSONDecodeError, AttributeError, TypeError):
+            raise malformed from None
 
     def _client_options(self) -> dict[str, Any]:
         """The SDK client's settings: its retries off (ours count and back off), and a
@@ -163,8 +161,8 @@ class OpenAIEngine:
             "max_retries": 0,
         }
 
-    def _headers(self) -> dict[str, Any]:
-        return {} if self.api_key else {"Authorization": openai.omit}
+    def _headers(self) -> dict[str, Any]:  # per request: the SDK honours omit only there
+        return {} if self.api_key else {"Authorization": openai.Omit()}
 
     async def _generate_all(self, conversations, on_batch, seeds) -> list[str]:
         replies: list[str | None] = [None] * len(conversations)
