@@ -54,7 +54,7 @@ def citrus_run(overrides: list[str]) -> dict:
 
     out = Path(tempfile.mkdtemp(prefix="citrus-bench-"))
     cfg = compose(overrides)
-    return execute("train", cfg, out, overrides)
+    return execute("train", cfg, out, overrides).metrics
 
 
 def records(fmt: str, n: int, prompt: str = "quickstart") -> list[dict]:

@@ -101,9 +101,13 @@ def run_hydra(job: str, overrides: list[str]) -> int:
         except CitrusError as e:
             if debugging():
                 raise
-            log.debug("user error", exc_info=True)  # the traceback stays in the job's log file
-            print(f"citrus {job}: {e}\n  (run record: {run_dir / 'run.json'}; "
-                  "CITRUS_DEBUG=1 shows the traceback)", file=sys.stderr)  # fmt: skip
+            record = run_dir / "run.json"
+            where = f"run record: {record}; " if record.is_file() else ""
+            print(
+                f"citrus {job}: {e}\n  ({where}CITRUS_DEBUG=1 shows the traceback)", file=sys.stderr
+            )
+            if multirun:  # the sweep goes on; an Optuna trial counts as failed
+                return objective(None, cfg.optimized_metric) if cfg.optimized_metric else None
             raise SystemExit(1) from None
         return objective(result, cfg.optimized_metric) if cfg.optimized_metric else result
 

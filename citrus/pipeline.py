@@ -158,7 +158,7 @@ def run(cfg: Any, run: Any) -> JobResult:
     stages = list(cfg.pipeline.stages)
     check_stages(stages, cfg.pipeline.preference.data)
     journey = Journey(cfg, run)
-    journey.keep("prepare", prepare.run(cfg, run))
+    prepare.run(cfg, run)  # the files every stage reads, with their md5s in run.json
     if cfg.pipeline.evaluate_base:
         journey.evaluate("base", "before")
     labeled = synthesized = None

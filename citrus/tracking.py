@@ -103,9 +103,9 @@ class Tracker:
             )
             artifact.add_file(path)
             self.wandb_run.log_artifact(artifact)
-        for key, model_dir in models.items():
+        for key, model_dir in models.items():  # model, or a pipeline stage's sft/model: sft_model
             artifact = wandb.Artifact(
-                _artifact_name(f"{self.wandb_run.group}-{key}"),
+                _artifact_name(f"{self.wandb_run.group}-{key.replace('/', '_')}"),
                 type="model",
                 metadata={"path": str(model_dir)},
             )

@@ -36,7 +36,7 @@ from citrus.config.groups import (
     RoleConfig,
     TrainerConfig,
 )
-from citrus.config.jobs import (
+from citrus.config.nodes import (
     ChatConfig,
     PathsConfig,
     PipelineConfig,

@@ -83,9 +83,10 @@ class AlgorithmConfig:
     completion_only_loss: bool = True  # sft: loss on the assistant's reply only, not the prompt
     beta: float = 0.1
     simpo_gamma: float = 0.5  # SimPO's target reward margin (loss simpo)
-    cpo_alpha: float = 1.0  # weight of the chosen replies' NLL (the cpo and simpo losses)
+    cpo_alpha: float = 1.0  # weight of the chosen reply's NLL (the cpo* and simpo losses)
     label_smoothing: float = 0.0
-    reference: str | None = None  # dpo/ipo: the frozen reference's path; null: the initial policy
+    # losses with a reference (dpo*, ipo, apo_zero): its path; null: the initial policy, frozen
+    reference: str | None = None
 
 
 @dataclass
@@ -126,11 +127,11 @@ class BenchmarkConfig:
     base_url: str = CITRUS_DATA_URL  # public source of the original files
     strict: bool = True  # false: skip malformed records (counted) instead of failing
     answer_check: bool = False  # replies no rule can read go to the `answer_mapper` role (an LLM)
-    # every task of the group at once (a task's own limit wins): benchmark.limit=20 is a smoke run
+    # every task of the group at once, e.g. benchmark.limit=20 for a smoke run; a task's own
+    # limit wins (the quickstart task's limit is how many questions it generates)
     limit: int | None = None
-    sample: bool = (
-        False  # with limit: a seeded random sample (seed: the task's) instead of the first
-    )
+    # with limit: a seeded random sample (the task's seed) instead of the first items
+    sample: bool = False
 
 
 @dataclass

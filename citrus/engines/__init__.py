@@ -99,9 +99,8 @@ def typed(engine_cfg: Any, where: str = "engine") -> Any:
         return OmegaConf.merge(OmegaConf.structured(settings), values)
     except OmegaConfBaseException as e:
         key = f"{where}.{e.full_key}" if getattr(e, "full_key", None) else where
-        raise ConfigError(
-            f"{key}: {e.msg if hasattr(e, 'msg') else e} ({settings.__name__})"
-        ) from None
+        message = str(getattr(e, "msg", e)).splitlines()[0]  # not OmegaConf's key/type dump
+        raise ConfigError(f"{key}: {message} ({settings.__name__})") from None
 
 
 def check_engines(cfg: Any) -> None:

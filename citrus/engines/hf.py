@@ -56,8 +56,8 @@ class HFEngine:
             idx = order[start : start + self.cfg.batch_size]
             try:
                 texts = self._generate_batch([prompts[i] for i in idx])
-            except (RuntimeError, ValueError) as e:  # out of memory, a prompt too long, ...
-                raise EngineError(f"hf: {type(e).__name__}: {e}") from e
+            except ValueError as e:  # this request cannot be answered (a prompt too long, ...);
+                raise EngineError(f"hf: {e}") from e  # out of memory and bugs still stop the job
             for i, text in zip(idx, texts):
                 replies[i] = text
             if on_batch:

@@ -66,8 +66,8 @@ class VLLMEngine:
             chunk = conversations[start : start + self.cfg.batch_size]
             try:
                 outputs = self.llm.chat(chunk, params[start : start + len(chunk)], use_tqdm=False)
-            except (RuntimeError, ValueError) as e:  # a prompt too long, out of memory, ...
-                raise EngineError(f"vllm: {type(e).__name__}: {e}") from e
+            except ValueError as e:  # vLLM refuses the request (a prompt over max_model_len, ...);
+                raise EngineError(f"vllm: {e}") from e  # out of memory and bugs still stop the job
             texts = [o.outputs[0].text for o in outputs]
             self.stats["requests"] += len(outputs)
             self.stats["prompt_tokens"] += sum(len(o.prompt_token_ids or []) for o in outputs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -22,6 +22,7 @@ from citrus.train import losses
 from citrus.train.data import IGNORE
 
 Reference = Callable[[dict], torch.Tensor]  # batch -> the frozen reference model's logits
+Reduction = Literal["sum", "mean"]  # a reply's log-prob: summed over its tokens, or per token
 
 
 class Objective(Protocol):
@@ -74,12 +75,12 @@ class PreferenceLoss:
     """A registry entry: a pure per-pair loss (losses.py) and what it is fed."""
 
     fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
-    logps: str = "sum"  # the replies' log-probs the loss sees: "sum" over tokens | per-token "mean"
+    logps: Reduction = "sum"  # the replies' log-probs the loss sees: summed, or per-token "mean"
     reference: bool = False  # the loss sees log-ratios to a frozen reference: log π - log π_ref
     # behaviour cloning added to the loss: "reply" (cpo_alpha x the chosen reply's NLL),
     # "sequence" (ORPO: the chosen prompt + reply's NLL, weight 1) or None
-    nll: str | None = "reply"
-    rewards: str | None = None  # the logged rewards' reduction when not `logps` (TRL's IPO: sum)
+    nll: Literal["reply", "sequence"] | None = "reply"
+    reward_logps: Reduction | None = None  # the logged rewards' when not `logps` (TRL's IPO: sum)
 
 
 PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
@@ -91,7 +92,7 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
     # against a frozen reference: DPO (Rafailov et al. 2023), SLiC-style hinge, IPO
     "dpo": PreferenceLoss(losses.sigmoid, reference=True, nll=None),
     "dpo_hinge": PreferenceLoss(losses.hinge, reference=True, nll=None),
-    "ipo": PreferenceLoss(losses.ipo, logps="mean", reference=True, nll=None, rewards="sum"),
+    "ipo": PreferenceLoss(losses.ipo, logps="mean", reference=True, nll=None, reward_logps="sum"),
     "apo_zero": PreferenceLoss(losses.apo_zero, reference=True, nll=None),
     # ORPO (Hong et al. 2024): odds ratio on averaged log-probs + the whole chosen sequence's NLL
     "orpo": PreferenceLoss(losses.orpo, logps="mean", nll="sequence"),
@@ -135,7 +136,7 @@ class Preference:
             loss = loss + algo.cpo_alpha * nll / nll_tokens
         elif self.loss.nll == "sequence":
             loss = loss + nll / nll_tokens
-        rewards = algo.beta * scored(self.loss.rewards or self.loss.logps).detach()
+        rewards = algo.beta * scored(self.loss.reward_logps or self.loss.logps).detach()
         chosen, rejected = rewards[:n], rewards[n:]
         share = n / counts["pairs"]  # this micro-batch's part of the step's per-pair means
         return loss, {

@@ -39,7 +39,7 @@ from citrus.train.data import build_dataset, micro_batches, total_steps
 from citrus.train.export import export, gather_full_state, unwrapped
 from citrus.train.launch import start_workers
 from citrus.train.modules import build_policy, build_reference, configure_optimizer
-from citrus.train.objectives import OBJECTIVES
+from citrus.train.objectives import OBJECTIVES, Objective
 from citrus.train.schedule import warmup_cosine
 from citrus.train.strategy import all_sum, build_strategy
 
@@ -60,12 +60,26 @@ class Training:
     optimizer: Any
     scheduler: Any
     steps: int
-    attention: str = "sdpa"  # the backbone's attention, restored for the export after packing
+    objective: Objective  # OBJECTIVES[algorithm.loss]
+    attention: str  # the backbone's attention, restored for the export after packing
     reference: Any = None
     # what a checkpoint holds: plain values besides model and optimizer, because FSDP2's
     # distributed checkpoint loads other stateful objects back as dicts
     state: dict[str, Any] = field(default_factory=dict)
     saved_only: dict | None = None  # LoRA: checkpoints hold the adapters only
+
+
+@dataclass
+class FitStats:
+    """What fit() counts, for the logs and the final metrics."""
+
+    started: float = field(default_factory=time.perf_counter)
+    losses: list[float] = field(default_factory=list)  # each step's loss
+    tokens: int = 0  # real tokens seen by this process
+    padded: int = 0  # tokens including padding
+    logged: dict[str, float] = field(default_factory=dict)  # the last logged step's metrics
+    steps: int = 0
+    elapsed: float = 0.0
 
 
 def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> JobResult:
@@ -100,9 +114,12 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
     optimizer = fabric.setup_optimizers(configure_optimizer(model, t))
     schedule = lambda s: warmup_cosine(s, steps, warmup, t.min_lr_ratio)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    training = Training(cfg, fabric, tokenizer, dataset, collate, base, model, optimizer,
-                        scheduler, steps, attention)  # fmt: skip
-    if OBJECTIVES[cfg.algorithm.loss].needs_reference:
+    training = Training(
+        cfg=cfg, fabric=fabric, tokenizer=tokenizer, dataset=dataset, collate=collate, base=base,
+        model=model, optimizer=optimizer, scheduler=scheduler, steps=steps,
+        objective=OBJECTIVES[cfg.algorithm.loss], attention=attention,
+    )  # fmt: skip
+    if training.objective.needs_reference:
         training.reference = build_reference(cfg, model, fabric)
     training.state = {"model": model, "optimizer": optimizer, "step": 0, "rng": rng_state(),
                       "scheduler": scheduler.state_dict()}  # fmt: skip
@@ -112,7 +129,7 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
     return training
 
 
-def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> dict[str, Any]:
+def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> FitStats:
     cfg, fabric, t = training.cfg, training.fabric, training.cfg.trainer
     step, steps = training.state["step"], training.steps
     log.info(
@@ -124,7 +141,7 @@ def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> dict[str, A
     rank, world = fabric.global_rank, fabric.world_size
     batches = micro_batches(len(training.dataset), t, cfg.seed, world, rank, first)
     training.model.train()
-    stats = {"losses": [], "tokens": 0, "padded": 0, "logged": {}, "started": time.perf_counter()}
+    stats = FitStats()
     bar = progress_bar() if fabric.is_global_zero else nullcontext()
     with bar:
         zero = fabric.is_global_zero
@@ -132,22 +149,22 @@ def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> dict[str, A
         while step < steps:
             sums = train_step(training, batches, stats)
             step += 1
-            stats["losses"].append(sums["loss"])
+            stats.losses.append(sums["loss"])
             if task is not None:
                 bar.update(task, advance=1, info=f"loss {sums['loss']:.3f}")
             if step % t.log_every == 0 or step == steps:
-                stats["logged"] = log_step(training, step, sums, stats, out_dir, run, prefix)
+                stats.logged = log_step(training, step, sums, stats, out_dir, run, prefix)
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < steps:
                 save_training(training, step, out_dir, run)
-    stats["steps"], stats["elapsed"] = step, time.perf_counter() - stats["started"]
+    stats.steps, stats.elapsed = step, time.perf_counter() - stats.started
     return stats
 
 
-def train_step(training: Training, batches: Any, stats: dict) -> dict[str, float]:
+def train_step(training: Training, batches: Any, stats: FitStats) -> dict[str, float]:
     """One optimizer step over grad_accum_steps micro-batches; the step's metrics, summed over
     micro-batches and processes."""
     fabric, model, t = training.fabric, training.model, training.cfg.trainer
-    objective = OBJECTIVES[training.cfg.algorithm.loss]
+    objective = training.objective
     window = [
         fabric.to_device(training.collate([training.dataset[i] for i in next(batches)]))
         for _ in range(t.grad_accum_steps)
@@ -165,8 +182,8 @@ def train_step(training: Training, batches: Any, stats: dict) -> dict[str, float
             fabric.backward(loss * fabric.world_size)
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v
-        stats["tokens"] += batch["tokens"]
-        stats["padded"] += batch["input_ids"].numel()
+        stats.tokens += batch["tokens"]
+        stats.padded += batch["input_ids"].numel()
     if fabric.world_size > 1:
         sums = all_sum(fabric, sums)
     sums["grad_norm"] = float(
@@ -181,15 +198,18 @@ def train_step(training: Training, batches: Any, stats: dict) -> dict[str, float
     return sums
 
 
-def throughput(training: Training, stats: dict, prefix: str) -> dict[str, float]:
-    elapsed = time.perf_counter() - stats["started"]
+def throughput(training: Training, stats: FitStats, prefix: str, elapsed: float | None = None):
+    """tokens/s over every process and the share of real (unpadded) tokens, so far."""
+    elapsed = elapsed or time.perf_counter() - stats.started
     return {
-        f"{prefix}tokens_per_s": stats["tokens"] * training.fabric.world_size / elapsed,
-        f"{prefix}padding_efficiency": stats["tokens"] / max(1, stats["padded"]),
+        f"{prefix}tokens_per_s": stats.tokens * training.fabric.world_size / elapsed,
+        f"{prefix}padding_efficiency": stats.tokens / max(1, stats.padded),
     }
 
 
-def log_step(training, step, sums, stats, out_dir, run, prefix) -> dict[str, float]:
+def log_step(
+    training: Training, step: int, sums: dict, stats: FitStats, out_dir: Path, run: Any, prefix: str
+) -> dict[str, float]:
     """The step's metrics to the tracker and train_log.jsonl (rank 0)."""
     logged = {**{f"{prefix}{k}": v for k, v in sums.items()}, **throughput(training, stats, prefix)}
     if training.fabric.is_global_zero:
@@ -199,7 +219,7 @@ def log_step(training, step, sums, stats, out_dir, run, prefix) -> dict[str, flo
     return logged
 
 
-def finish(training: Training, out_dir: Path, prefix: str, stats: dict) -> JobResult:
+def finish(training: Training, out_dir: Path, prefix: str, stats: FitStats) -> JobResult:
     """Export the model (gathering FSDP2 shards), write metrics.json, leave the process group."""
     fabric, cfg = training.fabric, training.cfg
     model_dir = out_dir / "model"
@@ -208,15 +228,15 @@ def finish(training: Training, out_dir: Path, prefix: str, stats: dict) -> JobRe
     if fabric.is_global_zero:
         export(unwrapped(training.model), training.tokenizer, cfg, model_dir, full_state)
     fabric.barrier()
-    losses = stats["losses"]
+    losses = stats.losses
     tail = losses[-max(1, min(10, len(losses))) :] or [float("nan")]
     metrics = {
         f"{prefix}final_loss": sum(tail) / len(tail),
         f"{prefix}first_loss": losses[0] if losses else float("nan"),
-        f"{prefix}steps": stats["steps"],
-        **throughput(training, stats, prefix),
-        f"{prefix}seconds": stats["elapsed"],
-        **{k: v for k, v in stats["logged"].items() if "/rewards/" in k or "/logps/" in k},
+        f"{prefix}steps": stats.steps,
+        **throughput(training, stats, prefix, stats.elapsed),  # the loop's time, not the export
+        f"{prefix}seconds": stats.elapsed,
+        **{k: v for k, v in stats.logged.items() if "/rewards/" in k or "/logps/" in k},
     }
     if fabric.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
