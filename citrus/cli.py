@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int | None:
     if argv[0] == "reproduce":
         from citrus.reproduce import reproduce
 
-        return reproduce(argv[1:])
+        return reproduce(argv[1:], run_job=main)  # main runs the recorded job again
     if argv[0] == "--version":
         from importlib.metadata import version
 

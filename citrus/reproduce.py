@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("citrus")
 
 
-def reproduce(argv: list[str]) -> int:
+def reproduce(argv: list[str], run_job: Callable[[list[str]], int | None]) -> int:
     """`citrus reproduce <run_dir> [overrides]`: the run's job with its recorded overrides (plus
     any given) into <run_dir>-reproduced, then the two runs' metrics side by side."""
     from citrus.record import REDACTED, git_state
@@ -55,9 +56,7 @@ def reproduce(argv: list[str]) -> int:
     target = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("hydra.run.dir=")), None)
     target = Path(target) if target else _fresh(source.with_name(source.name + "-reproduced"))
     extra = [a for a in argv[1:] if not a.startswith("hydra.run.dir=")]
-    from citrus.cli import main
-
-    code = main([record["job"], *keep, *extra, "hydra.mode=RUN", f"hydra.run.dir={target}"])
+    code = run_job([record["job"], *keep, *extra, "hydra.mode=RUN", f"hydra.run.dir={target}"])
     if not (target / "run.json").is_file():
         print(f"the reproduction stopped before it started (see {target})", file=sys.stderr)
         return 1
