@@ -131,6 +131,10 @@ class Journey:
         self.summary: dict[str, Any] = {}
         self.outputs: dict[str, Path] = {}
 
+    def run_stage(self, name: str, job: Any, stage_cfg: Any) -> JobResult:
+        """A data job (label, synthesize, sample) in its own sub-directory, kept."""
+        return self.keep(name, job(stage_cfg, in_dir(self.run, name)))
+
     def keep(self, stage: str, result: JobResult) -> JobResult:
         self.summary.update(result.metrics)
         self.outputs.update({f"{stage}/{k}": Path(v) for k, v in result.outputs.items()})
@@ -161,14 +165,12 @@ def run(cfg: Any, run: Any) -> JobResult:
     prepare.run(cfg, run)  # the files every stage reads, with their md5s in run.json
     if cfg.pipeline.evaluate_base:
         journey.evaluate("base", "before")
-    labeled = synthesized = None
+    labeled = synthesized = pairs = None
     if "label" in stages:
-        labeled = journey.keep("label", label.run(limited(cfg), in_dir(run, "label")))
-        labeled = labeled.outputs["labeled"]
+        labeled = journey.run_stage("label", label.run, limited(cfg)).outputs["labeled"]
     if "synthesize" in stages:
-        source = limited(cfg, labeled)
-        synthesized = journey.keep("synthesize", pathways.run(source, in_dir(run, "synthesize")))
-        synthesized = synthesized.outputs["sft"]
+        synthesize = journey.run_stage("synthesize", pathways.run, limited(cfg, labeled))
+        synthesized = synthesize.outputs["sft"]
     if "sft" in stages:
         for i, (name, data) in enumerate(sft_stages(cfg)):
             stage_cfg = copy.deepcopy(journey.policy)
@@ -177,10 +179,8 @@ def run(cfg: Any, run: Any) -> JobResult:
                 merged = synthesized.with_name("sft_data.jsonl")
                 stage_cfg = with_synthesized(stage_cfg, synthesized, merged)
             journey.train(name, stage_cfg, f"after {name.upper()}")
-    pairs = None
     if "sample" in stages:
-        pairs = journey.keep("sample", sample.run(journey.policy, in_dir(run, "sample")))
-        pairs = pairs.outputs["pairs"]
+        pairs = journey.run_stage("sample", sample.run, journey.policy).outputs["pairs"]
     if "preference" in stages:
         pref = preference_config(cfg, journey.policy, pairs)
         journey.train("preference", pref, f"after {pref.algorithm.name.upper()}")

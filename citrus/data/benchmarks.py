@@ -179,9 +179,8 @@ LOADERS: dict[str, Callable[[Any, str, Any, Path], LoadedTask]] = {
     "mmlu_pro": _single_file(jsonl, mmlu_pro),
     "medbullets": _single_file(pandas_columns, medbullets),
     "careqa": _single_file(jsonl, careqa),
-    "jmed": _single_file(
-        xlsx, to_mc_question
-    ),  # the sheet's layout: final_question / final_options / final_correct_answer
+    # the JMED sheet's layout: final_question / final_options / final_correct_answer
+    "jmed": _single_file(xlsx, to_mc_question),
     "quickstart": load_quickstart,
     "unified": load_unified,
     "hub": load_hub,
@@ -196,19 +195,10 @@ def load_task(name: str, task: Any, bench: Any, data_dir: str | Path) -> LoadedT
         raise DataError(
             f"benchmark task {name!r}: unknown loader {task.loader!r}; one of {sorted(LOADERS)}"
         )
-    key = json.dumps(
-        [
-            name,
-            OmegaConf.to_container(task, resolve=True),
-            bench.data_root,
-            bench.base_url,
-            bench.strict,
-            bench.limit,
-            bench.sample,
-            str(data_dir),
-        ],
-        sort_keys=True,
-    )
+    # what the parse depends on (the group's limit and sample apply after it)
+    task_cfg = OmegaConf.to_container(task, resolve=True)
+    parse = [name, task_cfg, bench.data_root, bench.base_url, bench.strict, str(data_dir)]
+    key = json.dumps(parse, sort_keys=True)
     if key not in _LOADED:
         _LOADED[key] = LOADERS[task.loader](task, name, bench, Path(data_dir))
         for message in _LOADED[key].skipped:

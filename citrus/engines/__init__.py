@@ -89,10 +89,10 @@ def engine_class(engine_cfg: Any, where: str = "engine") -> type:
         raise ConfigError(f"{where}.class_path={path}: cannot import it ({e})") from None
 
 
-def typed(engine_cfg: Any, where: str = "engine") -> Any:
+def typed(engine_cfg: Any, where: str = "engine", cls: type | None = None) -> Any:
     """The engine config checked against its class's Settings: a key the engine does not know,
     or a value of the wrong type, fails naming it."""
-    settings = getattr(engine_class(engine_cfg, where), "Settings", EngineConfig)
+    settings = getattr(cls or engine_class(engine_cfg, where), "Settings", EngineConfig)
     try:
         # resolved first: its interpolations (${serve.port}, ${..model.name}) need the root
         values = OmegaConf.to_container(engine_cfg, resolve=True)
@@ -113,7 +113,8 @@ def check_engines(cfg: Any) -> None:
 
 
 def build_engine(engine_cfg: Any, model_cfg: Any) -> Engine:
-    return engine_class(engine_cfg)(typed(engine_cfg), model_cfg)
+    cls = engine_class(engine_cfg)
+    return cls(typed(engine_cfg, cls=cls), model_cfg)
 
 
 def build_role_engine(role: Any, job_engine: Engine | None = None) -> Engine:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from citrus.config import EngineConfig
+from citrus.engines import Conversation, OnBatch
 from citrus.errors import EngineError
 from citrus.models import load_model, load_tokenizer
 
@@ -31,7 +32,7 @@ class HFEngine:
         )
         self.stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
-    def render(self, conversation: list[dict[str, str]]) -> str:
+    def render(self, conversation: Conversation) -> str:
         return self.tokenizer.apply_chat_template(
             conversation, tokenize=False, add_generation_prompt=True
         )
@@ -39,8 +40,8 @@ class HFEngine:
     @torch.inference_mode()
     def generate(
         self,
-        conversations: list[list[dict[str, str]]],
-        on_batch: Callable[[list[int], list[str]], None] | None = None,
+        conversations: list[Conversation],
+        on_batch: OnBatch | None = None,
         seeds: list[int] | None = None,
     ) -> list[str]:
         """Replies in input order. Prompts are batched by length to waste little on padding;
@@ -94,7 +95,7 @@ class HFEngine:
         self.stats["completion_tokens"] += int((~torch.isin(new_tokens, stops)).sum())
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
-    def stream(self, conversation: list[dict[str, str]]) -> Iterator[str]:
+    def stream(self, conversation: Conversation) -> Iterator[str]:
         """One reply, piece by piece as it is generated (for `citrus chat`)."""
         from transformers import TextIteratorStreamer
 
@@ -126,7 +127,7 @@ class HFEngine:
         self,
         contexts: list[str],
         choices: list[list[str]],
-        on_batch: Callable[[list[int], list[list[float]]], None] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> list[list[float]]:
         """log p(choice | context), summed over the choice's tokens, for every choice of every
         context: multiple-choice scoring as in lm-evaluation-harness (Gao et al. 2021), where

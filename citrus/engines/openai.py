@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 import openai
 
 from citrus.config import EngineConfig
+from citrus.engines import Conversation, OnBatch
 from citrus.errors import ConfigError, EngineError
 
 RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
@@ -103,9 +104,7 @@ class OpenAIEngine:
             ("requests", "retries", "cached", "prompt_tokens", "completion_tokens", "truncated"), 0
         )
 
-    def request_body(
-        self, conversation: list[dict[str, str]], seed: int | None = None
-    ) -> dict[str, Any]:
+    def request_body(self, conversation: Conversation, seed: int | None = None) -> dict[str, Any]:
         new_name = getattr(self.cfg, "max_completion_tokens", False)  # OpenAI's reasoning models
         limit = "max_completion_tokens" if new_name else "max_tokens"
         body = {
@@ -122,14 +121,14 @@ class OpenAIEngine:
 
     def generate(
         self,
-        conversations: list[list[dict[str, str]]],
-        on_batch: Callable[[list[int], list[str]], None] | None = None,
+        conversations: list[Conversation],
+        on_batch: OnBatch | None = None,
         seeds: list[int] | None = None,
     ) -> list[str]:
         """Replies in input order; `on_batch([i], [reply])` fires as each one arrives."""
         return asyncio.run(self._generate_all(conversations, on_batch, seeds))
 
-    def stream(self, conversation: list[dict[str, str]]) -> Iterator[str]:
+    def stream(self, conversation: Conversation) -> Iterator[str]:
         """One reply as server-sent events arrive (for `citrus chat`; interactive, so no retries
         and no cache)."""
         body = {**self.request_body(conversation), "stream": True}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from omegaconf import MISSING
 
 from citrus.config import EngineConfig
 from citrus.data.schema import whole_records
+from citrus.engines import Conversation, OnBatch
 from citrus.errors import EngineError, MissingFileError
 
 
@@ -30,7 +30,7 @@ class ReplaySettings(EngineConfig):
     path: str = MISSING  # a predictions.jsonl, or the run directory that holds one
 
 
-def prompt_key(conversation: list[dict[str, str]]) -> str:
+def prompt_key(conversation: Conversation) -> str:
     return json.dumps(conversation, sort_keys=True, ensure_ascii=False)
 
 
@@ -52,8 +52,8 @@ class ReplayEngine:
 
     def generate(
         self,
-        conversations: list[list[dict[str, str]]],
-        on_batch: Callable[[list[int], list[str]], None] | None = None,
+        conversations: list[Conversation],
+        on_batch: OnBatch | None = None,
         seeds: list[int] | None = None,
     ) -> list[str]:
         asked: dict[str, int] = defaultdict(int)  # the k-th ask of a prompt gets its k-th sample

@@ -6,11 +6,11 @@ vLLM spawns worker processes: entry points must sit behind `if __name__ == "__ma
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from citrus.config import EngineConfig
+from citrus.engines import Conversation, OnBatch
 from citrus.errors import EngineError
 from citrus.models import resolve_path
 
@@ -45,8 +45,8 @@ class VLLMEngine:
 
     def generate(
         self,
-        conversations: list[list[dict[str, str]]],
-        on_batch: Callable[[list[int], list[str]], None] | None = None,
+        conversations: list[Conversation],
+        on_batch: OnBatch | None = None,
         seeds: list[int] | None = None,
     ) -> list[str]:
         from vllm import SamplingParams
