@@ -21,12 +21,13 @@ from omegaconf import OmegaConf
 from citrus.data import quickstart
 from citrus.models import load_model, load_tokenizer
 from citrus.train.data import IGNORE, PairCollator, tokenize_pair
-from citrus.train.objectives import OBJECTIVES
+from citrus.train.objectives import OBJECTIVES, forward
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 N = 4
 TOL = 1e-9
 DPO_RTOL = 1e-4
+CHUNK = 37  # tokens per chunk of the output head: several per batch, one cut mid-row
 CPO_LOSSES = {"sigmoid": "cpo", "hinge": "cpo_hinge", "ipo": "cpo_ipo", "simpo": "simpo"}
 DPO_LOSSES = {"sigmoid": "dpo", "hinge": "dpo_hinge", "ipo": "ipo", "apo_zero": "apo_zero"}
 
@@ -80,13 +81,11 @@ def pad_pairs(chosen_ids, chosen_labels, rejected_ids, rejected_labels, pad_id):
 def ours(algorithm: str, overrides: dict, policy, batch, reference=None):
     algo = OmegaConf.merge(compose_config("train", [f"algorithm={algorithm}"]).algorithm, overrides)
     batch = {**batch, "attention_mask": batch["attention_mask"].long()}
-    ref = (
-        (lambda b: reference(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits)
-        if reference
-        else None
-    )
+    ref = (lambda b: forward(reference, b)) if reference else None
     objective = OBJECTIVES[algo.loss]
-    loss, metrics = objective(policy, batch, objective.counts([batch]), algo, ref)
+    # several chunks of the output head, so TRL's full-vocabulary log-softmax checks them too
+    scorer = lambda b: forward(policy, b, chunk_size=CHUNK)  # noqa: E731
+    loss, metrics = objective(scorer, batch, objective.counts([batch]), algo, ref)
     return float(loss), metrics
 
 
@@ -205,23 +204,29 @@ def test_dpo_matches_trl(setup, loss_type):
         assert metrics[key] == pytest.approx(logged[key][-1], abs=1e-6, rel=DPO_RTOL), key
 
 
-def test_pairs_tokenize_as_trl_does(setup):
+@pytest.mark.parametrize("cut", [0, 24], ids=["whole", "replies_cut"])
+def test_pairs_tokenize_as_trl_does(setup, cut):
+    """The same ids and labels as TRL's CPOTrainer, also when a pair is over max_length and its
+    replies are cut at their end to fit (data.truncation with no max_prompt_length)."""
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     cfg, tokenizer, records, rows, out = setup
     policy, _ = models(cfg)
+    whole = [tokenize_pair(r, tokenizer, 1024) for r in records]
+    prompt = max(e["chosen"]["labels"].count(IGNORE) for e in whole)
+    max_length = prompt + cut if cut else 1024
     args = CPOConfig(
         output_dir=str(out),
         per_device_train_batch_size=N,
         report_to=[],
         use_cpu=True,
-        max_length=1024,
+        max_length=max_length,
     )
     trainer = CPOTrainer(model=policy, args=args, train_dataset=rows, processing_class=tokenizer)
     _, theirs = cpo_batch(trainer)
-    mine = PairCollator(tokenizer.pad_token_id)(
-        [tokenize_pair(r, tokenizer, 1024) for r in records]
-    )
+    pairs = [tokenize_pair(r, tokenizer, max_length, "left") for r in records]
+    assert sum("truncated" in p for p in pairs) == (N if cut else 0)
+    mine = PairCollator(tokenizer.pad_token_id)(pairs)
     width = min(theirs["input_ids"].shape[1], mine["input_ids"].shape[1])
     real = mine["attention_mask"].bool()
     assert torch.equal(

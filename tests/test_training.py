@@ -147,7 +147,8 @@ def test_packed_rows_score_like_separate_examples():
         packed, n_packed = token_nll_sum(forward(model, batch), batch["labels"])
         alone = [
             token_nll_sum(
-                model(input_ids=torch.tensor([e["input_ids"]])).logits, torch.tensor([e["labels"]])
+                forward(model, {"input_ids": torch.tensor([e["input_ids"]])}),
+                torch.tensor([e["labels"]]),
             )
             for e in examples
         ]

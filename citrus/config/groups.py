@@ -44,6 +44,8 @@ class ModelConfig:
     chat_template: str | None = None
     tensor_parallel_size: int = 1  # GPUs one copy is served on (vLLM engine, `citrus serve`)
     trust_remote_code: bool = False
+    # attention kernel: sdpa | eager | flash_attention_2 (installed) | any transformers name
+    attn_implementation: str = "sdpa"
     build: BuildConfig | None = None  # set: build from config into `path` when absent
 
 
@@ -73,6 +75,13 @@ class DataConfig:
     hub: HubDataConfig | None = None  # set: released data; data.path then names a local copy
     quickstart: QuickstartConfig | None = None  # set: generate the quickstart train split
     prompt: str = "citrus_expert"  # prompt that wraps questions turned into training records
+    # a record longer than max_length: error (stop the run), left (drop its start: the original
+    # Citrus SFT cut) or right (drop its end); every cut is counted in the run's metrics
+    truncation: str = "error"
+    max_length: int | None = None  # tokens of a record (prompt + reply); null: model.max_length
+    # preference pairs over max_length: the prompt is first cut to this many tokens (on the
+    # truncation side), then the replies to what is left (TRL's CPO/DPO rule); null: prompt kept
+    max_prompt_length: int | None = None
 
 
 @dataclass
@@ -169,7 +178,9 @@ class TrainerConfig:
     strategy: str = "auto"  # auto (one device) | ddp | fsdp2
     devices: int = 1
     num_nodes: int = 1
-    precision: str = "32-true"  # Fabric precision: 32-true | bf16-mixed | bf16-true
+    # 32-true | bf16-mixed (float32 master weights, bf16 compute) | bf16-true (all bf16, opt-in);
+    # the table in citrus/train/strategy.py
+    precision: str = "32-true"
     micro_batch_size: int = 8
     grad_accum_steps: int = 1
     global_batch_size: int | None = None  # set: checked to equal micro x accum x devices x nodes
@@ -187,6 +198,9 @@ class TrainerConfig:
     resume: str | None = None  # auto: this run dir's newest checkpoint | a checkpoint dir | null
     packing: bool = False  # sft: pack examples into rows of model.max_length, no cross-attention
     gradient_checkpointing: bool = False
+    # tokens per chunk of the output head's log-softmax (recomputed in backward), so a 128k
+    # vocabulary never holds (tokens x vocab) float32 logits at once; 0: the whole sequence
+    loss_chunk_size: int = 1024
 
 
 @dataclass

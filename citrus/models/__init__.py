@@ -74,5 +74,8 @@ def load_model(model_cfg: Any, dtype: str | None = None):
     if name not in DTYPES:
         raise ConfigError(f"model.dtype: unknown {name!r}; one of {sorted(DTYPES)}")
     return AutoModelForCausalLM.from_pretrained(
-        resolve_path(model_cfg), dtype=DTYPES[name], trust_remote_code=model_cfg.trust_remote_code
+        resolve_path(model_cfg),
+        dtype=DTYPES[name],
+        trust_remote_code=model_cfg.trust_remote_code,
+        attn_implementation=model_cfg.attn_implementation,
     )

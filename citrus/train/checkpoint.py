@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from citrus.data.schema import whole_records, write_jsonl_atomic
-from citrus.errors import MissingFileError
+from citrus.errors import ConfigError, MissingFileError
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -31,16 +31,28 @@ STATE = "state.ckpt"
 
 
 def rng_state() -> dict[str, Any]:
+    """This process's random state: CPU, and its own GPU's."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def rng_states(fabric: Any) -> list[dict[str, Any]]:
+    """Every process's random state, by global rank (dropout draws differ per process, so a
+    resumed run needs each one's own)."""
+    if fabric.world_size == 1:
+        return [rng_state()]
+    states: list[Any] = [None] * fabric.world_size
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_rng(states: list[dict[str, Any]], rank: int) -> None:
+    state = states[rank]
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def completed(root: Path) -> list[Path]:
@@ -121,7 +133,12 @@ def resume_training(training: Any, out_dir: Path) -> None:
     checkpoint = find_checkpoint(training.cfg.trainer.resume, out_dir)
     if checkpoint:
         fabric.load(checkpoint / "state.ckpt", state, strict=training.saved_only is None)
-        restore_rng(state["rng"])
+        if len(state["rng"]) != fabric.world_size:
+            raise ConfigError(
+                f"{checkpoint} was saved by {len(state['rng'])} process(es), this run has "
+                f"{fabric.world_size}: resume with the same trainer.devices x trainer.num_nodes"
+            )
+        restore_rng(state["rng"], fabric.global_rank)
         training.scheduler.load_state_dict(state["scheduler"])
         log.info("resumed from %s at step %d", checkpoint, state["step"])
     if fabric.is_global_zero:
@@ -131,7 +148,9 @@ def resume_training(training: Any, out_dir: Path) -> None:
 def save_training(training: Any, step: int, out_dir: Path, run: Any) -> None:
     """A checkpoint of the run's Training state (citrus.train.trainer) at `step`."""
     t = training.cfg.trainer
-    training.state.update(step=step, rng=rng_state(), scheduler=training.scheduler.state_dict())
+    training.state.update(
+        step=step, rng=rng_states(training.fabric), scheduler=training.scheduler.state_dict()
+    )
     save_checkpoint(
         training.fabric, out_dir / "checkpoints", step, training.state, training.cfg,
         training.tokenizer, getattr(run.record, "path", None), t.keep_checkpoints,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from citrus.errors import ConfigError
+from citrus.train.data import TRUNCATION
 from citrus.train.objectives import OBJECTIVES
-from citrus.train.strategy import STRATEGIES
+from citrus.train.strategy import PARAM_DTYPES, STRATEGIES
 
 
 def check_config(cfg: Any) -> None:
@@ -27,6 +28,10 @@ def check_config(cfg: Any) -> None:
         raise ConfigError(
             f"algorithm.reference is set, but loss {a.loss!r} uses no reference model"
         )
+    if t.precision not in PARAM_DTYPES:
+        raise ConfigError(f"trainer.precision={t.precision!r}: one of {list(PARAM_DTYPES)}")
+    if cfg.data.truncation not in TRUNCATION:
+        raise ConfigError(f"data.truncation={cfg.data.truncation!r}: one of {list(TRUNCATION)}")
     if t.strategy not in STRATEGIES:
         raise ConfigError(f"trainer.strategy={t.strategy!r}: one of {list(STRATEGIES)}")
     if cfg.adapter.name not in ("none", "lora"):

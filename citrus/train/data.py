@@ -16,14 +16,12 @@ IGNORE = -100  # label value cross-entropy skips
 log = logging.getLogger(__name__)
 
 
-def tokenize_sft(
-    record: dict[str, Any], tokenizer, max_length: int, completion_only: bool = True
-) -> dict:
-    """Token ids of the whole conversation; labels copy them on the final assistant reply
-    (its end-of-turn token included, so the model learns to stop) and are IGNORE elsewhere.
+TRUNCATION = ("error", "left", "right")
 
-    Labels come from the prompt length, never from pad ids: with pad == eos, masking pads
-    would also mask the stop token and the model would never learn to end its answer."""
+
+def render(record: dict[str, Any], tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt (every turn before the final reply, with the generation prompt)
+    and of that reply, its end-of-turn token included."""
     messages = record["messages"]
     prompt = tokenizer.apply_chat_template(
         messages[:-1], tokenize=False, add_generation_prompt=True
@@ -37,18 +35,49 @@ def tokenize_sft(
         )
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     reply_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-    input_ids = prompt_ids + reply_ids
-    if len(input_ids) > max_length:
-        raise DataError(
-            f"record {rid!r}: {len(input_ids)} tokens exceed model.max_length={max_length} "
-            "(raise model.max_length or shorten the record)"
-        )
-    labels = ([IGNORE] * len(prompt_ids) if completion_only else list(prompt_ids)) + reply_ids
     if tokenizer.eos_token_id not in reply_ids:
         raise DataError(
             f"record {rid!r}: the rendered reply has no end-of-turn token {tokenizer.eos_token!r}"
         )
-    return {"input_ids": input_ids, "labels": labels}
+    return prompt_ids, reply_ids
+
+
+def _too_long(rid: str, n: int, max_length: int) -> DataError:
+    return DataError(
+        f"record {rid!r}: {n} tokens exceed the limit of {max_length} (model.max_length, or "
+        "data.max_length): raise it, shorten the record, or set data.truncation=left|right"
+    )
+
+
+def tokenize_sft(
+    record: dict[str, Any],
+    tokenizer,
+    max_length: int,
+    completion_only: bool = True,
+    truncation: str = "error",
+) -> dict:
+    """Token ids of the whole conversation; labels copy them on the final assistant reply
+    (its end-of-turn token included, so the model learns to stop) and are IGNORE elsewhere.
+    Longer than max_length: an error, or cut on the `truncation` side (left keeps the end, as the
+    original Citrus SFT script does); a cut example carries `truncated: True`.
+
+    Labels come from the prompt length, never from pad ids: with pad == eos, masking pads
+    would also mask the stop token and the model would never learn to end its answer."""
+    rid = record.get("id", "?")
+    prompt_ids, reply_ids = render(record, tokenizer)
+    input_ids = prompt_ids + reply_ids
+    labels = ([IGNORE] * len(prompt_ids) if completion_only else list(prompt_ids)) + reply_ids
+    if len(input_ids) <= max_length:
+        return {"input_ids": input_ids, "labels": labels}
+    if truncation == "error":
+        raise _too_long(rid, len(input_ids), max_length)
+    keep = slice(-max_length, None) if truncation == "left" else slice(0, max_length)
+    if all(t == IGNORE for t in labels[keep]):
+        raise DataError(
+            f"record {rid!r}: nothing of the reply is left after data.truncation={truncation} "
+            f"to {max_length} tokens"
+        )
+    return {"input_ids": input_ids[keep], "labels": labels[keep], "truncated": True}
 
 
 class Collator:
@@ -75,21 +104,43 @@ class Collator:
         }
 
 
-def tokenize_pair(record: dict[str, Any], tokenizer, max_length: int) -> dict[str, dict]:
+def tokenize_pair(
+    record: dict[str, Any],
+    tokenizer,
+    max_length: int,
+    truncation: str = "error",
+    max_prompt_length: int | None = None,
+) -> dict[str, dict]:
     """A preference record (prompt messages, chosen and rejected replies) as two SFT examples
-    that share the prompt; labels cover each reply."""
-    prompt = record["messages"]
-    return {
-        side: tokenize_sft(
-            {
-                "id": record.get("id", "?"),
-                "messages": [*prompt, {"role": "assistant", "content": record[side]}],
-            },
-            tokenizer,
-            max_length,
-        )
+    that share the prompt; labels cover each reply. A pair longer than max_length is an error,
+    or (TRL's CPO/DPO rule) has its prompt cut to max_prompt_length on the `truncation` side
+    (left keeps its end), then both replies cut at their end to fit."""
+    rid = record.get("id", "?")
+    rendered = {
+        side: render({"id": rid, "messages": [*record["messages"],
+                      {"role": "assistant", "content": record[side]}]}, tokenizer)
         for side in ("chosen", "rejected")
-    }
+    }  # fmt: skip
+    prompt = rendered["chosen"][0]
+    longest = len(prompt) + max(len(reply) for _, reply in rendered.values())
+    cut = longest > max_length
+    if cut and truncation == "error":
+        raise _too_long(rid, longest, max_length)
+    if cut and max_prompt_length is not None and len(prompt) > max_prompt_length:
+        prompt = prompt[-max_prompt_length:] if truncation == "left" else prompt[:max_prompt_length]
+    room = max_length - len(prompt)
+    if room < 1:
+        raise DataError(
+            f"record {rid!r}: its prompt of {len(prompt)} tokens leaves no room for a reply in "
+            f"{max_length} (set data.max_prompt_length below it)"
+        )
+    pair = {}
+    for side, (_, reply) in rendered.items():
+        reply = reply[:room]
+        pair[side] = {"input_ids": prompt + reply, "labels": [IGNORE] * len(prompt) + reply}
+    if cut:
+        pair["truncated"] = True
+    return pair
 
 
 class PairCollator:
@@ -157,24 +208,40 @@ class PackedCollator:
         }
 
 
-def build_dataset(cfg: Any, tokenizer: Any, run: Any) -> tuple[list[dict], Callable]:
-    """Tokenized examples (packed rows with trainer.packing) and the collator that batches them."""
+def build_dataset(cfg: Any, tokenizer: Any, run: Any) -> tuple[list[dict], Callable, int]:
+    """Tokenized examples (packed rows with trainer.packing), the collator that batches them,
+    and how many records data.truncation cut."""
     path = training_file(cfg.data, cfg.paths.data_dir)
     run.record.add_input(path, f"data/{cfg.data.name}")
     records = load_records(path, cfg.data.format)
-    max_length = cfg.model.max_length
-    if cfg.data.format == "preference":
-        pairs = [tokenize_pair(r, tokenizer, max_length) for r in records]
-        return pairs, PairCollator(tokenizer.pad_token_id)
-    completion_only = cfg.algorithm.completion_only_loss
-    examples = [tokenize_sft(r, tokenizer, max_length, completion_only) for r in records]
+    data = cfg.data
+    max_length = data.max_length or cfg.model.max_length
+    if data.format == "preference":
+        examples = [
+            tokenize_pair(r, tokenizer, max_length, data.truncation, data.max_prompt_length)
+            for r in records
+        ]
+        collate: Callable = PairCollator(tokenizer.pad_token_id)
+    else:
+        completion_only = cfg.algorithm.completion_only_loss
+        examples = [
+            tokenize_sft(r, tokenizer, max_length, completion_only, data.truncation)
+            for r in records
+        ]
+        collate = Collator(tokenizer.pad_token_id)
+    truncated = sum(1 for e in examples if e.get("truncated"))
+    if truncated:
+        log.warning(
+            "data.truncation=%s cut %d of %d records of %s to %d tokens",
+            data.truncation, truncated, len(examples), path, max_length,
+        )  # fmt: skip
     if cfg.trainer.packing:
         rows = pack(examples, max_length)
         log.info(
             "packed %d examples into %d rows of <= %d tokens", len(examples), len(rows), max_length
         )
-        return rows, PackedCollator(tokenizer.pad_token_id)
-    return examples, Collator(tokenizer.pad_token_id)
+        return rows, PackedCollator(tokenizer.pad_token_id), truncated
+    return examples, collate, truncated
 
 
 def micro_batches(

@@ -1,6 +1,7 @@
 """Losses as pure functions of log-probabilities.
 
-`token_nll_sum` and `sequence_logps` turn logits into what the losses take. The preference
+`token_nll_sum` and `sequence_logps` turn per-token log-probs (`next_token_logps`, or the
+chunked head) into what the losses take. The preference
 losses share one signature, `(chosen, rejected, algo) -> loss per pair`: `chosen` and
 `rejected` are per-pair log-probabilities of the two replies (summed or averaged over their
 tokens, and minus a reference model's for the losses that have one, as citrus.train.objectives
@@ -17,31 +18,29 @@ import torch.nn.functional as F
 from citrus.train.data import IGNORE
 
 
-def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def next_token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(x_{t+1} | x_<=t) at each position from full (rows, T, vocab) logits: (rows, T - 1).
+    What the chunked head (citrus.train.head) computes without materializing the logits."""
+    logps = torch.log_softmax(upcast(logits[:, :-1, :]), dim=-1)
+    return logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def token_nll_sum(logps: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token negative log-likelihood and the number of target tokens.
 
-    Causal LM cross-entropy: sum_t -log p(y_t | y_<t) over labelled positions. Returning the sum
-    lets gradient accumulation divide by the tokens of the whole accumulated batch, so the loss
-    does not depend on how the batch was split into micro-batches."""
-    shift_logits = upcast(logits[:, :-1, :])
-    shift_labels = labels[:, 1:]
-    nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE,
-        reduction="sum",
-    )
-    return nll, (shift_labels != IGNORE).sum()
+    Causal LM cross-entropy: sum_t -log p(y_t | y_<t) over labelled positions (labels copy the
+    input ids there; `logps` are next_token_logps). Returning the sum lets gradient
+    accumulation divide by the tokens of the whole accumulated batch, so the loss does not
+    depend on how the batch was split into micro-batches."""
+    mask = labels[:, 1:] != IGNORE
+    return -logps.masked_fill(~mask, 0).sum(), mask.sum()
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(logps: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sequence: log p(completion | prompt) = sum_t log p(y_t | y_<t) over labelled
     positions, and the number of those positions (divide for the length-normalized average)."""
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE
-    logps = torch.log_softmax(upcast(logits[:, :-1, :]), dim=-1)
-    token_logps = logps.gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
+    mask = labels[:, 1:] != IGNORE
+    return logps.masked_fill(~mask, 0).sum(-1), mask.sum(-1)
 
 
 def upcast(t: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,11 @@ import torch
 
 from citrus.train import losses
 from citrus.train.data import IGNORE
+from citrus.train.head import next_token_logps
 
-Reference = Callable[[dict], torch.Tensor]  # batch -> the frozen reference model's logits
+# batch -> (rows, T - 1) log-probs of each next token, under a model: the policy, or the frozen
+# reference of the losses that have one
+Scorer = Callable[[dict], torch.Tensor]
 Reduction = Literal["sum", "mean"]  # a reply's log-prob: summed over its tokens, or per token
 
 
@@ -36,21 +39,24 @@ class Objective(Protocol):
 
     def __call__(
         self,
-        model: Any,
+        policy: Scorer,
         batch: dict,
         counts: dict[str, int],
         algo: Any,
-        reference: Reference | None,
+        reference: Scorer | None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """This micro-batch's share of the step's loss, and its share of the logged metrics."""
         ...
 
 
-def forward(model: Any, batch: dict) -> torch.Tensor:
+def forward(model: Any, batch: dict, chunk_size: int = 0) -> torch.Tensor:
+    """(rows, T - 1) log-probs of each next token under `model`, through the chunked head
+    (citrus.train.head; chunk_size 0: one chunk)."""
     # use_cache=False matters beyond memory: with a cache, transformers ignores the restarted
     # position ids of packed rows and lets examples attend to each other
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    return model(**inputs, use_cache=False).logits
+    with next_token_logps(model, batch["input_ids"], chunk_size):
+        return model(**inputs, use_cache=False).logits[:, :-1]
 
 
 def _targets(labels: torch.Tensor) -> int:
@@ -65,8 +71,8 @@ class SFT:
     def counts(self, window: list[dict]) -> dict[str, int]:
         return {"tokens": sum(_targets(b["labels"]) for b in window)}
 
-    def __call__(self, model, batch, counts, algo, reference):
-        nll, _ = losses.token_nll_sum(forward(model, batch), batch["labels"])
+    def __call__(self, policy, batch, counts, algo, reference):
+        nll, _ = losses.token_nll_sum(policy(batch), batch["labels"])
         return nll / counts["tokens"], {"loss": float(nll.detach()) / counts["tokens"]}
 
 
@@ -116,10 +122,10 @@ class Preference:
             "chosen_sequence_tokens": sum(sequence),  # orpo's NLL covers the prompt too
         }
 
-    def __call__(self, model, batch, counts, algo, reference):
+    def __call__(self, policy, batch, counts, algo, reference):
         n = batch["input_ids"].shape[0] // 2
-        logits = forward(model, batch)
-        sums, lengths = losses.sequence_logps(logits, batch["labels"])
+        logps = policy(batch)
+        sums, lengths = losses.sequence_logps(logps, batch["labels"])
         ref_sums = None
         if self.loss.reference:
             with torch.no_grad():
@@ -131,7 +137,7 @@ class Preference:
 
         fed = scored(self.loss.logps)
         loss = self.loss.fn(fed[:n], fed[n:], algo).sum() / counts["pairs"]
-        nll, nll_tokens = self.chosen_nll(logits, batch, sums, n, counts)
+        nll, nll_tokens = self.chosen_nll(logps, batch, sums, n, counts)
         if self.loss.nll == "reply":
             loss = loss + algo.cpo_alpha * nll / nll_tokens
         elif self.loss.nll == "sequence":
@@ -150,13 +156,13 @@ class Preference:
             "logps/rejected": float(sums[n:].detach().mean()) * share,
         }
 
-    def chosen_nll(self, logits, batch, sums, n, counts) -> tuple[torch.Tensor, int]:
+    def chosen_nll(self, logps, batch, sums, n, counts) -> tuple[torch.Tensor, int]:
         """Summed NLL of the chosen rows and its denominator over the step: the reply's tokens,
         or (ORPO, as its reference code and TRL) the whole sequence's."""
         if self.loss.nll != "sequence":
             return -sums[:n].sum(), counts["chosen_tokens"]
         whole = batch["input_ids"][:n].masked_fill(batch["attention_mask"][:n] == 0, IGNORE)
-        return losses.token_nll_sum(logits[:n], whole)[0], counts["chosen_sequence_tokens"]
+        return losses.token_nll_sum(logps[:n], whole)[0], counts["chosen_sequence_tokens"]
 
 
 OBJECTIVES: dict[str, Objective] = {

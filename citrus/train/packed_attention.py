@@ -1,10 +1,13 @@
 """Attention for packed rows without a (rows x T x T) mask: each example of a row attends
-causally to itself only, found from where its position ids restart - the varlen idea of
-FlashAttention-2, in plain PyTorch so it runs on CPU too. Cost is sum(L_i^2) per row instead of
-T^2, and every call uses the fast causal kernel.
+causally to itself only, found from where its position ids restart. Cost is sum(L_i^2) per row
+instead of T^2.
 
 Registered with transformers as attention implementation `citrus_packed`; the trainer switches a
-model to it only for packed batches, and back to `sdpa` before export."""
+model to it for packed batches (unless it runs flash_attention_2, which reads packed position ids
+itself), and back before export. On CUDA it calls PyTorch's varlen FlashAttention kernel over
+the whole batch at once; elsewhere (CPU) one causal SDPA call per example. The example bounds are
+computed once per forward pass, not once per layer.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,12 @@ from transformers import AttentionInterface
 NAME = "citrus_packed"
 
 
+def for_packing(attention: str) -> str:
+    """The attention to train packed rows with: flash attention's own varlen path when the model
+    runs it, citrus_packed otherwise."""
+    return attention if attention.startswith("flash_attention") else NAME
+
+
 def segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     """Per row, the (start, end) of each example: a new one starts wherever positions restart."""
     bounds = []
@@ -22,6 +31,34 @@ def segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
         starts = [i for i, p in enumerate(row) if i == 0 or p <= row[i - 1]]
         bounds.append(list(zip(starts, [*starts[1:], len(row)])))
     return bounds
+
+
+def cumulative_lengths(position_ids: torch.Tensor) -> torch.Tensor:
+    """Start offsets of every example in the flattened batch, then its total length (int32, on
+    the ids' device): FlashAttention's cu_seqlens. Rows are examples' boundaries too."""
+    rows, width = position_ids.shape
+    restart = torch.ones_like(position_ids, dtype=torch.bool)
+    restart[:, 1:] = position_ids[:, 1:] <= position_ids[:, :-1]
+    starts = restart.reshape(-1).nonzero().squeeze(-1)
+    end = torch.tensor([rows * width], device=starts.device)
+    return torch.cat([starts, end]).to(torch.int32)
+
+
+class _Bounds:
+    """One forward pass computes example bounds once: every layer gets the same position_ids
+    tensor, so the last one seen is remembered (a GPU -> CPU sync per forward, not per layer)."""
+
+    def __init__(self) -> None:
+        self.key: torch.Tensor | None = None
+        self.value = None
+
+    def __call__(self, position_ids: torch.Tensor, compute):
+        if self.key is not position_ids:
+            self.key, self.value = position_ids, compute(position_ids)
+        return self.value
+
+
+_segments, _cumulative = _Bounds(), _Bounds()
 
 
 def packed_attention(
@@ -40,8 +77,11 @@ def packed_attention(
         raise ValueError(
             f"attention {NAME!r} needs position_ids that restart at each packed example"
         )
+    gqa = query.shape[1] != key.shape[1]
+    if query.is_cuda:
+        return _varlen(query, key, value, position_ids, scaling, gqa), None
     rows = []
-    for b, spans in enumerate(segments(position_ids)):
+    for b, spans in enumerate(_segments(position_ids, segments)):
         parts = [
             F.scaled_dot_product_attention(
                 query[b : b + 1, :, s:e],
@@ -50,12 +90,29 @@ def packed_attention(
                 is_causal=True,
                 scale=scaling,
                 dropout_p=dropout if module.training else 0.0,
-                enable_gqa=query.shape[1] != key.shape[1],
+                enable_gqa=gqa,
             )
             for s, e in spans
         ]
         rows.append(torch.cat(parts, dim=2))
     return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def _varlen(query, key, value, position_ids, scaling, gqa) -> torch.Tensor:
+    """All examples of the batch in one varlen FlashAttention call (CUDA; no dropout)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    rows, heads, width, dim = query.shape
+    cu = _cumulative(position_ids, cumulative_lengths)
+
+    def flat(t: torch.Tensor) -> torch.Tensor:  # (B, H, T, D) -> (B*T, H, D)
+        return t.transpose(1, 2).reshape(rows * width, t.shape[1], dim)
+
+    out = varlen_attn(
+        flat(query), flat(key), flat(value), cu, cu, width, width,
+        scale=scaling, window_size=(-1, 0), enable_gqa=gqa,
+    )  # fmt: skip
+    return out.reshape(rows, width, heads, dim)
 
 
 AttentionInterface.register(NAME, packed_attention)

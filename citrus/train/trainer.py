@@ -17,6 +17,7 @@ run directory ends up with:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -33,13 +34,13 @@ from citrus.jobs import JobResult
 from citrus.models import load_tokenizer
 from citrus.tracking import progress_bar
 from citrus.train import packed_attention
-from citrus.train.checkpoint import resume_training, rng_state, save_training
+from citrus.train.checkpoint import resume_training, rng_states, save_training
 from citrus.train.checks import check_config
 from citrus.train.data import build_dataset, micro_batches, total_steps
 from citrus.train.export import export, gather_full_state, unwrapped
 from citrus.train.launch import start_workers
 from citrus.train.modules import build_policy, build_reference, configure_optimizer
-from citrus.train.objectives import OBJECTIVES, Objective
+from citrus.train.objectives import OBJECTIVES, Objective, forward
 from citrus.train.schedule import warmup_cosine
 from citrus.train.strategy import all_sum, build_strategy
 
@@ -62,6 +63,7 @@ class Training:
     steps: int
     objective: Objective  # OBJECTIVES[algorithm.loss]
     attention: str  # the backbone's attention, restored for the export after packing
+    truncated: int = 0  # records data.truncation cut
     reference: Any = None
     # what a checkpoint holds: plain values besides model and optimizer, because FSDP2's
     # distributed checkpoint loads other stateful objects back as dicts
@@ -102,14 +104,14 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
     fabric.launch()
     fabric.seed_everything(cfg.seed, verbose=False)
     tokenizer = load_tokenizer(cfg.model)
-    dataset, collate = build_dataset(cfg, tokenizer, run)
+    dataset, collate, truncated = build_dataset(cfg, tokenizer, run)
     steps = total_steps(t, len(dataset), fabric.world_size)
     warmup = int(t.warmup_ratio * steps)
 
     base, model = build_policy(cfg)
     attention = base.config._attn_implementation
     if t.packing:  # each packed example attends to itself only, at sum(L_i^2) cost
-        base.config._attn_implementation = packed_attention.NAME
+        base.config._attn_implementation = packed_attention.for_packing(attention)
     model = fabric.setup_module(model)
     optimizer = fabric.setup_optimizers(configure_optimizer(model, t))
     schedule = lambda s: warmup_cosine(s, steps, warmup, t.min_lr_ratio)  # noqa: E731
@@ -117,12 +119,14 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
     training = Training(
         cfg=cfg, fabric=fabric, tokenizer=tokenizer, dataset=dataset, collate=collate, base=base,
         model=model, optimizer=optimizer, scheduler=scheduler, steps=steps,
-        objective=OBJECTIVES[cfg.algorithm.loss], attention=attention,
+        objective=OBJECTIVES[cfg.algorithm.loss], attention=attention, truncated=truncated,
     )  # fmt: skip
     if training.objective.needs_reference:
         training.reference = build_reference(cfg, model, fabric)
-    training.state = {"model": model, "optimizer": optimizer, "step": 0, "rng": rng_state(),
-                      "scheduler": scheduler.state_dict()}  # fmt: skip
+    # the same initial weights everywhere (above), then each process its own dropout draws
+    fabric.seed_everything(cfg.seed + fabric.global_rank, verbose=False)
+    training.state = {"model": model, "optimizer": optimizer, "step": 0,
+                      "rng": rng_states(fabric), "scheduler": scheduler.state_dict()}  # fmt: skip
     if cfg.adapter.name != "none":
         training.saved_only = {"model": lambda k, v: "lora_" in k}
     resume_training(training, out_dir)
@@ -170,13 +174,14 @@ def train_step(training: Training, batches: Any, stats: FitStats) -> dict[str, f
         for _ in range(t.grad_accum_steps)
     ]
     counts = objective.counts(window)
+    policy = functools.partial(forward, model, chunk_size=t.loss_chunk_size)
     if fabric.world_size > 1:  # divide by the counts of the whole step, over every process
         counts = {k: int(v) for k, v in all_sum(fabric, counts).items()}
     sums: dict[str, float] = {}
     for i, batch in enumerate(window):
         with fabric.no_backward_sync(model, enabled=i < len(window) - 1):
             loss, metrics = objective(
-                model, batch, counts, training.cfg.algorithm, training.reference
+                policy, batch, counts, training.cfg.algorithm, training.reference
             )
             # DDP / FSDP average gradients over processes; each loss is already a share of the sum
             fabric.backward(loss * fabric.world_size)
@@ -224,7 +229,9 @@ def finish(training: Training, out_dir: Path, prefix: str, stats: FitStats) -> J
     fabric, cfg = training.fabric, training.cfg
     model_dir = out_dir / "model"
     training.base.config._attn_implementation = training.attention  # the export loads as usual
-    full_state = gather_full_state(training.model) if cfg.trainer.strategy == "fsdp2" else None
+    full_state = None
+    if cfg.trainer.strategy == "fsdp2":
+        full_state = gather_full_state(training.model, cfg.model.dtype)
     if fabric.is_global_zero:
         export(unwrapped(training.model), training.tokenizer, cfg, model_dir, full_state)
     fabric.barrier()
@@ -236,6 +243,7 @@ def finish(training: Training, out_dir: Path, prefix: str, stats: FitStats) -> J
         f"{prefix}steps": stats.steps,
         **throughput(training, stats, prefix, stats.elapsed),  # the loop's time, not the export
         f"{prefix}seconds": stats.elapsed,
+        f"{prefix}truncated_records": training.truncated,
         **{k: v for k, v in stats.logged.items() if "/rewards/" in k or "/logps/" in k},
     }
     if fabric.is_global_zero:

@@ -1,0 +1,68 @@
+"""The output head, chunked: per-token log-probabilities of the next tokens without ever holding
+(tokens x vocab) float32 logits. A full float32 log-softmax over a 128k vocabulary for 8192
+tokens is about 4 GB per sequence; here one chunk of `chunk_size` tokens is live at a time, and
+backward recomputes each chunk's logits instead of keeping them (the chunked cross-entropy of
+litgpt and torchtune, Liger's fused linear cross-entropy without the kernel).
+
+It runs inside the model's own forward (the head's forward is swapped for one call), so DDP's
+and FSDP2's hooks see the head's weight used where they expect it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from citrus.errors import ConfigError
+
+
+def _chunk_logps(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+) -> torch.Tensor:
+    """log softmax(h W^T + b)[target] = logit[target] - logsumexp(logits), in float32 at least."""
+    logits = F.linear(hidden, weight, bias)
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def _head_forward(
+    head: torch.nn.Linear, targets: torch.Tensor, chunk_size: int, hidden: torch.Tensor
+) -> torch.Tensor:
+    """(rows, T, hidden) -> (rows, T): log p(targets[:, t]) from position t's hidden state."""
+    rows, width, _ = hidden.shape
+    flat, flat_targets = hidden.reshape(rows * width, -1), targets.reshape(-1)
+    step = chunk_size if chunk_size > 0 else flat.shape[0]
+    recompute = chunk_size > 0 and torch.is_grad_enabled()
+    parts = []
+    for s in range(0, flat.shape[0], step):
+        args = (flat[s : s + step], head.weight, head.bias, flat_targets[s : s + step])
+        parts.append(checkpoint(_chunk_logps, *args, use_reentrant=False) if recompute
+                     else _chunk_logps(*args))  # fmt: skip
+    # a copy, not a view: FSDP2 hooks the model's outputs for backward, and views defeat that
+    return torch.cat(parts).reshape(rows, width).clone()
+
+
+@contextmanager
+def next_token_logps(model: torch.nn.Module, input_ids: torch.Tensor, chunk_size: int) -> Iterator:
+    """For the forward passes inside: the model's `.logits` are (rows, T) log-probabilities of
+    each next token (the last position, which has none, scores token 0 and is dropped by the
+    caller) instead of (rows, T, vocab) logits."""
+    inner = model.module if hasattr(model, "module") else model  # inside Fabric's wrapper
+    head = inner.get_output_embeddings()
+    if getattr(inner.config, "final_logit_softcapping", None):
+        raise ConfigError(
+            f"{type(inner).__name__} soft-caps its logits after the output head "
+            "(final_logit_softcapping): not supported by citrus training"
+        )
+    targets = F.pad(input_ids[:, 1:], (0, 1))
+    head.forward = functools.partial(_head_forward, head, targets, chunk_size)
+    try:
+        yield
+    finally:
+        del head.forward

@@ -1,0 +1,134 @@
+"""Training as a 70B run needs it, on CPU: float32 master weights under bf16-mixed for a model
+stored in bf16, a frozen reference that scores like the policy (DPO under DDP and FSDP2), each
+process's own random state across a resume, the chunked output head, and truncation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_config
+from safetensors.torch import load_file
+
+from citrus.jobs import execute
+from citrus.models import load_model, load_tokenizer
+
+BASE = (
+    "experiment=quickstart",
+    "logger=none",
+    "trainer.accelerator=cpu",
+    "trainer.micro_batch_size=2",
+    "trainer.log_every=1",
+)
+
+
+def train(run_dir: Path, *overrides: str) -> dict:
+    overrides = [*BASE, *overrides]
+    return execute("train", compose_config("train", overrides), run_dir, overrides).metrics
+
+
+def log_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "model" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def bf16_model(tmp_path_factory) -> Path:
+    """The tiny Llama as a hub checkpoint of a big model is: weights stored in bfloat16."""
+    cfg = compose_config("train", ["experiment=quickstart"])
+    out = tmp_path_factory.mktemp("bf16") / "model"
+    load_model(cfg.model, "bfloat16").save_pretrained(out)
+    load_tokenizer(cfg.model).save_pretrained(out)
+    return out
+
+
+def moved(before: dict, after: dict) -> float:
+    """Share of the weight matrices' elements that differ."""
+    keys = [k for k in before if before[k].ndim == 2]
+    changed = sum(int((before[k] != after[k]).sum()) for k in keys)
+    return changed / sum(before[k].numel() for k in keys)
+
+
+@pytest.mark.parametrize("precision,least,most", [("bf16-mixed", 0.6, 1.0), ("bf16-true", 0, 0.4)])
+def test_small_updates_survive_only_with_float32_master_weights(
+    bf16_model, tmp_path, precision, least, most
+):
+    """lr 1e-5 on weights of ~0.02: bf16(w - 1e-5) == bf16(w) for most w, so pure bf16 loses
+    most updates; float32 master weights keep them and the export rounds once, at the end."""
+    stored = {"model.path": bf16_model, "model.build": "null", "model.dtype": "bfloat16"}
+    train(
+        tmp_path,
+        *(f"{k}={v}" for k, v in stored.items()),
+        f"trainer.precision={precision}",
+        "data.quickstart.n_train=16",
+        "trainer.max_steps=30",
+        "trainer.lr=1e-5",
+        "trainer.warmup_ratio=0",
+        "trainer.min_lr_ratio=1",
+    )
+    before = tensors(bf16_model.parent)
+    after = tensors(tmp_path)
+    assert all(v.dtype == torch.bfloat16 for v in after.values())  # exported in model.dtype
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"
+    share = moved(before, after)
+    print(f"{precision}: {share:.1%} of matrix elements moved")
+    assert least <= share <= most
+
+
+DPO = ("data=quickstart_pairs", "data.quickstart.n_train=8", "algorithm=dpo", "trainer.lr=1e-3")
+
+
+@pytest.mark.parametrize(
+    "strategy,precision",
+    [("auto", "32-true"), ("auto", "bf16-mixed"), ("ddp", "bf16-mixed"), ("fsdp2", "32-true"),
+     ("fsdp2", "bf16-mixed")],
+)  # fmt: skip
+def test_dpo_reference_scores_like_the_policy_at_the_first_step(tmp_path, strategy, precision):
+    """The frozen reference runs as the policy does (precision, autocast, sharding; never
+    wrapped in DDP), so every reward is exactly 0 before the first update, and not after."""
+    devices = 1 if strategy == "auto" else 2
+    train(
+        tmp_path,
+        *DPO,
+        f"trainer.strategy={strategy}",
+        f"trainer.devices={devices}",
+        f"trainer.precision={precision}",
+        "trainer.max_steps=2",
+        "trainer.micro_batch_size=1",
+    )
+    first, second = log_rows(tmp_path)
+    assert first["train/rewards/chosen"] == 0.0 and first["train/rewards/rejected"] == 0.0
+    assert first["train/loss"] == pytest.approx(0.6931471805599453, abs=1e-6)  # -log σ(0)
+    assert second["train/rewards/margins"] != 0.0
+
+
+@pytest.mark.slow
+def test_lora_dropout_under_ddp_resumes_bit_for_bit(tmp_path):
+    """Each process's dropout draws are its own; a run killed after its step-2 checkpoint and
+    resumed equals the uninterrupted one exactly (losses and exported weights)."""
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    run = (
+        "trainer=ddp",
+        "trainer.devices=2",
+        "adapter=lora",
+        "adapter.dropout=0.3",
+        "data.quickstart.n_train=16",
+        "trainer.max_steps=4",
+        "trainer.checkpoint_every=2",
+        "trainer.lr=1e-3",
+    )
+    train(whole, *run)
+    shutil.copytree(whole / "checkpoints" / "step-000002", resumed / "checkpoints" / "step-000002")
+    train(resumed, *run, "trainer.resume=auto")
+    assert [r["train/loss"] for r in log_rows(resumed)] == [
+        r["train/loss"] for r in log_rows(whole)[2:]
+    ]
+    a, b = tensors(whole), tensors(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
