@@ -109,7 +109,6 @@ def test_dpo_reference_scores_like_the_policy_at_the_first_step(tmp_path, strate
     assert second["train/rewards/margins"] != 0.0
 
 
-@pytest.mark.slow
 def test_lora_dropout_under_ddp_resumes_bit_for_bit(tmp_path):
     """Each process's dropout draws are its own; a run killed after its step-2 checkpoint and
     resumed equals the uninterrupted one exactly (losses and exported weights)."""
@@ -132,3 +131,48 @@ def test_lora_dropout_under_ddp_resumes_bit_for_bit(tmp_path):
     ]
     a, b = tensors(whole), tensors(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_process_fsdp2_load_holds_no_full_copy_per_process(tmp_path):
+    """A ~570 MB float32 model loaded by two FSDP2 processes: each reads only its shards, so
+    together they grow by about one copy; loaded whole per process, by two at least."""
+    import os
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from citrus.models import resolve_path
+
+    cfg = compose_config(
+        "train",
+        [
+            "experiment=quickstart",
+            "trainer=fsdp2",
+            f"model.path={tmp_path / 'model'}",
+            "model.build.hidden_size=1024",
+            "model.build.intermediate_size=4096",
+            "model.build.num_hidden_layers=8",
+            "model.build.num_attention_heads=16",
+            "model.build.num_key_value_heads=16",
+        ],
+    )
+    resolve_path(cfg.model)  # built once, before the processes start
+    size_mb = sum(p.stat().st_size for p in (tmp_path / "model").glob("*.safetensors")) / 2**20
+    config = tmp_path / "config.yaml"
+    config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    growth = {}
+    for how in ("sharded", "whole"):
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+             "--standalone", str(Path(__file__).parent / "fsdp2_load.py"), str(config), how],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        growth[how] = sum(r["growth_mb"] for r in rows)
+        assert len(rows) == 2
+    print(f"model {size_mb:.0f} MB; host growth of both processes: {growth}")
+    assert growth["sharded"] < 1.3 * size_mb
+    assert growth["whole"] > 2 * size_mb

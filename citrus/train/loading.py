@@ -62,15 +62,50 @@ def weight_files(directory: Path) -> dict[str, Path]:
             f"{directory}: no model.safetensors(.index.json); sharded loading reads safetensors "
             "only (convert .bin weights with save_pretrained first)"
         )
-    from safetensors import safe_open
+    return dict.fromkeys(SafetensorsFile(single).entries, single)
 
-    with safe_open(single, "pt") as f:
-        return dict.fromkeys(f.keys(), single)
+
+# the safetensors format: 8 bytes of header length, a JSON header {name: {dtype, shape,
+# data_offsets}}, then the tensors' bytes, row-major
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+class SafetensorsFile:
+    """Reads row ranges of a tensor with plain file reads: only the bytes asked for are read, and
+    none are mapped into the process (a memory map's touched pages would count as its own)."""
+
+    def __init__(self, path: Path):
+        self.file = path.open("rb")
+        size = int.from_bytes(self.file.read(8), "little")
+        self.entries = {
+            k: v for k, v in json.loads(self.file.read(size)).items() if k != "__metadata__"
+        }
+        self.data_start = 8 + size
+
+    def read(self, name: str, rows: slice) -> torch.Tensor:
+        """Rows `rows` (of the first dimension) of tensor `name`."""
+        entry = self.entries[name]
+        shape, dtype = entry["shape"], SAFETENSORS_DTYPES[entry["dtype"]]
+        if not shape:  # a scalar
+            shape, rows = [1], slice(0, 1)
+        start, stop, _ = rows.indices(shape[0])
+        out = torch.empty((stop - start, *shape[1:]), dtype=dtype)
+        row_bytes = out[0].numel() * out.element_size() if len(out) else 0
+        self.file.seek(self.data_start + entry["data_offsets"][0] + start * row_bytes)
+        self.file.readinto(memoryview(out.view(torch.uint8).numpy()).cast("B"))
+        return out.reshape(entry["shape"]) if not entry["shape"] else out
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def materialize(model: torch.nn.Module, mesh: Any) -> None:
     """Give a sharded meta model memory on this process's device and fill it from its weight
-    files: parameters and persistent buffers from disk (this rank's rows only), non-persistent
+    files: parameters and persistent buffers from disk (this rank's part only), non-persistent
     buffers (rotary frequencies) recomputed from the config."""
     device = torch.device(mesh.device_type)
     if mesh.device_type == "cuda":
@@ -84,8 +119,8 @@ def materialize(model: torch.nn.Module, mesh: Any) -> None:
 
 
 def read_shards(model: torch.nn.Module, directory: Path) -> None:
-    """Copy each tensor's local part (all of it when not sharded) from `directory`."""
-    from safetensors import safe_open
+    """Copy each tensor's local part (all of it when not sharded) from `directory`, one tensor
+    at a time."""
     from torch.distributed.tensor import DTensor
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
@@ -98,19 +133,22 @@ def read_shards(model: torch.nn.Module, directory: Path) -> None:
         raise ConfigError(
             f"{directory}: the weight files lack {missing[:5]} ({len(missing)} in all)"
         )
-    handles: dict[Path, Any] = {}
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            file = files[name]
-            if file not in handles:
-                handles[file] = safe_open(file, "pt", device="cpu")
-            if isinstance(tensor, DTensor):
+    readers = {path: SafetensorsFile(path) for path in set(files.values())}
+    try:
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                reader = readers[files[name]]
+                if not isinstance(tensor, DTensor):
+                    tensor.copy_(reader.read(name, slice(None)))
+                    continue
                 local = tensor.to_local()
                 shape, offset = compute_local_shape_and_global_offset(
                     tensor.shape, tensor.device_mesh, tensor.placements
                 )
-                rows = tuple(slice(o, o + n) for o, n in zip(offset, shape))
                 if local.numel():
-                    local.copy_(handles[file].get_slice(name)[rows])
-            else:
-                tensor.copy_(handles[file].get_tensor(name))
+                    part = reader.read(name, slice(offset[0], offset[0] + shape[0]))
+                    rest = tuple(slice(o, o + n) for o, n in zip(offset[1:], shape[1:]))
+                    local.copy_(part[(slice(None), *rest)])
+    finally:
+        for reader in readers.values():
+            reader.close()
