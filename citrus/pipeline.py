@@ -113,9 +113,18 @@ def preference_config(cfg: Any, policy: Any, pairs: Path | None) -> Any:
                 f"{pairs.parent / 'samples.jsonl'}); more synthesis.limit or "
                 "synthesis.sample.num_samples, or a stronger policy, may help"
             )
-        sampled = {"name": "sampled_pairs", "format": "preference", "path": str(pairs),
-                   "quickstart": None, "hub": None}  # fmt: skip
+        sampled = {
+            "name": "sampled_pairs",
+            "format": "preference",
+            "path": str(pairs),
+            "quickstart": None,
+            "hub": None,
+            "truncation": "error",
+            "max_length": None,
+            "max_prompt_length": None,
+        }  # fmt: skip  (not the SFT data's limits)
         pref.data = OmegaConf.merge(pref.data, sampled)
+    pref.data = OmegaConf.merge(pref.data, stage.data_params)
     pref.trainer = OmegaConf.merge(pref.trainer, stage.trainer)
     return pref
 

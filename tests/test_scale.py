@@ -176,3 +176,18 @@ def test_two_process_fsdp2_load_holds_no_full_copy_per_process(tmp_path):
     print(f"model {size_mb:.0f} MB; host growth of both processes: {growth}")
     assert growth["sharded"] < 1.3 * size_mb
     assert growth["whole"] > 2 * size_mb
+
+
+def test_the_logged_lr_is_the_one_each_step_used(tmp_path):
+    """Warmup over 2 of 4 steps, then cosine to 0.1 x lr: steps use 1/2, 1, 1 and 0.55 x lr
+    (read before the scheduler steps, not after)."""
+    train(
+        tmp_path,
+        "data.quickstart.n_train=8",
+        "trainer.max_steps=4",
+        "trainer.lr=1e-3",
+        "trainer.warmup_ratio=0.5",
+        "trainer.min_lr_ratio=0.1",
+    )
+    logged = [r["train/lr"] for r in log_rows(tmp_path)]
+    assert logged == pytest.approx([0.5e-3, 1e-3, 1e-3, 0.55e-3])

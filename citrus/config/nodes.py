@@ -62,6 +62,9 @@ class PreferenceStageConfig:
     data: str | None = None
     # algorithm.* overrides for this stage, e.g. {beta: 2.0, simpo_gamma: 1.0}
     algorithm_params: dict[str, Any] = field(default_factory=dict)
+    # data.* overrides for this stage's pairs, e.g. the original Citrus CPO cut:
+    # {truncation: left, max_length: 2048, max_prompt_length: 1800}
+    data_params: dict[str, Any] = field(default_factory=dict)
     # trainer.* overrides for this stage, e.g. {lr: 1.0e-6, warmup_ratio: 0.1}
     trainer: dict[str, Any] = field(default_factory=dict)
 
