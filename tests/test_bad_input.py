@@ -101,7 +101,7 @@ CASES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
             "model.max_length=64",
             f"data.path={jsonl(t / 'long.jsonl', chat('long', reply='word ' * 200))}",
         ],
-        r"record 'long': \d+ tokens exceed model\.max_length=64",
+        r"record 'long': \d+ tokens exceed the limit of 64 \(model\.max_length",
     ),
     "chosen equals rejected": (
         "train",
