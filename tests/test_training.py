@@ -188,6 +188,9 @@ def test_packed_attention_matches_the_masked_kernel():
 
 BAD = [
     (["algorithm=dpo"], "trains on preference records"),
+    (["data.truncation=middle"], "data.truncation='middle'"),
+    (["data.max_prompt_length=2000"], "data.max_prompt_length=2000 must be below"),
+    (["trainer.precision=16-mixed"], "trainer.precision='16-mixed'"),
     (["data=quickstart_pairs"], "trains on sft records"),
     (["data=quickstart_pairs", "algorithm=cpo", "trainer.packing=true"], "only sft packs"),
     (

@@ -133,6 +133,8 @@ def resume_training(training: Any, out_dir: Path) -> None:
     checkpoint = find_checkpoint(training.cfg.trainer.resume, out_dir)
     if checkpoint:
         fabric.load(checkpoint / "state.ckpt", state, strict=training.saved_only is None)
+        if isinstance(state["rng"], dict):  # saved before per-process states: one state
+            state["rng"] = [state["rng"]]
         if len(state["rng"]) != fabric.world_size:
             raise ConfigError(
                 f"{checkpoint} was saved by {len(state['rng'])} process(es), this run has "

@@ -32,6 +32,12 @@ def check_config(cfg: Any) -> None:
         raise ConfigError(f"trainer.precision={t.precision!r}: one of {list(PARAM_DTYPES)}")
     if cfg.data.truncation not in TRUNCATION:
         raise ConfigError(f"data.truncation={cfg.data.truncation!r}: one of {list(TRUNCATION)}")
+    limit = cfg.data.max_length or cfg.model.max_length
+    if cfg.data.max_prompt_length is not None and not 0 < cfg.data.max_prompt_length < limit:
+        raise ConfigError(
+            f"data.max_prompt_length={cfg.data.max_prompt_length} must be below the record "
+            f"limit {limit} (data.max_length, else model.max_length), leaving room for replies"
+        )
     if t.strategy not in STRATEGIES:
         raise ConfigError(f"trainer.strategy={t.strategy!r}: one of {list(STRATEGIES)}")
     if cfg.adapter.name not in ("none", "lora"):

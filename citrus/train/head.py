@@ -1,8 +1,9 @@
 """The output head, chunked: per-token log-probabilities of the next tokens without ever holding
-(tokens x vocab) float32 logits. A full float32 log-softmax over a 128k vocabulary for 8192
-tokens is about 4 GB per sequence; here one chunk of `chunk_size` tokens is live at a time, and
-backward recomputes each chunk's logits instead of keeping them (the chunked cross-entropy of
-litgpt and torchtune, Liger's fused linear cross-entropy without the kernel).
+(tokens x vocab) float32 logits. For 8192 tokens over a 128k vocabulary the float32 logits
+alone take 4.2 GB, 10.5 GB with the bf16 logits and the log-softmax beside them; here one chunk
+of `chunk_size` tokens is live at a time, and backward recomputes each chunk's logits instead
+of keeping them (the chunked cross-entropy of litgpt and torchtune, Liger's fused linear
+cross-entropy without the kernel).
 
 It runs inside the model's own forward (the head's forward is swapped for one call), so DDP's
 and FSDP2's hooks see the head's weight used where they expect it.
@@ -19,6 +20,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from citrus.errors import ConfigError
+
+# config keys of architectures that transform logits after the head (Gemma 2, Granite, Cohere)
+LOGIT_CHANGES = ("final_logit_softcapping", "logits_scaling", "logit_scale")
 
 
 def _chunk_logps(
@@ -55,10 +59,16 @@ def next_token_logps(model: torch.nn.Module, input_ids: torch.Tensor, chunk_size
     caller) instead of (rows, T, vocab) logits."""
     inner = model.module if hasattr(model, "module") else model  # inside Fabric's wrapper
     head = inner.get_output_embeddings()
-    if getattr(inner.config, "final_logit_softcapping", None):
+    changed = [k for k in LOGIT_CHANGES if getattr(inner.config, k, None) not in (None, 1, 1.0)]
+    if changed:
         raise ConfigError(
-            f"{type(inner).__name__} soft-caps its logits after the output head "
-            "(final_logit_softcapping): not supported by citrus training"
+            f"{type(inner).__name__} changes its logits after the output head ({changed[0]}): "
+            "not supported by citrus training"
+        )
+    if not isinstance(head, torch.nn.Linear) or hasattr(head, "base_layer"):
+        raise ConfigError(
+            f"the output head is a {type(head).__name__}, not a plain Linear: keep lm_head out "
+            "of adapter.target_modules"
         )
     targets = F.pad(input_ids[:, 1:], (0, 1))
     head.forward = functools.partial(_head_forward, head, targets, chunk_size)

@@ -3,8 +3,8 @@
 `from_pretrained` on every rank costs 8 local ranks x 140 GB of host memory per node for a 70B
 model. Under FSDP2 the backbone is instead built on the meta device (shapes, no memory), sharded,
 then given memory and filled: each process reads only its own rows of each tensor from the
-safetensors files (`get_slice`, one tensor at a time), so a node's host memory holds at most its
-shards plus one tensor's slice per process, and every rank reads in parallel.
+safetensors files (plain reads of those bytes, one tensor at a time), so a node's host memory
+holds at most one tensor's slice per process, and every rank reads in parallel.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ def skeleton(model_cfg: Any, dtype: str) -> torch.nn.Module:
             attn_implementation=model_cfg.attn_implementation,
         )
     model.config._name_or_path = directory
+    if (Path(directory) / "generation_config.json").is_file():  # kept in the export
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(directory)
     return model
 
 
@@ -43,7 +47,8 @@ def local_directory(path: str) -> str:
         return path
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja"]
+    return snapshot_download(path, allow_patterns=patterns)
 
 
 def is_meta(model: torch.nn.Module) -> bool:
@@ -115,7 +120,12 @@ def materialize(model: torch.nn.Module, mesh: Any) -> None:
     with torch.no_grad():
         for module in model.modules():
             if module._non_persistent_buffers_set:
+                # transformers' own init computes the buffers; it would also re-draw the
+                # module's parameters (a scaled embedding's), which were just loaded: keep them
+                kept = {n: p.detach().clone() for n, p in module.named_parameters(recurse=False)}
                 model._init_weights(module)
+                for name, value in kept.items():
+                    getattr(module, name).detach().copy_(value)
 
 
 def read_shards(model: torch.nn.Module, directory: Path) -> None:

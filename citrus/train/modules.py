@@ -71,7 +71,7 @@ def build_reference(cfg: Any, model: torch.nn.Module, fabric: L.Fabric) -> Score
     if t.strategy == "fsdp2":
         reference = skeleton(ref_cfg, dtype).requires_grad_(False)
         policy = mixed_precision_policy(t.precision)
-        reference = fsdp2_parallelize(reference, fabric.strategy.device_mesh, policy)
+        reference = fsdp2_parallelize(reference, fabric.strategy.device_mesh, policy, frozen=True)
     else:
         reference = fabric.to_device(load_model(ref_cfg, dtype).requires_grad_(False))
     reference.eval()

@@ -3,10 +3,11 @@ causally to itself only, found from where its position ids restart. Cost is sum(
 instead of T^2.
 
 Registered with transformers as attention implementation `citrus_packed`; the trainer switches a
-model to it for packed batches (unless it runs flash_attention_2, which reads packed position ids
-itself), and back before export. On CUDA it calls PyTorch's varlen FlashAttention kernel over
-the whole batch at once; elsewhere (CPU) one causal SDPA call per example. The example bounds are
-computed once per forward pass, not once per layer.
+model to it for packed batches, and back before export. (transformers' flash_attention_2 reads
+packed position ids only in batches of one row, so it is not relied on.) On CUDA, in bf16/fp16
+compute and without attention dropout, it calls PyTorch's varlen FlashAttention kernel over the
+whole batch at once; otherwise one causal SDPA call per example. The example bounds are computed
+once per forward pass, not once per layer.
 """
 
 from __future__ import annotations
@@ -16,12 +17,6 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 NAME = "citrus_packed"
-
-
-def for_packing(attention: str) -> str:
-    """The attention to train packed rows with: flash attention's own varlen path when the model
-    runs it, citrus_packed otherwise."""
-    return attention if attention.startswith("flash_attention") else NAME
 
 
 def segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
@@ -78,7 +73,11 @@ def packed_attention(
             f"attention {NAME!r} needs position_ids that restart at each packed example"
         )
     gqa = query.shape[1] != key.shape[1]
-    if query.is_cuda:
+    dropout = dropout if module.training else 0.0
+    # FlashAttention takes 16-bit inputs only (float32 master weights under autocast can leave
+    # q and k in float32 after the rotary embedding) and has no dropout here
+    half = query.dtype in (torch.bfloat16, torch.float16) and key.dtype == query.dtype
+    if query.is_cuda and half and value.dtype == query.dtype and dropout == 0.0:
         return _varlen(query, key, value, position_ids, scaling, gqa), None
     rows = []
     for b, spans in enumerate(_segments(position_ids, segments)):
@@ -89,7 +88,7 @@ def packed_attention(
                 value[b : b + 1, :, s:e],
                 is_causal=True,
                 scale=scaling,
-                dropout_p=dropout if module.training else 0.0,
+                dropout_p=dropout,
                 enable_gqa=gqa,
             )
             for s, e in spans

@@ -10,8 +10,8 @@ GPUs with nccl), and the dtypes each precision trains in.
                  below bf16's resolution, e.g.
                  0.02 - 1e-5, is lost)
 
-Whatever the precision, the export is written in model.dtype. Under LoRA the frozen base stays
-in model.dtype and only the adapters get the parameter dtype above.
+Whatever the precision, the export is written in model.dtype. Under LoRA with bf16-mixed the
+frozen base stays in model.dtype (autocast mixes it in) and only the adapters are float32.
 """
 
 from __future__ import annotations
@@ -57,12 +57,13 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def fsdp2_parallelize(
-    model: torch.nn.Module, device_mesh: Any, mp_policy: Any = None
+    model: torch.nn.Module, device_mesh: Any, mp_policy: Any = None, frozen: bool = False
 ) -> torch.nn.Module:
     """Shard each decoder layer, then the root (embeddings, final norm, head) - the layout of
     torchtitan and litgpt: one all-gather per layer in forward and backward. A model built on
     the meta device (citrus.train.loading) is then given memory and its weights, each process
-    reading only its own shards."""
+    reading only its own shards. A `frozen` model (a reference: no backward) also reshards its
+    root after each forward, which FSDP2 otherwise leaves gathered for the backward."""
     from torch.distributed.fsdp import fully_shard
 
     from citrus.train.loading import is_meta, materialize
@@ -75,7 +76,7 @@ def fsdp2_parallelize(
     kwargs = {"mesh": mesh} if mp_policy is None else {"mesh": mesh, "mp_policy": mp_policy}
     for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
+    fully_shard(model, **kwargs, **({"reshard_after_forward": True} if frozen else {}))
     if is_meta(model):
         materialize(model, mesh)
     return model

@@ -111,7 +111,7 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
     base, model = build_policy(cfg)
     attention = base.config._attn_implementation
     if t.packing:  # each packed example attends to itself only, at sum(L_i^2) cost
-        base.config._attn_implementation = packed_attention.for_packing(attention)
+        base.config._attn_implementation = packed_attention.NAME
     model = fabric.setup_module(model)
     optimizer = fabric.setup_optimizers(configure_optimizer(model, t))
     schedule = lambda s: warmup_cosine(s, steps, warmup, t.min_lr_ratio)  # noqa: E731
