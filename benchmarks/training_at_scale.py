@@ -5,8 +5,9 @@
              the opt-in) and 32-true; the ratio is the price of master weights (goal on GPUs:
              at most 15% slower than pure bf16)
   head       peak host memory and time of the output head's loss and its backward for one
-             sequence at SmolLM2-135M's width (hidden 576, vocab 49152, length 2048): the full
-             float32 log-softmax over (tokens x vocab) logits vs citrus's chunked head
+             sequence at SmolLM2-135M's width (hidden 576, vocab 49152), 2048 and 8192 tokens:
+             the full float32 log-softmax over (tokens x vocab) logits vs citrus's chunked head;
+             and the whole training step's tokens/s with trainer.loss_chunk_size=0 vs 1024
 
 Each measurement runs in its own process, so each peak is its own. Run by hand on an idle
 machine:
@@ -32,7 +33,7 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def precision_run(precision: str, steps: int) -> dict:
+def precision_run(precision: str, steps: int, chunk: int = 1024) -> dict:
     from hydra import compose, initialize_config_dir
 
     from citrus.config import CONF_DIR, register_configs
@@ -49,7 +50,7 @@ def precision_run(precision: str, steps: int) -> dict:
         "job=train", "experiment=quickstart", "logger=none", f"model.path={stored}",
         "model.build=null", "model.dtype=bfloat16", f"trainer.precision={precision}",
         "data.quickstart.n_train=256", "trainer.micro_batch_size=4", f"trainer.max_steps={steps}",
-        "trainer.log_every=1000", "trainer.checkpoint_every=0",
+        "trainer.log_every=1000", "trainer.checkpoint_every=0", f"trainer.loss_chunk_size={chunk}",
     ]  # fmt: skip
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides)
@@ -93,26 +94,35 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        kind, _, value = args.worker.partition(":")
+        kind, *values = args.worker.split(":")
         if kind == "precision":
-            result = precision_run(value, args.steps)
+            result = precision_run(values[0], args.steps, int(values[1]))
         else:
-            result = head_run(int(value), tokens=2048, hidden=576, vocab=49152)
+            result = head_run(int(values[0]), tokens=int(values[1]), hidden=576, vocab=49152)
         print(json.dumps(result))
         return
-    speed = {p: measure(f"precision:{p}", args) for p in ("bf16-mixed", "bf16-true", "32-true")}
+    speed = {
+        p: measure(f"precision:{p}:1024", args) for p in ("bf16-mixed", "bf16-true", "32-true")
+    }
+    speed["bf16-mixed, loss_chunk_size=0"] = measure("precision:bf16-mixed:0", args)
     for p, r in speed.items():
-        print(f"precision {p:10s} {r['tokens_per_s']:9.0f} tokens/s")
+        print(f"train {p:30s} {r['tokens_per_s']:9.0f} tokens/s")
     mixed, pure = speed["bf16-mixed"]["tokens_per_s"], speed["bf16-true"]["tokens_per_s"]
+    whole = speed["bf16-mixed, loss_chunk_size=0"]["tokens_per_s"]
     print(f"  bf16-mixed / bf16-true tokens/s: {mixed / pure:.2f}")
-    heads = {chunk: measure(f"head:{chunk}", args) for chunk in (0, 1024, 256)}
-    for chunk, r in heads.items():
-        name = "full log-softmax" if chunk == 0 else f"chunks of {chunk}"
-        print(f"head {name:18s} peak +{r['peak_mib']:7.1f} MiB  {r['seconds']:.3f} s")
-    for chunk in (1024, 256):
-        memory = heads[chunk]["peak_mib"] / heads[0]["peak_mib"]
-        seconds = heads[chunk]["seconds"] / heads[0]["seconds"]
-        print(f"  chunks of {chunk} / full: peak memory {memory:.2f}, time {seconds:.2f}")
+    print(f"  chunked head / whole head tokens/s (bf16-mixed): {mixed / whole:.2f}")
+    for tokens in (2048, 8192):
+        heads = {chunk: measure(f"head:{chunk}:{tokens}", args) for chunk in (0, 1024, 256)}
+        for chunk, r in heads.items():
+            name = "full log-softmax" if chunk == 0 else f"chunks of {chunk}"
+            print(
+                f"head {tokens} tokens, {name:18s} +{r['peak_mib']:7.1f} MiB  {r['seconds']:.3f} s"
+            )
+        for chunk in (1024, 256):
+            memory = heads[chunk]["peak_mib"] / heads[0]["peak_mib"]
+            seconds = heads[chunk]["seconds"] / heads[0]["seconds"]
+            print(f"  {tokens} tokens, chunks of {chunk} / full: peak memory {memory:.2f}, "
+                  f"time {seconds:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
