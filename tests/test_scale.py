@@ -55,17 +55,28 @@ def moved(before: dict, after: dict) -> float:
     return changed / sum(before[k].numel() for k in keys)
 
 
-@pytest.mark.parametrize("precision,least,most", [("bf16-mixed", 0.6, 1.0), ("bf16-true", 0, 0.4)])
+@pytest.mark.parametrize(
+    "strategy,precision,least,most",
+    [
+        ("auto", "bf16-mixed", 0.6, 1.0),
+        ("auto", "bf16-true", 0, 0.4),
+        ("fsdp2", "bf16-mixed", 0.6, 1.0),
+    ],
+)
 def test_small_updates_survive_only_with_float32_master_weights(
-    bf16_model, tmp_path, precision, least, most
+    bf16_model, tmp_path, strategy, precision, least, most
 ):
     """lr 1e-5 on weights of ~0.02: bf16(w - 1e-5) == bf16(w) for most w, so pure bf16 loses
-    most updates; float32 master weights keep them and the export rounds once, at the end."""
+    most updates; float32 master weights keep them and the export rounds once, at the end
+    (under FSDP2: float32 shards read from the bf16 files, bf16 gathered for compute)."""
     stored = {"model.path": bf16_model, "model.build": "null", "model.dtype": "bfloat16"}
     train(
         tmp_path,
         *(f"{k}={v}" for k, v in stored.items()),
         f"trainer.precision={precision}",
+        f"trainer.strategy={strategy}",
+        f"trainer.devices={1 if strategy == 'auto' else 2}",
+        f"trainer.micro_batch_size={2 if strategy == 'auto' else 1}",  # 2 a step either way
         "data.quickstart.n_train=16",
         "trainer.max_steps=30",
         "trainer.lr=1e-5",
@@ -78,7 +89,7 @@ def test_small_updates_survive_only_with_float32_master_weights(
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["dtype"] == "bfloat16"
     share = moved(before, after)
-    print(f"{precision}: {share:.1%} of matrix elements moved")
+    print(f"{strategy} {precision}: {share:.1%} of matrix elements moved")
     assert least <= share <= most
 
 
@@ -191,3 +202,24 @@ def test_the_logged_lr_is_the_one_each_step_used(tmp_path):
     )
     logged = [r["train/lr"] for r in log_rows(tmp_path)]
     assert logged == pytest.approx([0.5e-3, 1e-3, 1e-3, 0.55e-3])
+
+
+def test_safetensors_rows_read_as_safetensors_loads_them(bf16_model, tmp_path):
+    """The reader FSDP2 loading uses: any row range of any tensor, in a sharded checkpoint
+    (an index over several files) and in bf16, equals what safetensors itself loads."""
+    from safetensors.torch import load_file
+
+    from citrus.train.loading import SafetensorsFile, weight_files
+
+    model = load_model(compose_config("train", ["experiment=quickstart"]).model)
+    model.save_pretrained(tmp_path, max_shard_size="2MB")
+    for directory in (tmp_path, bf16_model):
+        files = weight_files(directory)
+        expected = {k: v for f in set(files.values()) for k, v in load_file(f).items()}
+        assert files.keys() == expected.keys()
+        readers = {f: SafetensorsFile(f) for f in set(files.values())}
+        for name, tensor in expected.items():
+            rows = slice(1, max(2, len(tensor) // 3))
+            got = readers[files[name]].read(name, rows)
+            assert got.dtype == tensor.dtype and torch.equal(got, tensor[rows]), name
+    assert len(set(weight_files(tmp_path).values())) > 1  # really sharded

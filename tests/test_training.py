@@ -221,3 +221,21 @@ def test_configs_that_cannot_train_fail_first(overrides, message, tmp_path):
         execute("train", cfg, tmp_path, overrides)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "train_log.jsonl").exists()
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
+
+
+def test_varlen_offsets_match_the_example_bounds():
+    """The cu_seqlens of the CUDA varlen path: every example's start in the flattened batch,
+    then its end, as the CPU path's per-row segments place them."""
+    from citrus.train import packed_attention
+
+    tokenizer = load_tokenizer(compose_config("train", ["experiment=quickstart"]).model)
+    examples = [
+        tokenize_sft(quickstart.to_sft_record(q, "quickstart"), tokenizer, 1024)
+        for q in quickstart.generate("train", 9, seed=3)
+    ]
+    positions = PackedCollator(tokenizer.pad_token_id)(pack(examples, 700))["position_ids"]
+    width = positions.shape[1]
+    expected = [r * width + s for r, spans in enumerate(packed_attention.segments(positions))
+                for s, _ in spans] + [positions.numel()]  # fmt: skip
+    cu = packed_attention.cumulative_lengths(positions)
+    assert cu.dtype == torch.int32 and cu.tolist() == expected
