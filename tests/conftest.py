@@ -61,3 +61,25 @@ SMOKE = (
     "engine.max_new_tokens=24",
     "engine.batch_size=4",
 )
+
+
+def train_run(run_dir: Path, overrides: list[str] | tuple[str, ...]) -> dict:
+    """`citrus train` with `overrides`, in `run_dir`: its final metrics."""
+    from citrus.jobs import execute
+
+    overrides = list(overrides)
+    return execute("train", compose_config("train", overrides), run_dir, overrides).metrics
+
+
+def log_rows(run_dir: Path) -> list[dict]:
+    """Every logged step of a training run (train_log.jsonl)."""
+    import json
+
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def exported(run_dir: Path) -> dict:
+    """The weights a training run exported (model/model.safetensors)."""
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "model" / "model.safetensors")

@@ -10,10 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, run_cli
-from safetensors.torch import load_file
-
-from citrus.jobs import execute
+from conftest import exported, log_rows, run_cli, train_run
 
 BASE = (
     "experiment=quickstart",
@@ -27,19 +24,11 @@ BASE = (
 
 
 def train(run_dir: Path, *overrides: str) -> dict:
-    overrides = [*BASE, *overrides]
-    return execute("train", compose_config("train", overrides), run_dir, overrides).metrics
+    return train_run(run_dir, [*BASE, *overrides])
 
 
 def curve(run_dir: Path) -> list[float]:
-    return [
-        json.loads(line)["train/loss"]
-        for line in (run_dir / "train_log.jsonl").read_text().splitlines()
-    ]
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "model" / "model.safetensors")
+    return [row["train/loss"] for row in log_rows(run_dir)]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +41,7 @@ def one_process(tmp_path_factory):
 def test_ddp_equals_one_process_with_twice_the_accumulation(one_process, tmp_path):
     train(tmp_path, "trainer=ddp", "trainer.devices=2", "trainer.grad_accum_steps=1")
     assert curve(tmp_path) == curve(one_process)
-    a, b = weights(one_process), weights(tmp_path)
+    a, b = exported(one_process), exported(tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / ".citrus" / "rank1.log").is_file()
 
@@ -67,13 +56,13 @@ def test_fsdp2_trains_the_same_model_and_resumes_exactly(one_process, tmp_path):
     )
     train(whole, *fsdp)
     assert curve(whole) == pytest.approx(curve(one_process), rel=1e-6)
-    a, b = weights(one_process), weights(whole)
+    a, b = exported(one_process), exported(whole)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert (whole / "checkpoints" / "step-000002" / "state.ckpt").is_dir()  # one shard per rank
     shutil.copytree(whole / "checkpoints" / "step-000002", resumed / "checkpoints" / "step-000002")
     train(resumed, *fsdp, "trainer.resume=auto")
     assert curve(resumed) == curve(whole)[2:]
-    c = weights(resumed)
+    c = exported(resumed)
     assert all(torch.equal(b[k], c[k]) for k in b)
 
 

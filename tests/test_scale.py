@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, exported, log_rows, train_run
 from safetensors.torch import load_file
 
-from citrus.jobs import execute
 from citrus.models import load_model, load_tokenizer
 
 BASE = (
@@ -26,16 +25,7 @@ BASE = (
 
 
 def train(run_dir: Path, *overrides: str) -> dict:
-    overrides = [*BASE, *overrides]
-    return execute("train", compose_config("train", overrides), run_dir, overrides).metrics
-
-
-def log_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
-
-
-def tensors(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(path / "model" / "model.safetensors")
+    return train_run(run_dir, [*BASE, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +73,8 @@ def test_small_updates_survive_only_with_float32_master_weights(
         "trainer.warmup_ratio=0",
         "trainer.min_lr_ratio=1",
     )
-    before = tensors(bf16_model.parent)
-    after = tensors(tmp_path)
+    before = exported(bf16_model.parent)
+    after = exported(tmp_path)
     assert all(v.dtype == torch.bfloat16 for v in after.values())  # exported in model.dtype
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["dtype"] == "bfloat16"
@@ -140,7 +130,7 @@ def test_lora_dropout_under_ddp_resumes_bit_for_bit(tmp_path):
     assert [r["train/loss"] for r in log_rows(resumed)] == [
         r["train/loss"] for r in log_rows(whole)[2:]
     ]
-    a, b = tensors(whole), tensors(resumed)
+    a, b = exported(whole), exported(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -207,7 +197,6 @@ def test_the_logged_lr_is_the_one_each_step_used(tmp_path):
 def test_safetensors_rows_read_as_safetensors_loads_them(bf16_model, tmp_path):
     """The reader FSDP2 loading uses: any row range of any tensor, in a sharded checkpoint
     (an index over several files) and in bf16, equals what safetensors itself loads."""
-    from safetensors.torch import load_file
 
     from citrus.train.loading import SafetensorsFile, weight_files
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, train_run
 
 from citrus.data import quickstart
 from citrus.data.schema import DataError
@@ -120,8 +120,6 @@ def test_truncation_cuts_on_the_chosen_side(model_cfg, records):
 
 
 def test_training_counts_the_records_it_cut(tmp_path):
-    from citrus.jobs import execute
-
     overrides = [
         "experiment=quickstart",
         "logger=none",
@@ -132,7 +130,7 @@ def test_training_counts_the_records_it_cut(tmp_path):
         "data.max_length=200",
     ]
     cfg = compose_config("train", overrides)
-    metrics = execute("train", cfg, tmp_path, overrides).metrics
+    metrics = train_run(tmp_path, overrides)
     tok = load_tokenizer(cfg.model)
     lengths = [
         len(tokenize_sft(quickstart.to_sft_record(q, cfg.data.prompt), tok, 4096)["input_ids"])

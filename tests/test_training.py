@@ -8,8 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import compose_config
-from safetensors.torch import load_file
+from conftest import compose_config, exported, log_rows, train_run
 
 from citrus.data import quickstart
 from citrus.jobs import execute
@@ -50,15 +49,11 @@ SETUPS = {
 
 
 def train(run_dir, overrides):
-    overrides = [*TINY, *overrides]
-    return execute("train", compose_config("train", overrides), run_dir, overrides).metrics
+    return train_run(run_dir, [*TINY, *overrides])
 
 
 def curve(run_dir):
-    return [
-        (r["step"], r["train/loss"])
-        for r in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())
-    ]
+    return [(r["step"], r["train/loss"]) for r in log_rows(run_dir)]
 
 
 @pytest.mark.parametrize("setup", list(SETUPS))
@@ -77,8 +72,8 @@ def test_resumed_run_matches_uninterrupted_one(setup, tmp_path):
     assert again["train/steps"] == 6
     assert curve(resumed) == [s for s in curve(whole) if s[0] > 4]  # bit-identical losses
     a, b = (
-        load_file(whole / "model" / "model.safetensors"),
-        load_file(resumed / "model" / "model.safetensors"),
+        exported(whole),
+        exported(resumed),
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not any("lora" in k for k in a)  # adapters merged into a plain model

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from citrus.errors import ConfigError
+from citrus.train.export import unwrapped
 
 # config keys of architectures that transform logits after the head (Gemma 2, Granite, Cohere)
 LOGIT_CHANGES = ("final_logit_softcapping", "logits_scaling", "logit_scale")
@@ -57,7 +58,7 @@ def next_token_logps(model: torch.nn.Module, input_ids: torch.Tensor, chunk_size
     """For the forward passes inside: the model's `.logits` are (rows, T) log-probabilities of
     each next token (the last position, which has none, scores token 0 and is dropped by the
     caller) instead of (rows, T, vocab) logits."""
-    inner = model.module if hasattr(model, "module") else model  # inside Fabric's wrapper
+    inner = unwrapped(model)
     head = inner.get_output_embeddings()
     changed = [k for k in LOGIT_CHANGES if getattr(inner.config, k, None) not in (None, 1, 1.0)]
     if changed:

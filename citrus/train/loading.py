@@ -67,7 +67,9 @@ def weight_files(directory: Path) -> dict[str, Path]:
             f"{directory}: no model.safetensors(.index.json); sharded loading reads safetensors "
             "only (convert .bin weights with save_pretrained first)"
         )
-    return dict.fromkeys(SafetensorsFile(single).entries, single)
+    reader = SafetensorsFile(single)
+    reader.close()  # the header is all this needs
+    return dict.fromkeys(reader.entries, single)
 
 
 # the safetensors format: 8 bytes of header length, a JSON header {name: {dtype, shape,
