@@ -14,6 +14,7 @@ from conftest import compose_config, exported, log_rows, train_run
 from safetensors.torch import load_file
 
 from citrus.models import load_model, load_tokenizer
+from citrus.train.objectives import OBJECTIVES
 
 BASE = (
     "experiment=quickstart",
@@ -212,3 +213,22 @@ def test_safetensors_rows_read_as_safetensors_loads_them(bf16_model, tmp_path):
             got = readers[files[name]].read(name, rows)
             assert got.dtype == tensor.dtype and torch.equal(got, tensor[rows]), name
     assert len(set(weight_files(tmp_path).values())) > 1  # really sharded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", sorted(OBJECTIVES))
+def test_every_objective_trains_alike_on_one_two_ddp_and_two_fsdp2_processes(tmp_path, loss):
+    """Each loss over two processes (DDP, FSDP2) gives the curve one process gives with twice the
+    accumulation: counts, references and metrics are summed over processes correctly."""
+    data = "data=quickstart" if loss == "sft" else "data=quickstart_pairs"
+    run = (data, "data.quickstart.n_train=16", f"algorithm.loss={loss}", "trainer.max_steps=3",
+           "trainer.lr=1e-3")  # fmt: skip
+    curves = {}
+    for strategy, devices, accumulation in (("auto", 1, 2), ("ddp", 2, 1), ("fsdp2", 2, 1)):
+        out = tmp_path / strategy
+        train(out, *run, f"trainer.strategy={strategy}", f"trainer.devices={devices}",
+              f"trainer.grad_accum_steps={accumulation}")  # fmt: skip
+        curves[strategy] = [r["train/loss"] for r in log_rows(out)]
+    assert len(curves["auto"]) == 3
+    assert curves["ddp"] == pytest.approx(curves["auto"], rel=1e-5)
+    assert curves["fsdp2"] == pytest.approx(curves["auto"], rel=1e-5)
