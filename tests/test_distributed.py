@@ -5,12 +5,15 @@ makes one run directory (in a multirun too)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import exported, log_rows, run_cli, train_run
+
+from citrus.errors import DataError
 
 BASE = (
     "experiment=quickstart",
@@ -81,3 +84,15 @@ def test_a_multi_process_multirun_makes_one_directory_per_job(tmp_path):
     assert len(records) == 2, records
     assert {json.loads(r.read_text())["status"] for r in records} == {"completed"}
     assert sorted(p.name for p in records[0].parent.parent.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+@pytest.mark.timeout(600)
+def test_a_failed_multi_process_run_leaves_the_next_one_free_to_start(tmp_path):
+    """A two-process run that fails after its workers started (a record over the length limit,
+    found while tokenizing) stops them and undoes the launch environment, so the next
+    multi-process run in the same process (a multirun's next job) starts its own workers."""
+    with pytest.raises(DataError, match="exceed the limit of 64"):
+        train(tmp_path / "failed", "trainer=ddp", "trainer.devices=2", "data.max_length=64")
+    assert "LOCAL_RANK" not in os.environ and not torch.distributed.is_initialized()
+    train(tmp_path / "next", "trainer=ddp", "trainer.devices=2", "trainer.max_steps=1")
+    assert (tmp_path / "next" / "model" / "model.safetensors").is_file()

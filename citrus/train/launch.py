@@ -103,10 +103,26 @@ class Workers:
                 proc.terminate()
 
     def join(self) -> None:
+        """Wait for the workers; the launch environment is undone whatever they return."""
         self.done.set()
-        for proc, path in zip(self.procs, self.logs):
-            if proc.wait() != 0:
-                raise RuntimeError(f"worker process exited with {proc.returncode}; see {path}")
+        try:
+            for proc, path in zip(self.procs, self.logs):
+                if proc.wait() != 0:
+                    raise RuntimeError(f"worker process exited with {proc.returncode}; see {path}")
+        finally:
+            self._forget_environment()
+
+    def abort(self) -> None:
+        """This process failed: stop the workers and undo the launch environment, so that a later
+        job in this process (the next of a multirun) starts its own instead of waiting for them."""
+        self.done.set()
+        self.stop()
+        for proc in self.procs:
+            proc.wait()
+        self._forget_environment()
+
+    @staticmethod
+    def _forget_environment() -> None:
         for key in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_PORT"):
             os.environ.pop(key, None)
 

@@ -89,9 +89,17 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> JobResul
     check_config(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = start_workers(cfg, out_dir)
-    training = setup(cfg, out_dir, run)
-    stats = fit(training, out_dir, run, prefix)
-    result = finish(training, out_dir, prefix, stats)
+    try:
+        training = setup(cfg, out_dir, run)
+        stats = fit(training, out_dir, run, prefix)
+        result = finish(training, out_dir, prefix, stats)
+    except BaseException:
+        # leave nothing of this run for the next job in this process to wait on
+        if workers:
+            workers.abort()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        raise
     if workers:
         workers.join()
     return result
