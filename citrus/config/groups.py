@@ -134,6 +134,9 @@ class BenchmarkTask:
     limit: int | None = None  # how many items (quickstart: how many to generate)
     sample: bool = False  # limit takes a seeded random sample instead of the first items
     seed: int = 0
+    # this task's own protocol (null: the group's): one group can ask a benchmark both ways
+    mode: str | None = None
+    prompt: str | None = None
 
 
 @dataclass

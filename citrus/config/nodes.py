@@ -8,6 +8,8 @@ from typing import Any
 
 from omegaconf import II, MISSING
 
+from citrus.config.groups import BenchmarkTask
+
 
 @dataclass
 class PathsConfig:
@@ -45,8 +47,11 @@ class SampleConfig:
 
 @dataclass
 class SynthesisConfig:
-    # JSONL of questions (unified schema, e.g. `citrus label` output); null: quickstart train
+    # JSONL of questions (unified schema, e.g. `citrus label` output); null: source_task
     source: str | None = None
+    # with no source: a benchmark task's questions (conf/benchmark/task/, read from
+    # benchmark.data_root or base_url), e.g. MedQA's training questions; null: quickstart train
+    source_task: BenchmarkTask | None = None
     limit: int | None = None  # first n questions of the source
     chunk: int = 16  # questions whose requests go out together; each finished chunk is appended
     decontaminate_ngram: int = 13  # `citrus decontaminate`: word n-gram length of an overlap

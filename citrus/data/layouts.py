@@ -109,6 +109,16 @@ SFT_LAYOUTS: dict[str, Callable[[dict], list[dict]]] = {
         *_prompt_messages(r["prompt"], r.get("system")),
         {"role": "assistant", "content": r["response"]},
     ],
+    # HuatuoGPT-o1's medical-o1-reasoning-SFT (Chen et al. 2024): the open-ended question, its
+    # chain of thought and final response, in the <think>/<answer> form the Citrus prompt asks for
+    "Question+Complex_CoT+Response": lambda r: [
+        {"role": "user", "content": r["Question"]},
+        {
+            "role": "assistant",
+            "content": f"<think>\n{r['Complex_CoT'].strip()}\n</think>\n"
+            f"<answer>\n{r['Response'].strip()}\n</answer>",
+        },
+    ],
 }
 
 

@@ -114,12 +114,12 @@ def likelihood_row(task: str, q: Any, context: str, scores: list[float]) -> dict
     }
 
 
-def plan(engine: Any, asked: list, bench: Any) -> tuple[list, Any, Any]:
+def plan(engine: Any, asked: list, how: dict[str, str]) -> tuple[list, Any, Any]:
     """What to send for each question, how a reply becomes a row, and how to ask: generate
     (once, or engine.num_samples times) or score the option letters (likelihood)."""
     n = engine.cfg.num_samples
-    if bench.mode == "generate":
-        prompts = [build_messages(q, bench.prompt) for q in asked]
+    if how["mode"] == "generate":
+        prompts = [build_messages(q, how["prompt"]) for q in asked]
         if n > 1:
             return (
                 prompts,
@@ -127,27 +127,32 @@ def plan(engine: Any, asked: list, bench: Any) -> tuple[list, Any, Any]:
                 lambda save: ask_samples(engine, prompts, n, engine.cfg.seed, save),
             )
         return prompts, prediction_row, lambda save: engine.generate(prompts, on_batch=save)
-    if bench.mode == "likelihood":
+    if how["mode"] == "likelihood":
         if not isinstance(engine, Scoring):
             raise ConfigError(
                 f"benchmark.mode=likelihood needs the model's log-probabilities: engine=hf "
                 f"(engine={engine.cfg.name} only generates)"
             )
-        prompts = [build_text(q, bench.prompt) for q in asked]
+        prompts = [build_text(q, how["prompt"]) for q in asked]
         letters = [[f" {k}" for k in q.options] for q in asked]
         return (
             prompts,
             likelihood_row,
             lambda save: engine.loglikelihoods(prompts, letters, on_batch=save),
         )
-    raise ConfigError(f"benchmark.mode: unknown {bench.mode!r}; one of ['generate', 'likelihood']")
+    raise ConfigError(f"benchmark.mode: unknown {how['mode']!r}; one of ['generate', 'likelihood']")
+
+
+def protocol(task: Any, bench: Any) -> dict[str, str]:
+    """How a task is asked: its own mode and prompt where set, the group's otherwise."""
+    return {"mode": task.mode or bench.mode, "prompt": task.prompt or bench.prompt}
 
 
 def evaluate_task(
     engine: Any,
     task: str,
     items: list,
-    bench: Any,
+    how: dict[str, str],
     preds: KeyedLog,
     advance: Any,
     seed: int = 0,
@@ -163,7 +168,7 @@ def evaluate_task(
     advance(len(rows))
     todo = [i for i in range(len(items)) if i not in rows]
     asked = [items[i] for i in todo]
-    prompts, make_row, ask = plan(engine, asked, bench)
+    prompts, make_row, ask = plan(engine, asked, how)
     held: list[int] = []  # rows waiting for the answer check
 
     def save(indices: list[int], outputs: list[Any]) -> None:
@@ -219,6 +224,7 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
     mapper = build_role_engine(mapper_role, engine) if mapper_role else None
     preds = resumable_predictions(out_dir, cfg)
     per_task: dict[str, dict[str, float]] = {}
+    protocols = {name: protocol(task, cfg.benchmark) for name, task in cfg.benchmark.tasks.items()}
     files: dict[str, dict[str, str]] = {}
     table_rows: list[list[Any]] = []
     with progress_bar() as bar:
@@ -232,7 +238,7 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
                 engine,
                 name,
                 loaded.items,
-                cfg.benchmark,
+                protocols[name],
                 preds,
                 lambda n, bar_id=bar_id: bar.update(bar_id, advance=n),
                 seed=cfg.seed,
@@ -261,6 +267,7 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
         "benchmark": cfg.benchmark.name,
         "prompt": cfg.benchmark.prompt,
         "mode": cfg.benchmark.mode,
+        "protocols": protocols,  # per task, where a task sets its own
         "extractor_version": EXTRACTOR_VERSION,
         "answer_check": OmegaConf.to_container(mapper_role, resolve=True) if mapper_role else None,
         "sampling": OmegaConf.to_container(cfg.engine, resolve=True),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from citrus.data import quickstart
+from citrus.data.benchmarks import load_task
 from citrus.data.schema import KeyedLog, MCQuestion, load_records
 from citrus.engines import build_engine, build_role_engine
 from citrus.errors import ConfigError, EngineError
@@ -14,13 +15,20 @@ from citrus.tracking import progress_bar
 
 
 def load_questions(cfg: Any, run: Any) -> list[MCQuestion]:
-    """synthesis.source (unified-schema JSONL, e.g. `citrus label` output), or the quickstart
-    train questions; the first synthesis.limit of them."""
+    """synthesis.source (unified-schema JSONL, e.g. `citrus label` output), a benchmark task's
+    questions (synthesis.source_task), or the quickstart train questions; the first
+    synthesis.limit of them."""
     s = cfg.synthesis
     if s.source:
         path = Path(s.source)
         run.record.add_input(path, "synthesis/source")
         questions = load_records(path, "mc")
+    elif s.source_task is not None:
+        name = f"{s.source_task.loader}_{s.source_task.split}"  # the questions' id prefix
+        loaded = load_task(name, s.source_task, cfg.benchmark, cfg.paths.data_dir)
+        for path in loaded.files:
+            run.record.add_input(path, "synthesis/source")
+        questions = loaded.items
     else:
         q = cfg.data.quickstart
         seed, n = (q.seed, q.n_train) if q is not None else (0, 2000)
