@@ -1,41 +1,47 @@
-r"""Likelihood scoring speed: citrus vs lm-evaluation-harness (its HF backend), same items.
+r"""Likelihood scoring speed and agreement: citrus vs lm-evaluation-harness (its HF backend), same
+model directory, same items.
 
-Scores the first --limit MedQA test questions with the tiny model in one process, both ways, on
-the same "Question: ... Answer:" contexts and " A".." D" choices, checks that both pick the same
-option on every item, and prints items/s and the ratio. Run by hand (needs `pip install lm-eval`
-and the MedQA file):
+Scores the first --limit MedQA test questions (1273 is all of them) both ways, on the same
+"Question: ... Answer:" contexts (lm-eval's medqa_4options prompt) and " A".." D" choices, at the
+same batch size, in float32 on the CPU, each side in its own process after a short warm-up.
+citrus's HFEngine.loglikelihoods follows lm-eval's tokenization and BOS policy (both use the
+tokenizer's own rule), so every log-likelihood should agree within 1e-4. Prints items/s both
+ways and the ratio, each side's peak memory and accuracy, the number of questions where both pick
+the same option, and the largest |citrus - lm-eval| log-likelihood over all items. Run by hand
+on an idle machine (needs `pip install lm-eval` and the MedQA file), for SmolLM2-135M-Instruct
+(about an hour on 2 CPU cores):
 
-    python benchmarks/likelihood_vs_lm_eval.py \
-        --data-root ../shared/benchmarks/citrus-repo --limit 400
+    CITRUS_CACHE=/tmp/cc python benchmarks/likelihood_vs_lm_eval.py \
+        --data-root ../shared/benchmarks/citrus-repo --model smollm2-135m-instruct --limit 1273
+
+and for the tiny default model: the same without --model.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
-
-import torch
-from hydra import compose, initialize_config_dir
-
-from citrus.config import CONF_DIR, register_configs
-from citrus.data.benchmarks import load_task
-from citrus.engines.hf import HFEngine
-from citrus.models import resolve_path
-from citrus.prompts import build_text
+from pathlib import Path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data-root", required=True)
-    parser.add_argument("--limit", type=int, default=400)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--model", default="tiny_qwen")
-    args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def config(args: argparse.Namespace):
+    from hydra import compose, initialize_config_dir
+
+    from citrus.config import CONF_DIR, register_configs
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
+        return compose(
             "config",
             [
                 "job=evaluate",
@@ -46,25 +52,42 @@ def main() -> None:
                 f"engine.batch_size={args.batch_size}",
             ],
         )
-    items = load_task("medqa", cfg.benchmark.tasks.medqa, cfg.benchmark, cfg.paths.data_dir).items
-    contexts = [build_text(q, "mc_likelihood") for q in items]
-    choices = [[f" {k}" for k in q.options] for q in items]
+
+
+def medqa(cfg) -> tuple[list[str], list[list[str]], list[int]]:
+    """Contexts, choices and the index of the right choice of each question."""
+    from citrus.data.benchmarks import load_task
+    from citrus.prompts import build_text
+
+    task = load_task("medqa", cfg.benchmark.tasks.medqa, cfg.benchmark, cfg.paths.data_dir)
+    contexts = [build_text(q, "mc_likelihood") for q in task.items]
+    choices = [[f" {k}" for k in q.options] for q in task.items]
+    gold = [list(q.options).index(q.answer) for q in task.items]
+    return contexts, choices, gold
+
+
+def citrus_scores(cfg, contexts, choices) -> tuple[list[list[float]], float]:
+    from citrus.engines.hf import HFEngine
 
     engine = HFEngine(cfg.engine, cfg.model)
     engine.loglikelihoods(contexts[:4], choices[:4])  # warm-up
     start = time.perf_counter()
-    ours = engine.loglikelihoods(contexts, choices)
-    ours_s = time.perf_counter() - start
+    scores = engine.loglikelihoods(contexts, choices)
+    return scores, time.perf_counter() - start
 
+
+def lm_eval_scores(cfg, contexts, choices) -> tuple[list[list[float]], float]:
+    """lm-eval loads the directory itself, with its defaults (BOS policy included)."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
+    from citrus.models import resolve_path
+
     lm = HFLM(
         pretrained=resolve_path(cfg.model),
-        batch_size=args.batch_size,
+        batch_size=cfg.engine.batch_size,
         device="cpu",
         dtype="float32",
-        add_bos_token=engine.tokenizer.bos_token_id is not None,
     )
     requests = [
         Instance("loglikelihood", {}, (ctx, c), idx=j, doc_id=i)
@@ -74,26 +97,76 @@ def main() -> None:
     lm.loglikelihood(requests[:16], disable_tqdm=True)  # warm-up
     start = time.perf_counter()
     results = lm.loglikelihood(requests, disable_tqdm=True)
-    theirs_s = time.perf_counter() - start
-    theirs, k = [], 0
+    seconds = time.perf_counter() - start
+    scores, k = [], 0
     for cs in choices:
-        theirs.append([results[k + j][0] for j in range(len(cs))])
+        scores.append([results[k + j][0] for j in range(len(cs))])
         k += len(cs)
+    return scores, seconds
 
-    argmax = lambda scores: max(range(len(scores)), key=scores.__getitem__)  # noqa: E731
-    same = sum(argmax(a) == argmax(b) for a, b in zip(ours, theirs))
-    max_diff = max(abs(x - y) for a, b in zip(ours, theirs) for x, y in zip(a, b))
-    n = len(items)
-    print(
-        f"MedQA likelihood scoring, {n} questions x 4 options, {args.model}, "
-        f"batch {args.batch_size}, "
-        f"{torch.get_num_threads()} threads"
+
+def worker(kind: str, args: argparse.Namespace) -> dict:
+    import torch
+
+    cfg = config(args)
+    contexts, choices, gold = medqa(cfg)
+    score = citrus_scores if kind == "citrus" else lm_eval_scores
+    scores, seconds = score(cfg, contexts, choices)
+    return {"scores": scores, "seconds": seconds, "gold": gold, "threads": torch.get_num_threads()}
+
+
+def run_worker(kind: str, argv: list[str]) -> dict:
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", kind, *argv], capture_output=True, text=True
     )
-    print(f"  citrus   {n / ours_s:8.1f} items/s  ({ours_s:.1f} s)")
-    print(f"  lm-eval  {n / theirs_s:8.1f} items/s  ({theirs_s:.1f} s)")
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"{kind} failed:\n{out.stderr[-3000:]}")
+    print(f"  ({kind}: {time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    return json.loads(lines[-1])
+
+
+def argmax(scores: list[float]) -> int:
+    return max(range(len(scores)), key=scores.__getitem__)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--limit", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--model", default="tiny_qwen")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = worker(args.worker, args)
+        print(json.dumps({**result, "peak_rss_mib": peak_rss_mib()}))
+        return
+
+    res = {kind: run_worker(kind, sys.argv[1:]) for kind in ("citrus", "lm_eval")}
+    ours, theirs, gold = res["citrus"]["scores"], res["lm_eval"]["scores"], res["citrus"]["gold"]
+    n = len(ours)
+    same = sum(argmax(a) == argmax(b) for a, b in zip(ours, theirs))
+    diffs = [(abs(x - y), i) for i, (a, b) in enumerate(zip(ours, theirs)) for x, y in zip(a, b)]
+    max_diff, worst = max(diffs)
     print(
-        f"  speed-up {theirs_s / ours_s:.2f}x; same predicted option on {same}/{n} items; "
-        f"max |delta log-likelihood| {max_diff:.2e}"
+        f"MedQA likelihood scoring, {n} questions x 4 options, {args.model}, float32, "
+        f"batch {args.batch_size}, {res['citrus']['threads']} threads"
+    )
+    for kind, label in (("citrus", "citrus"), ("lm_eval", "lm-eval")):
+        r = res[kind]
+        right = sum(argmax(s) == g for s, g in zip(r["scores"], gold))
+        print(
+            f"  {label:8s} {n / r['seconds']:8.2f} items/s ({r['seconds']:.1f} s), "
+            f"peak {r['peak_rss_mib']:.0f} MiB, accuracy {right / n:.3f}"
+        )
+    speedup = res["lm_eval"]["seconds"] / res["citrus"]["seconds"]
+    print(f"  citrus / lm-eval items/s: {speedup:.2f}x")
+    print(
+        f"  same predicted option on {same}/{n} questions; max |citrus - lm-eval| "
+        f"over all {len(diffs)} log-likelihoods {max_diff:.2e} nats (question {worst}), "
+        f"{'within' if max_diff < 1e-4 else 'NOT within'} 1e-4"
     )
 
 

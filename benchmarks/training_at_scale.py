@@ -1,9 +1,10 @@
 """What training at scale costs, measured on this machine in one run:
 
-  precision  tokens/s of the same SFT run (the tiny Llama stored in bf16, as hub checkpoints
-             are) under bf16-mixed (float32 master weights, bf16 compute), bf16-true (pure bf16,
-             the opt-in) and 32-true; the ratio is the price of master weights (goal on GPUs:
-             at most 15% slower than pure bf16)
+  precision  tokens/s of the same SFT run on the quickstart records (--model: the tiny Llama,
+             or SmolLM2-135M-Instruct; stored in bf16, as hub checkpoints are) under bf16-mixed
+             (float32 master weights, bf16 compute), bf16-true (pure bf16, the opt-in) and
+             32-true; the ratio is the price of master weights (goal on GPUs: at most 15% slower
+             than pure bf16)
   head       peak host memory and time of the output head's loss and its backward for one
              sequence at SmolLM2-135M's width (hidden 576, vocab 49152), 2048 and 8192 tokens:
              the full float32 log-softmax over (tokens x vocab) logits vs citrus's chunked head;
@@ -13,12 +14,15 @@ Each measurement runs in its own process, so each peak is its own. Run by hand o
 machine:
 
     python benchmarks/training_at_scale.py --steps 40
+    CITRUS_CACHE=/tmp/cc python benchmarks/training_at_scale.py --steps 10 \
+        --model smollm2-135m-instruct
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +37,7 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def precision_run(precision: str, steps: int, chunk: int = 1024) -> dict:
+def precision_run(precision: str, steps: int, chunk: int = 1024, model: str = "tiny_llama") -> dict:
     from hydra import compose, initialize_config_dir
 
     from citrus.config import CONF_DIR, register_configs
@@ -42,20 +46,25 @@ def precision_run(precision: str, steps: int, chunk: int = 1024) -> dict:
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        base = compose("config", ["job=train", "experiment=quickstart"])
+        base = compose("config", ["job=train", "experiment=quickstart", f"model={model}"])
     stored = Path(tempfile.mkdtemp(prefix="citrus-bf16-")) / "model"
     load_model(base.model, "bfloat16").save_pretrained(stored)
     load_tokenizer(base.model).save_pretrained(stored)
     overrides = [
-        "job=train", "experiment=quickstart", "logger=none", f"model.path={stored}",
-        "model.build=null", "model.dtype=bfloat16", f"trainer.precision={precision}",
+        "job=train", "experiment=quickstart", "logger=none", f"model={model}",
+        f"model.path={stored}", "model.build=null", "model.gguf=null", "model.dtype=bfloat16",
+        f"trainer.precision={precision}",
         "data.quickstart.n_train=256", "trainer.micro_batch_size=4", f"trainer.max_steps={steps}",
         "trainer.log_every=1000", "trainer.checkpoint_every=0", f"trainer.loss_chunk_size={chunk}",
     ]  # fmt: skip
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides)
     out = Path(tempfile.mkdtemp(prefix="citrus-bench-"))
-    metrics = execute("train", cfg, out, overrides).metrics
+    try:
+        metrics = execute("train", cfg, out, overrides).metrics
+    finally:  # the stored and the exported model
+        shutil.rmtree(stored.parent, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
     return {"tokens_per_s": metrics["train/tokens_per_s"]}
 
 
@@ -81,7 +90,8 @@ def head_run(chunk: int, tokens: int, hidden: int, vocab: int) -> dict:
 
 
 def measure(kind: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--steps", str(args.steps)]
+    cmd = [sys.executable, __file__, "--worker", kind, "--steps", str(args.steps),
+           "--model", args.model]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"{kind} failed:\n{result.stderr[-3000:]}")
@@ -91,12 +101,13 @@ def measure(kind: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--model", default="tiny_llama")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         kind, *values = args.worker.split(":")
         if kind == "precision":
-            result = precision_run(values[0], args.steps, int(values[1]))
+            result = precision_run(values[0], args.steps, int(values[1]), args.model)
         else:
             result = head_run(int(values[0]), tokens=int(values[1]), hidden=576, vocab=49152)
         print(json.dumps(result))
@@ -105,6 +116,7 @@ def main() -> None:
         p: measure(f"precision:{p}:1024", args) for p in ("bf16-mixed", "bf16-true", "32-true")
     }
     speed["bf16-mixed, loss_chunk_size=0"] = measure("precision:bf16-mixed:0", args)
+    print(f"{args.model}, quickstart records, batch 4, {args.steps} steps")
     for p, r in speed.items():
         print(f"train {p:30s} {r['tokens_per_s']:9.0f} tokens/s")
     mixed, pure = speed["bf16-mixed"]["tokens_per_s"], speed["bf16-true"]["tokens_per_s"]

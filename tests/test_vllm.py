@@ -244,7 +244,7 @@ def test_a_real_model_through_offline_vllm_matches_transformers(smol_hf, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     same = agreeing(predictions(tmp_path), smol_hf)
     print(f"SmolLM2 greedy replies equal to transformers': {same}/8 (offline vLLM)")
-    assert same >= 5, f"only {same}/8 greedy SmolLM2 replies agree between vLLM and transformers"
+    assert same >= 6, f"only {same}/8 greedy SmolLM2 replies agree between vLLM and transformers"
 
 
 @needs_benchmarks
@@ -260,4 +260,4 @@ def test_a_real_model_served_by_citrus_serve_matches_transformers(smol_hf, tmp_p
         execute("evaluate", compose_config("evaluate", overrides), tmp_path / "run", overrides)
     same = agreeing(predictions(tmp_path / "run"), smol_hf)
     print(f"SmolLM2 greedy replies equal to transformers': {same}/8 (citrus serve + openai)")
-    assert same >= 5, f"only {same}/8 greedy SmolLM2 replies agree between the server and hf"
+    assert same >= 6, f"only {same}/8 greedy SmolLM2 replies agree between the server and hf"
