@@ -379,3 +379,24 @@ def test_pipeline_stages_are_checked_first(tmp_path):
     ):
         with pytest.raises(ValueError, match=message):
             check_stages(bad)
+
+
+def test_a_source_task_gives_synthesis_limit_questions_whatever_the_eval_limit(tmp_path):
+    """benchmark.limit sizes the evaluation, synthesis.limit the questions synthesis reads: a
+    benchmark group of 8 questions a task must not cut a 24-question synthesis to 8."""
+    from types import SimpleNamespace
+
+    from citrus.record import RunRecord
+    from citrus.synthesis.common import load_questions
+
+    overrides = [
+        "+benchmark/task@synthesis.source_task=medqa_train",
+        f"benchmark.data_root={ROOT}",
+        "benchmark.limit=8",
+        "synthesis.limit=24",
+    ]
+    cfg = compose_config("synthesize", overrides)
+    run = SimpleNamespace(record=RunRecord(tmp_path, "synthesize", overrides, {}))
+    questions = load_questions(cfg, run)
+    assert len(questions) == 24 and all(q.id.startswith("medqa_train-") for q in questions)
+    assert any(i["role"] == "synthesis/source" for i in run.record.data["inputs"].values())

@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from citrus.data import quickstart
 from citrus.data.benchmarks import load_task
 from citrus.data.schema import KeyedLog, MCQuestion, load_records
@@ -25,7 +27,9 @@ def load_questions(cfg: Any, run: Any) -> list[MCQuestion]:
         questions = load_records(path, "mc")
     elif s.source_task is not None:
         name = f"{s.source_task.loader}_{s.source_task.split}"  # the questions' id prefix
-        loaded = load_task(name, s.source_task, cfg.benchmark, cfg.paths.data_dir)
+        # the evaluation group's benchmark.limit is not the source's: synthesis.limit is
+        group = OmegaConf.merge(cfg.benchmark, {"limit": None})
+        loaded = load_task(name, s.source_task, group, cfg.paths.data_dir)
         for path in loaded.files:
             run.record.add_input(path, "synthesis/source")
         questions = loaded.items
