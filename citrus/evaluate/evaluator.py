@@ -200,10 +200,11 @@ def evaluate_task(
 
 def resumable_predictions(out_dir: Path, cfg: Any) -> KeyedLog:
     """predictions.jsonl of this directory, kept for a rerun of the same evaluation (same model,
-    engine settings, benchmark and prompt: its stamp), started afresh otherwise."""
+    engine settings, benchmark, prompt and extractor: its stamp), started afresh otherwise."""
     what = {
         k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "engine", "benchmark")
     }
+    what["extractor_version"] = EXTRACTOR_VERSION  # stored rows hold the old extractor's reads
     what["answer_mapper"] = (
         OmegaConf.to_container(cfg.roles.answer_mapper, resolve=True)
         if cfg.benchmark.answer_check
