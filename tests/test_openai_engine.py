@@ -141,3 +141,40 @@ def test_missing_base_url_is_a_clear_error():
     cfg = compose_config("evaluate", ["engine=openai"])
     with pytest.raises(ValueError, match="engine.base_url: set the server's URL"):
         build_engine(cfg.engine, cfg.model)
+
+
+def test_a_fine_tune_served_under_the_base_name_never_gets_the_base_replies(
+    hf_engine, conversations, tmp_path
+):
+    """One server, one served name, two models behind it: the cache keys on the weights at
+    model.path and on the endpoint, not on the name alone."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from citrus.models import resolve_path
+
+    base_dir = resolve_path(compose_config("evaluate", ["model=tiny_llama"]).model)
+    tuned_dir = tmp_path / "tuned"
+    shutil.copytree(base_dir, tuned_dir)
+    weights = load_file(tuned_dir / "model.safetensors")
+    for name in weights:  # what a fine-tune does: every matrix moves a little
+        weights[name] = weights[name] + 0.05 * (name.endswith("weight"))
+    save_file(weights, tuned_dir / "model.safetensors", metadata={"format": "pt"})
+    cfg = compose_config(
+        "evaluate", ["model=tiny_llama", f"model.path={tuned_dir}", "engine.max_new_tokens=12"]
+    )
+    tuned = HFEngine(cfg.engine, cfg.model)
+    name = ["engine.served_model=tiny"]
+    with ChatServer(hf_engine) as server:
+        base_replies = openai_engine(server.url, tmp_path, *name).generate(conversations[:3])
+        server.engine = tuned  # the fine-tune now answers under the same name
+        engine = openai_engine(server.url, tmp_path, *name, f"model.path={tuned_dir}")
+        tuned_replies = engine.generate(conversations[:3])
+        again = openai_engine(server.url, tmp_path, *name).generate(conversations[:3])
+        assert server.seen["ok"] == 6 and engine.stats["cached"] == 0
+    assert tuned_replies == tuned.generate(conversations[:3]) != base_replies
+    assert again == base_replies  # the base model's replies are still cached for the base model
+    with ChatServer(hf_engine) as other:  # the same model behind another endpoint: asked anew
+        openai_engine(other.url, tmp_path, *name).generate(conversations[:1])
+        assert other.seen["ok"] == 1

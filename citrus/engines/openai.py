@@ -9,8 +9,9 @@ on top of it the engine guarantees:
   once. The SDK's own retries are off (max_retries=0), so stats count every HTTP attempt
   (`requests`) and every retry (`retries`) exactly;
 - every failure for good is an `EngineError` naming the problem, never an `openai` exception;
-- an append-only on-disk cache keyed by the request, so a rerun or a resumed job never pays
-  twice for a finished request;
+- an append-only on-disk cache keyed by the request, the endpoint and a fingerprint of the
+  weights at model.path, so a rerun or a resumed job never pays twice for a finished request
+  and a fine-tune served under its base model's name never gets the base model's replies;
 - the API key only from the environment variable named by engine.api_key_env; it is sent in a
   header and never logged or written. Without one, no Authorization header is sent at all;
 - usage per engine in `stats`: tokens, and `truncated` replies (finish_reason "length").
@@ -33,6 +34,7 @@ import openai
 from citrus.config import EngineConfig
 from citrus.engines import Conversation, OnBatch
 from citrus.errors import ConfigError, EngineError
+from citrus.models import weights_fingerprint
 
 RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
 
@@ -98,6 +100,12 @@ class OpenAIEngine:
             )
         self.cfg = engine_cfg
         self.model = engine_cfg.served_model or str(model_cfg.path)
+        # what a cached reply depends on besides the request: the server, and the weights behind
+        # the served name (a fine-tune served under its base model's name is another model)
+        self.cache_scope = {
+            "endpoint": engine_cfg.base_url.rstrip("/"),
+            "weights": weights_fingerprint(str(model_cfg.path)),
+        }
         self.api_key = os.environ.get(engine_cfg.api_key_env, "") if engine_cfg.api_key_env else ""
         self.cache = ResponseCache(Path(engine_cfg.cache_path) if engine_cfg.cache_path else None)
         self.stats = dict.fromkeys(
@@ -170,7 +178,7 @@ class OpenAIEngine:
 
             async def one(i: int) -> None:
                 body = self.request_body(conversations[i], seeds[i] if seeds else None)
-                key = ResponseCache.key(body)
+                key = ResponseCache.key({**body, **self.cache_scope})
                 if key in self.cache.entries:
                     self.stats["cached"] += 1
                     reply = self.cache.entries[key]
