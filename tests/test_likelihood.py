@@ -62,3 +62,14 @@ def test_unknown_mode_is_refused(tmp_path):
     overrides = [*SMOKE, "benchmark.mode=vibes"]
     with pytest.raises(ValueError, match="benchmark.mode: unknown 'vibes'"):
         execute("evaluate", compose_config("evaluate", overrides), tmp_path, overrides)
+
+
+def test_an_engine_that_cannot_score_is_refused_by_name(tmp_path):
+    overrides = [
+        *SMOKE,
+        "benchmark.mode=likelihood",
+        "engine=openai",
+        "engine.base_url=http://127.0.0.1:9/v1",  # never reached: refused before any request
+    ]
+    with pytest.raises(ValueError, match=r"engine=hf or engine=vllm \(engine=openai only gen"):
+        execute("evaluate", compose_config("evaluate", overrides), tmp_path, overrides)

@@ -49,6 +49,15 @@ def test_score_with_samples_reports_pass_at_1_and_majority_vote():
     assert "majority_vote_accuracy" not in score([["A"], ["B"]], ["A", "A"])
 
 
+def test_valid_accuracy_leaves_out_the_answers_no_rule_read():
+    """Citrus's valid_acc: right / (right + wrong). 6 samples read of 9, 4 of them right."""
+    out = score([["A", "A", "B"], ["B", "C", "C"], [None, None, None]], ["A", "C", "B"])
+    assert out["valid_accuracy"] == pytest.approx(4 / 6)
+    assert out["valid_ci95_low"] <= 4 / 6 <= out["valid_ci95_high"]
+    single = score([["A"], [None], ["C"], [None]], ["A", "B", "D", "D"])
+    assert (single["accuracy"], single["valid_accuracy"]) == (0.25, 0.5)
+
+
 def test_shipped_evaluate_module_loads_offline_and_agrees(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     metric = evaluate.load(METRIC_PATH)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,7 @@ import torch
 
 from citrus.config import EngineConfig
 from citrus.engines import Conversation, OnBatch
+from citrus.engines.scoring import encode, encode_pair
 from citrus.errors import EngineError
 from citrus.models import load_model, load_tokenizer
 
@@ -21,19 +22,6 @@ class HFSettings(EngineConfig):
     # lm-evaluation-harness does (SmolLM2 and Qwen add none, Llama-3 adds <|begin_of_text|>);
     # true: always prepend it; false: never
     add_bos_token: bool | None = None
-
-
-def encode_pair(
-    encode: Callable[[str], list[int]], context: str, continuation: str
-) -> tuple[list[int], list[int]]:
-    """Context and continuation token ids by lm-evaluation-harness's rule: the context's
-    trailing spaces move to the continuation, the two are encoded whole, and the continuation is
-    what follows the context's own encoding."""
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    context_ids = encode(context)
-    return context_ids, encode(context + continuation)[len(context_ids) :]
 
 
 class HFEngine:
@@ -146,11 +134,7 @@ class HFEngine:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a scored text, with or without BOS by `add_bos_token`."""
-        add_bos, bos = self.cfg.add_bos_token, self.tokenizer.bos_token_id
-        ids = self.tokenizer(text, add_special_tokens=add_bos is None)["input_ids"]
-        if add_bos and bos is not None and ids[:1] != [bos]:
-            ids = [bos, *ids]
-        return ids
+        return encode(self.tokenizer, text, self.cfg.add_bos_token)
 
     @torch.inference_mode()
     def loglikelihoods(

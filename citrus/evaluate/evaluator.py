@@ -130,8 +130,8 @@ def plan(engine: Any, asked: list, how: dict[str, str]) -> tuple[list, Any, Any]
     if how["mode"] == "likelihood":
         if not isinstance(engine, Scoring):
             raise ConfigError(
-                f"benchmark.mode=likelihood needs the model's log-probabilities: engine=hf "
-                f"(engine={engine.cfg.name} only generates)"
+                f"benchmark.mode=likelihood needs the model's log-probabilities: engine=hf or "
+                f"engine=vllm (engine={engine.cfg.name} only generates)"
             )
         prompts = [build_text(q, how["prompt"]) for q in asked]
         letters = [[f" {k}" for k in q.options] for q in asked]
@@ -248,9 +248,10 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
             metrics["skipped"] = len(loaded.skipped)
             per_task[name] = metrics
             log.info(
-                "%s: accuracy %.3f on %d (chance %.3f, extracted %.3f)",
+                "%s: accuracy %.3f, valid %.3f on %d (chance %.3f, extracted %.3f)",
                 name,
                 metrics["accuracy"],
+                metrics["valid_accuracy"],
                 metrics["n"],
                 metrics["chance"],
                 metrics["extracted"],
@@ -259,9 +260,11 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
                 [r[k] for k in TABLE_COLUMNS] for r in rows[: cfg.logger.log_predictions]
             ]
     mean = sum(m["accuracy"] for m in per_task.values()) / len(per_task) if per_task else 0.0
+    valid = sum(m["valid_accuracy"] for m in per_task.values()) / max(1, len(per_task))
     result = {
         "tasks": per_task,
         "mean_accuracy": mean,  # macro average over the group's tasks
+        "mean_valid_accuracy": valid,  # the same over the answers the extractor read
         "model": cfg.model.name,
         "model_path": str(cfg.model.path),
         # what the numbers depend on, so they can be compared and reproduced
@@ -277,7 +280,7 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
     }
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     flat = {f"{prefix}{t}/{k}": v for t, m in per_task.items() for k, v in m.items()}
-    flat[f"{prefix}mean_accuracy"] = mean
+    flat[f"{prefix}mean_accuracy"], flat[f"{prefix}mean_valid_accuracy"] = mean, valid
     run.tracker.log(flat)
     run.tracker.summary(
         {**flat, "prompt": cfg.benchmark.prompt, "extractor_version": EXTRACTOR_VERSION}

@@ -49,7 +49,9 @@ def majority_vote(samples: list[str | None]) -> str | None:
 
 def score(samples: list[list[str | None]], gold: list[str], seed: int = 0) -> dict[str, float]:
     """Per question, one or more sampled answers. accuracy is pass@1 averaged over the samples
-    (the mean accuracy of n samples); majority_vote_accuracy scores the most voted answer."""
+    (the mean accuracy of n samples; Citrus's `acc`); valid_accuracy the same over the answers
+    the extractor read (Citrus's `valid_acc`: right / (right + wrong), unread ones left out);
+    majority_vote_accuracy scores the most voted answer. Each with a 95% bootstrap interval."""
     per_question = [
         sum(s == g for s in answers) / len(answers) for answers, g in zip(samples, gold)
     ]
@@ -63,6 +65,9 @@ def score(samples: list[list[str | None]], gold: list[str], seed: int = 0) -> di
         / max(1, sum(map(len, samples))),
         "n": n,
     }
+    read = [float(a == g) for answers, g in zip(samples, gold) for a in answers if a is not None]
+    out["valid_accuracy"] = sum(read) / len(read) if read else 0.0
+    out["valid_ci95_low"], out["valid_ci95_high"] = bootstrap_ci(read, seed=seed)
     if any(len(a) > 1 for a in samples):
         out["majority_vote_accuracy"] = accuracy([majority_vote(a) for a in samples], gold)
     return out
