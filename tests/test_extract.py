@@ -1,7 +1,7 @@
 """Answer extraction on realistic model outputs: the letter, and the rule that found it.
 
 Two tables of replies with the answer a careful reader takes from each (None: the reply commits
-to no single option) in tests/data/: `extraction_replies.jsonl`, 858 replies in three sets, each
+to no single option) in tests/data/: `extraction_replies.jsonl`, 1108 replies in four sets, each
 written apart from the extractor and from the other sets, in the forms models answer in (Citrus
 <answer> tags, \\boxed{}, JSON, Chinese, HuatuoGPT-o1's "## Final Response", R1 reasoning,
 MMLU-Pro's ten options, PubMedQA's yes/no/maybe, negations, self-corrections, two answers,
@@ -141,16 +141,16 @@ def table(name: str) -> list[dict]:
 @pytest.mark.parametrize("name", ["extraction_replies.jsonl", "extraction_smollm2.jsonl"])
 def test_reply_tables_are_read_right_and_never_misread(name):
     rows = table(name)
-    misread = [r for r in rows if (got := extract_answer(r["reply"], r["options"]).letter)
-               and got != r["expected"]]  # fmt: skip
-    right = sum(extract_answer(r["reply"], r["options"]).letter == r["expected"] for r in rows)
+    read = [extract_answer(r["reply"], r["options"]).letter for r in rows]
+    misread = [r for r, got in zip(rows, read) if got and got != r["expected"]]
+    right = sum(got == r["expected"] for r, got in zip(rows, read))
     assert not misread, "\n".join(f"{r['note']}: {r['reply'][:80]!r}" for r in misread)
     assert right / len(rows) >= 0.98, f"{right}/{len(rows)} read right"
 
 
 def test_the_tables_hold_what_they_claim():
     replies, smol = table("extraction_replies.jsonl"), table("extraction_smollm2.jsonl")
-    assert len(replies) == 858 and len(smol) == 66
+    assert len(replies) == 1108 and len(smol) == 66
     assert sum(r["expected"] is None for r in replies) >= 100  # replies that choose nothing
     assert any(len(r["options"]) == 10 for r in replies)
     assert any(any("\u4e00" <= ch <= "\u9fff" for ch in r["reply"]) for r in replies)

@@ -12,21 +12,29 @@ The ladder, first reading wins:
   answer_tag   the last <answer>...</answer> (an unclosed tag runs to the end)
   boxed        the last \\boxed{...} (two boxes joined by "or": ambiguous)
   json         a JSON "answer" / "final_answer" / "choice" / "答案" field
-  answer_is    the last answer phrase: "the answer is (C)", "Answer: C", "Final: C", "option C
-               is correct", "I would choose C", "points to option C", "<option text>, C.",
-               "答案是C", "故选C", "选项C正确". A negated ("not A", "A is incorrect"), retracted
-               ("C. Hmm, no") or conditional ("B would be correct if") letter is none; phrases
-               that swing back to an option they left ("B ... D ... B") or name three options
-               are ambiguous.
+  answer_is    the last answer phrase. Statements: "the answer is (C)", "Answer: C", "Final: C",
+               "option C is correct", "I would choose C", "therefore C.", "答案是C", "故选C",
+               "选项C正确", verdict tables ("| C | Correct |", "✅ C"). Descriptions count only
+               where no statement is: "C is the most likely", "this is <text>", "points to
+               option C", "<text> (C)" on a line of its own. A negated ("not A", "A is
+               incorrect"), retracted ("C. Hmm, no") or conditional ("B would be correct if")
+               letter is none; phrases that swing back to an option they left, name three
+               options, or end on two answers with no correction between are ambiguous.
   bare_letter  the whole reply, or its last line, is a letter: "C", "(C).", "**C**"
-  short_reply  a one-line reply read whole: "B) Pulmonary embolism", "Yes, but not always."
-  conclusion   the last sentence draws a conclusion ("so", "therefore", "most likely", "故") and
-               names one option: "So the first-line drug is metformin (A)."
-  option_text  exactly one option's text in the sentences that conclude something ("most
+  answer_line  the first or last line gives one option whole: "C. Aortic dissection", "✅ C.
+               <C's text>" (an echo of several options is none)
+  short_reply  a finished one-line reply read whole: "B) Pulmonary embolism", "Yes, but not
+               always."
+  conclusion   the last sentence ends on one option ("...: scarlet fever.", "— option A"), marks
+               one ("... propofol (B).") or concludes ("so", "therefore", "most likely", "故")
+               with one
+  option_text  exactly one option's text in the sentences that say what the answer is ("most
                consistent with X"), leaving out texts negated or compared against ("not X",
                "rather than X", "X is unlikely")
   ambiguous    the deciding reading names two or more options ("(A) and (C)", "B or D")
   none         nothing to read; the prediction counts as wrong
+The last four read only a reply that finished (not one cut by the token limit) and that does not
+say it cannot decide.
 
 An option's whole text is read before a leading letter, so `E. coli` is the option whose text it
 is, not option E. Option texts match on word boundaries ("no" is not in "not"; a one-word text of
@@ -38,6 +46,7 @@ Every prediction stores its rule, so scores can be audited.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -75,23 +84,32 @@ NEGATION_AFTER = re.compile(
     r"^\s*\)?\s*(?:(?:and|or)\s+(?:[^.;:,]|\.(?=\s*[a-z])){1,40}?\s+)?"
     r"(?:is|are|was|seems|appears|would\s+be|can\s+be|could\s+be|has\s+been)?\s*(?:still\s+)?"
     r"(?:not\b|incorrect|wrong|unlikely|less\s+(?:likely|typical|common|appropriate)|excluded|"
-    r"ruled\s+out|contraindicated|inappropriate|"
+    r"ruled\s+out|contraindicated|inappropriate|would\s+have\b|"
     r"false|doesn't|does\s+not|can't|cannot|错误|不正确|不对|排除|不符合|不支持)",
     re.I,
 )
 # "a diagnosis", "to give an": never the letter A ("A — Metformin")
 ARTICLE = re.compile(
-    r"^(?:[Aa]n?|[Tt]he|[Tt]o\s+(?:perform|give|start|order)(?:\s+an?)?)\s+(?=[a-z])"
+    r"^(?:[Aa]n?|[Tt]he|[Tt]o\s+(?:perform|give|start|order)(?:\s+an?)?)\s+"
+    r"(?=[a-z])(?!(?:and|or|nor|is|because|since|as|with|over|but)\b)"  # "A and C": letters
 )
 HEDGE = re.compile(
     r"\b(?:difficult|hard|impossible)\s+to\s+(?:say|tell|determine|decide)|cannot\s+(?:be\s+)?"
     r"(?:determined?|decided?|choose)|can't\s+(?:determine|decide|choose|tell)|"
     r"more\s+information\s+(?:is|would\s+be)\s+needed|insufficient\s+information|"
+    r"cannot\s+be\s+distinguished|can't\s+be\s+distinguished|missing\s+(?:key\s+|some\s+)?"
+    r"information|not\s+enough\s+information|could\s+be\s+argued|"
     r"unable\s+to\s+(?:determine|choose|decide)|无法确定|不能确定",
     re.I,
 )
 EITHER = re.compile(r"\beither\b[^.;\n]{1,80}?\bor\b|\bor\s+(?:possibly|perhaps|maybe)\b", re.I)
-SPECIAL_TOKENS = re.compile(r"<\|[^|<>]{1,40}\|>(?:assistant|user|system)?")
+SPECIAL_TOKENS = re.compile(r"<\|[^|<>]{1,40}\|>(?:assistant|user|system)?|</?s>")
+CORRECTION = re.compile(
+    r"\b(?:wait|actually|correction|reconsider\w*|however|but|no\b|final\w*|chang\w*|instead|"
+    r"second\s+thought|hmm|re-?read\w*|after|so|therefore|thus|hence|re-?check\w*|mistake|sorry|"
+    r"on\s+review|then|better|rather)|不对|更正|所以|因此|故|综上|但",
+    re.I,
+)
 RETRACTION = re.compile(r"^[\s.,:;)\]-]*(?:hmm|wait|no\b|actually|let\s+me\s+reconsider)", re.I)
 CONDITIONAL = re.compile(r"^[\s.,)\]]*(?:if|only\s+if|when|in\s+case)\b", re.I)
 CONCLUSION_CUE = re.compile(
@@ -117,7 +135,7 @@ class Extraction:
 def normalize(text: str) -> str:
     """Full-width forms to ASCII, accents and zero-width marks dropped, LaTeX text wrappers
     unwrapped, markdown emphasis removed."""
-    text = SPECIAL_TOKENS.sub("", unicodedata.normalize("NFKC", text).replace("\u200b", ""))
+    text = SPECIAL_TOKENS.sub("\n", unicodedata.normalize("NFKC", text).replace("\u200b", ""))
     text = "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
     text = unicodedata.normalize("NFC", text)
     for _ in range(2):  # \text{\textbf{C}}
@@ -248,9 +266,9 @@ class _Reader:
             return key, end
         if re.match(r"\s*(?:$|[,;:!?。，；：、)\]\n]|[-–—]\s|项|選|选项|\.(?!\s*[a-z]))", after):
             return key, end
-        if re.match(r"\.\s*[a-z]", after):  # "E. coli": an abbreviation, unless it is E's text
-            text = normalize(self.options[key]).strip().lower()
-            return (key, end) if after.lstrip(". ").lower().startswith(text[:12]) else (None, 0)
+        if re.match(r"\.\s*[a-z]", after):  # "E. coli": an abbreviation, unless an option's text
+            named, _ = self.text_at_start(s[end:].lstrip(". "))  # "B. dapsone" (a letter + a text)
+            return (key, end) if named is not None else (None, 0)
         word = re.match(r"\s+([A-Za-z']+)", after)
         if word is None:
             return (key, end) if re.match(r"\s*[\u4e00-\u9fff(]", after) else (None, 0)
@@ -284,8 +302,13 @@ class _Reader:
         key, end = self.text_at_start(s)
         if key is None:
             key, end = self.leading_letter(s)
-        if key is None:
-            return None
+        if key is None:  # "malrotation with volvulus (B)", "SIADH, choice B": a paraphrase
+            marked = re.match(
+                rf"[^.;:\n()]{{1,60}}?(?:\s\((?i:option\s+|choice\s+)?([{self.upper}])\)|"
+                rf"[,—–-]\s*(?i:option|choice)\s+([{self.upper}])(?=\W|$))",
+                s,
+            )
+            return (marked.group(1) or marked.group(2)) if marked else None
         rest = s[end:]
         own = re.match(r"[\s.:)\-–—]*", rest)
         if own and self.text_at_start(rest[own.end() :])[0] == key:  # "B. no": past its text
@@ -348,16 +371,35 @@ class _Reader:
             rest = re.sub(r"^[\s.:)\]—–-]+", "", core[end:])
             if self.text_key(rest.rstrip(" .")) == key:
                 whole[i] = key
-        if len(set(whole.values())) != 1:
+        if len(set(whole.values())) > 1:
             return None
-        key = next(iter(whole.values()))
-        return key if {0, len(lines) - 1} & set(whole) else None
+        if whole:
+            key = next(iter(whole.values()))
+            return key if {0, len(lines) - 1} & set(whole) else None
+        # "c) niacin. Niacin deficiency causes ...": opens with a letter and its own text
+        key, end = self.leading_letter(lines[0]) if lines else (None, 0)
+        rest = re.sub(r"^[\s.:)\]—–-]+", "", lines[0][end:]) if key else ""
+        opened, _ = self.text_at_start(rest)
+        return key if key is not None and opened == key and len(lines) < 4 else None
+
+    def negated_letters(self, s: str) -> set[str]:
+        """Options a text rules out by letter: "Option C is incorrect", "not A", "A is wrong"."""
+        tok = rf"(?:option\s+|choice\s+)?[\(\[]?([{self.upper}])[\)\]]?"
+        out = re.findall(
+            rf"(?<![A-Za-z]){tok}(?=\s*(?:is|are|seems)?\s*(?:not\b|incorrect|wrong|"
+            r"unlikely|false|ruled\s+out|excluded))",
+            s,
+            re.I,
+        )
+        out += re.findall(rf"\bnot\s+{tok}(?![\w-])", s, re.I)
+        return {x.upper() for x in out if x.isupper() or len(x) == 1}
 
     def single_text(self, s: str) -> str | None:
         if EITHER.search(s):
             return None  # "either acute pericarditis or an evolving infarction"
         # "subacute granulomatous (de Quervain) thyroiditis": try again without asides
         hits = self.texts_in(s) or self.texts_in(re.sub(r"\s*\([^()]{1,40}\)", "", s))
+        hits -= self.negated_letters(s)
         for k in hits:  # "E. coli or Klebsiella": a hedge
             if any(
                 re.match(r"\s*,?\s*(?:or|and/or)\b", s[m.end() :])
@@ -369,66 +411,81 @@ class _Reader:
     # ------------------------------------------------------------ phrases in running text
 
     def answer_phrase(self, text: str) -> str | None:
-        """The reading of the last answer phrase in `text`; AMBIGUOUS when the phrases swing back
-        to an option they had left or name three or more (a model cycling through options)."""
-        found: list[tuple[int, str]] = []
-        for pattern in self.forward_phrases():
-            for m in pattern.finditer(text):
-                got = self.read_target(text[m.end() : m.end() + 200])
-                if got is not None:
-                    found.append((m.start(), got))
-        for pattern in self.backward_phrases():
-            for m in pattern.finditer(text):
-                key = m.group("letter")
-                key = key.upper() if len(key) == 1 else self.text_key(key)
-                if key in self.options and not NEGATION_BEFORE.search(
-                    text[max(0, m.start() - 20) : m.start()]
-                ):
-                    found.append((m.start(), key))
-        if not found:
-            return None
-        readings = [got for _, got in sorted(found, key=lambda f: f[0])]
+        """The reading of the last answer phrase in `text`. Statements of the answer ("the
+        answer is C", "C is correct", labels) outrank descriptions ("C is the most likely",
+        "this is X", "points to option C"), which count only where no statement is. AMBIGUOUS
+        when the phrases swing back to an option they had left, name three or more (a model
+        cycling through options), or end on two different answers with no correction between."""
+        (strong_forward, weak_forward), (strong_backward, weak_backward) = self.phrases
+        for forward, backward in ((strong_forward, strong_backward), (weak_forward, weak_backward)):
+            found: list[tuple[int, int, str]] = []
+            for pattern in forward:
+                for m in pattern.finditer(text):
+                    got = self.read_target(text[m.end() : m.end() + 200])
+                    if got is not None:
+                        found.append((m.start(), m.end(), got))
+            for pattern in backward:
+                for m in pattern.finditer(text):
+                    key = m.group("letter")
+                    key = key.upper() if len(key) == 1 else self.text_key(key)
+                    if key in self.options and not NEGATION_BEFORE.search(
+                        text[max(0, m.start() - 20) : m.start()]
+                    ):
+                        found.append((m.start(), m.end(), key))
+            if found:
+                return self.settle(sorted(found), text)
+        return None
+
+    @staticmethod
+    def settle(found: list[tuple[int, int, str]], text: str) -> str:
+        readings = [got for _, _, got in found]
         swings = [r for i, r in enumerate(readings) if i == 0 or r != readings[i - 1]]
-        letters = {r for r in readings if r != AMBIGUOUS}
-        if len(swings) != len(set(swings)) or len(letters) >= 3:
+        if len(swings) != len(set(swings)) or len(set(readings) - {AMBIGUOUS}) >= 3:
             return AMBIGUOUS
+        changed = [i for i in range(1, len(found)) if readings[i] != readings[i - 1]]
+        if changed:  # "Answer: A\nAnswer: C": a second answer without a correction is a second
+            i = changed[-1]
+            between = text[found[i - 1][1] : found[i][0]]
+            if len(between) < 200 and not CORRECTION.search(between):
+                return AMBIGUOUS
         return readings[-1]
 
+    @functools.cached_property
+    def phrases(self) -> tuple[tuple[list, list], tuple[list, list]]:
+        return self.forward_phrases(), self.backward_phrases()
+
     def letter_alone(self, s: str) -> str | None:
-        m = re.fullmatch(self.letter_token, s.strip(), re.I)
+        s = re.sub(r"^(?:option|choice)\s+(?=\S+$)", "", s.strip(), flags=re.I)
+        m = re.fullmatch(self.letter_token, s, re.I)
         return m.group(1).upper() if m and (s.strip().isupper() or s.strip()[0] in "([{<") else None
 
     def text_key(self, text: str) -> str | None:
         key, end = self.text_at_start(text)
         return key if end == len(text) else None
 
-    def forward_phrases(self) -> list[re.Pattern]:
-        """Phrases followed by what they point at."""
+    def forward_phrases(self) -> tuple[list[re.Pattern], list[re.Pattern]]:
+        """Phrases followed by what they point at: statements of the answer, descriptions."""
         filler = (
             r"(?:\s+here|\s+overall|\s*,?\s*(?:I|we)\s+(?:believe|think|feel|guess|would\s+say|"
             r"suspect)\s*,?)?"
         )
         verb = (
             r"(?:\s+(?:is|are|was|would\s+be|should\s+be|will\s+be|must\s+be|seems\s+to\s+be|"
-            r"appears\s+to\s+be|is\s+likely)\b\s*:?|\s*[:=]|\s+[-–—])"
+            r"appears\s+to\s+be|is\s+likely|stays|remains)\b\s*:?|\s*[:=]|\s+[-–—])"
         )
         noun = (
             r"\b(?:(?:final|correct|right|best|most\s+(?:likely|appropriate)|my(?:\s+final)?)\s+)*"
-            r"(?:answer|option|choice|diagnosis|response)s?"
+            r"(?:answer|option|choice|diagnosis|response|(?:right|correct|best)\s+one)s?"
             r"(?:\s+(?:to|for)\s+(?:the|this)\s+question(?:\s+\"[^\"\n]{0,400}\")?)?"
         )
         letter_ends = r"(?=\s*(?:option\s+|choice\s+)?[\(\[]?[A-Z][\)\]]?\s*(?:[.,;:!]|$))"
-        return [
+        statements = [
             re.compile(noun + filler + verb, re.I),
-            re.compile(  # "the most likely cause of his dyspnea is (likely to be)"
-                r"\bmost\s+(?:likely|appropriate|probable)\s+(?:[\w'-]+\s+){0,12}?"
-                r"(?:is|would\s+be)\s+(?:likely\s+to\s+be\s+|probably\s+|indeed\s+)?",
-                re.I,
-            ),
+            re.compile(r"\beither\b(?=\s*(?:option\s+)?[\(\[]?[A-Z][\)\]]?\s+or\b)", re.I),
             re.compile(
-                r"\b(?:I\s+would|I'd|I\s+will|I'll|I|we\s+would|let's|let\s+us)\s+"
+                r"\b(?:I\s+would|I'd|I\s+will|I'll|I|we\s+would|let's|let\s+us|I'm|I\s+am)\s+"
                 r"(?:choose|pick|select|go\s+(?:with|for)|opt\s+for|answer|"
-                r"lean\s+(?:toward|towards|to)|say)\b",
+                r"lean\s+(?:toward|towards|to)|say|picking|choosing|selecting|going\s+with)\b",
                 re.I,
             ),
             re.compile(  # "The option that is NOT an adverse effect of lithium is"
@@ -443,38 +500,56 @@ class _Reader:
                 r"|^\s*(?:final\s+)?answer\s*$",  # a heading: "### Answer\n**(B)**"
                 re.I | re.M,
             ),
-            re.compile(r"\b(?:this|that|it)\s+(?:is|'s)\s+(?:most\s+likely\s+|probably\s+)?", re.I),
-            re.compile(
-                r"\b(?:points?\s+to|pointing\s+to|favou?rs?|favou?ring|leaves?|leaving)\s+"
-                r"(?=(?:option|choice)\s)|"
-                r"\b(?i:therefore|thus|hence|so|favou?rs?|that's|it's|it\s+is|most\s+likely|"
-                r"leaves|leaving|probably|likely)"
-                r"\s*,?" + letter_ends
-            ),
+            re.compile(r"\b(?i:therefore|thus|hence|so)\s*,?" + letter_ends),
             re.compile(  # after NFKC ":" and "," stand for their full-width forms
                 r"(?:正确)?(?:答案|选项|诊断|最终答案)\s*(?:应该?|应当)?\s*(?:是|为|选|:)+"
                 r"|【(?:正确)?答案】|(?:故|应|我认为|所以|因此|本题)?选(?:择)?|而是|,\s*是|即"
                 r"|(?:^|\n)\s*答\s*:"
             ),
         ]
+        descriptions = [
+            re.compile(  # "the most likely cause of his dyspnea is (likely to be)"
+                r"\bmost\s+(?:likely|appropriate|probable)\s+(?:[\w'-]+\s+){0,12}?"
+                r"(?:is|would\s+be)\s+(?:likely\s+to\s+be\s+|probably\s+|indeed\s+)?",
+                re.I,
+            ),
+            re.compile(r"\b(?:this|that|it)\s+(?:is|'s)\s+(?:most\s+likely\s+|probably\s+)?", re.I),
+            re.compile(r"\bmost\s+likely\s*:|\bcorrespond(?:s|ing)?\s+to\b", re.I),
+            re.compile(r"最(?:常见|可能|合适|主要|适宜)的?[\u4e00-\u9fff]{0,8}?(?:是|为)"),
+            re.compile(
+                r"\b(?:points?\s+to|pointing\s+to|favou?rs?|favou?ring|leaves?|leaving)\s+"
+                r"(?=(?:option|choice)\s)|"
+                r"\b(?i:favou?rs?|that's|it's|it\s+is|most\s+likely|leaves|leaving|probably|likely)"
+                r"\s*,?" + letter_ends
+            ),
+        ]
+        return statements, descriptions
 
-    def backward_phrases(self) -> list[re.Pattern]:
-        """Phrases that follow what they point at: "C is correct", "<text>, C."."""
+    def backward_phrases(self) -> tuple[list[re.Pattern], list[re.Pattern]]:
+        """Phrases that follow what they point at: statements ("C is correct"), descriptions
+        ("C is the most likely", a line "<text>, C.")."""
         tok = rf"(?:option\s+|choice\s+|选项)?[\(\[]?(?P<letter>[{self.upper}])[\)\]]?"
         texts = "|".join(_text_pattern(v) for _, v in self.texts) or "(?!)"
         correct = (
-            r"\s+(?:is|seems)\s+(?:by\s+far\s+)?(?:the\s+)?(?:correct|right|best|better|answer|"
-            r"most\s+(?:likely|appropriate|probable|common))"
+            r"\s+(?:is|seems)\s+(?:the\s+)?(?:correct|right|best|better|answer)"
             r"(?:\s+(?:answer|option|choice))?\b"
         )
+        likely = r"\s+(?:is|seems)\s+(?:the\s+)?most\s+(?:likely|appropriate|probable)\b"
+        # "A is the most likely" states the answer; "... (A) is the most common" describes one
+        bare = rf"(?:option\s+|choice\s+)?(?P<letter>(?-i:[{self.upper}]))"
         out = [
             re.compile(rf"(?<![A-Za-z]){tok}{correct}", re.I),
+            re.compile(rf"(?<![\w(\[]){bare}{likely}", re.I),
             re.compile(  # verdicts: "| A | Correct |", "- C: ✅", "C. ... <-- correct"
-                rf"^[\s|*-]*{tok}[\s.:|)-]*(?:[^\n]*?(?:<-+|←|\()\s*)?"
-                r"(?:correct|right|true|✅|✓|✔)\)?[\s|]*$",
+                rf"^[\s|*-]*{tok}[\s.:|)-]*(?:[^\n]*?(?:<-+|←|\(|\s[-–—:]|:))?\s*"
+                r"(?<!in)(?:correct|right|true|✅|✓|✔)\)?[\s|]*$",
                 re.I | re.M,
             ),
-            re.compile(rf"{tok}\s*(?:项)?\s*(?:正确|是正确的|为正确答案)"),
+            re.compile(rf"{tok}[\u4e00-\u9fff]{{0,12}}?(?<!不)(?:正确|是正确的|为正确答案)"),
+            re.compile(  # "which makes C the best choice"
+                rf"\bmak(?:es?|ing)\s+{tok}\s+(?:the\s+)?(?:best|correct|right)\b", re.I
+            ),
+            re.compile(rf"^[\s|*-]*(?:✅|✓|✔|☑)\s*{tok}(?![\w-])", re.M),  # "✅ B"
             re.compile(rf"(?P<letter>{texts}){correct}", re.I),
         ]
         out.append(  # a table row: "| Most likely diagnosis | C |"
@@ -482,15 +557,19 @@ class _Reader:
                 rf"^\|[^\n]*(?:answer|diagnosis|choice)[^\n]*\|\s*{tok}\s*\|\s*$", re.I | re.M
             )
         )
+        weak = [
+            re.compile(rf"(?<![A-Za-z]){tok}{likely}", re.I),
+            re.compile(rf"(?P<letter>{texts}){likely}", re.I),
+        ]
         for k, v in self.texts:  # a line of its own: "Croup (A)", "Stevens-Johnson syndrome, D."
-            out.append(
+            weak.append(
                 re.compile(
                     rf"^\W*{_text_pattern(v)}\s*(?:,|\(|-|–)\s*(?:option\s+)?(?P<letter>{k})\b"
                     r"\)?\W*$",
                     re.I | re.M,
                 )
             )
-        return out
+        return out, weak
 
     # ------------------------------------------------------------ the last sentence
 
@@ -501,7 +580,8 @@ class _Reader:
         if not sentences:
             return None
         last = sentences[-1].strip().rstrip(".!。")
-        tail = last.rsplit(":", 1)[-1].strip()  # "...: scarlet fever." / "... to act. Terbutaline."
+        # "...: scarlet fever." / "... to act. Terbutaline." / "Start the insulin drip — option A."
+        tail = re.split(r":|\s[—–-]\s", last)[-1].strip()
         tail = re.sub(ARTICLE, "", tail)
         listing = re.compile(r"^\s*(?:\(?[A-Za-z]\)?|\d+)[.)]\s", re.M)  # "E. Tension ...", "4. X"
         if (
@@ -510,6 +590,8 @@ class _Reader:
             and (self.text_key(tail) or self.letter_alone(tail))
         ):
             return self.text_key(tail) or self.letter_alone(tail)
+        if found := self.marked(sentences[-1]):
+            return found
         if not CONCLUSION_CUE.search(sentences[-1]):
             return None
         concluded = {self.concluded(s) for s in sentences if CONCLUSION_CUE.search(s)} - {None}
@@ -521,6 +603,17 @@ class _Reader:
         if len(marked) == 1:
             return marked.pop()
         return self.single_text(sentence)
+
+    def marked(self, sentence: str) -> str | None:
+        """The one letter marked in a sentence, "... propofol (B).", "(option A)", unless it is
+        negated or conditional ("Duodenal atresia (C) would have presented ...")."""
+        marks = list(re.finditer(rf"\((?:option\s+|choice\s+)?([{self.upper}])\)", sentence, re.I))
+        if len({m.group(1).upper() for m in marks}) != 1:
+            return None
+        after = sentence[marks[-1].end() :]
+        if NEGATION_AFTER.match(after) or CONDITIONAL.match(after):
+            return None
+        return marks[-1].group(1).upper()
 
 
 def _boxed(text: str) -> list[tuple[int, str]]:
@@ -581,8 +674,13 @@ def _result(found: str | None, rule: str) -> Extraction | None:
     return Extraction(None, AMBIGUOUS) if found == AMBIGUOUS else Extraction(found, rule)
 
 
+@functools.lru_cache(maxsize=256)
+def _reader(options: tuple[tuple[str, str], ...]) -> _Reader:
+    return _Reader(dict(options))  # one per question: its patterns compile once
+
+
 def extract_answer(response: str, options: dict[str, str]) -> Extraction:
-    reader = _Reader(options)
+    reader = _reader(tuple(options.items()))
     text = normalize(response)
     if re.search(r"<think>", text, re.I) and not re.search(r"</think>|<answer>", text, re.I):
         return Extraction(None, "none")  # cut off while still thinking: it never answered

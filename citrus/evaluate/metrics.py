@@ -50,7 +50,8 @@ def majority_vote(samples: list[str | None]) -> str | None:
 def score(samples: list[list[str | None]], gold: list[str], seed: int = 0) -> dict[str, float]:
     """Per question, one or more sampled answers. accuracy is pass@1 averaged over the samples
     (the mean accuracy of n samples; Citrus's `acc`); valid_accuracy the same over the answers
-    the extractor read (Citrus's `valid_acc`: right / (right + wrong), unread ones left out);
+    the extractor read: right / (right + wrong), unread and ambiguous ones left out (Citrus's
+    `valid_acc` leaves out only rows whose requests failed);
     majority_vote_accuracy scores the most voted answer. Each with a 95% bootstrap interval."""
     per_question = [
         sum(s == g for s in answers) / len(answers) for answers, g in zip(samples, gold)
