@@ -76,6 +76,7 @@ STOPWORDS = {"of", "the", "and", "with", "to", "in", "a", "an", "for", "on", "or
 NEGATION_BEFORE = re.compile(
     r"(?:\bnot|\bno|\bnor|\bisn't|\bisnt|\bexclude[sd]?|\brule[sd]?\s+out|\bruled\s+out|"
     r"\bunlikely|\bthan|\brather\s+than|\binstead\s+of|\bover|\bwithout|\bagainst|\bexcept|"
+    r"\bavoid(?:s|ing)?|"
     r"不是|排除|而非)"
     r"(?:\s+(?:an?|the|a\s+diagnosis\s+of|option|choice))?\s*[:(]?\s*$",
     re.I,
@@ -84,6 +85,7 @@ NEGATION_AFTER = re.compile(
     r"^\s*\)?\s*(?:(?:and|or)\s+(?:[^.;:,]|\.(?=\s*[a-z])){1,40}?\s+)?"
     r"(?:is|are|was|seems|appears|would\s+be|can\s+be|could\s+be|has\s+been)?\s*(?:still\s+)?"
     r"(?:not\b|incorrect|wrong|unlikely|less\s+(?:likely|typical|common|appropriate)|excluded|"
+    r"would\s+not\b|does\s+not\b|did\s+not\b|"
     r"ruled\s+out|contraindicated|inappropriate|would\s+have\b|"
     r"false|doesn't|does\s+not|can't|cannot|错误|不正确|不对|排除|不符合|不支持)",
     re.I,
@@ -99,6 +101,7 @@ HEDGE = re.compile(
     r"more\s+information\s+(?:is|would\s+be)\s+needed|insufficient\s+information|"
     r"cannot\s+be\s+distinguished|can't\s+be\s+distinguished|missing\s+(?:key\s+|some\s+)?"
     r"information|not\s+enough\s+information|could\s+be\s+argued|"
+    r"(?:answer|choice|management|it)\s+(?:really\s+)?depends\s+(?:on|entirely)|取决于|"
     r"unable\s+to\s+(?:determine|choose|decide)|无法确定|不能确定",
     re.I,
 )
@@ -211,6 +214,8 @@ class _Reader:
                     continue
                 if NEGATION_AFTER.match(s[m.end() : m.end() + 80]):
                     continue
+                if re.search(r"\d\s*(?:to|-|–|or)\s*$", s[max(0, m.start() - 12) : m.start()]):
+                    continue  # "5 to 10 seconds": a range, not the option "10 seconds"
                 spans.append((m.start(), m.end(), k))
         return {k for _, _, k in spans}
 
@@ -235,6 +240,16 @@ class _Reader:
         if re.fullmatch(rf"[{self.upper}]{{2,}}[.!。]?", s) and len(set(s.rstrip(".!。"))) > 1:
             return set(s.rstrip(".!。"))
         return None
+
+    def echoed(self, s: str) -> bool:
+        """`s` gives two or more options each as "<letter>. <its text>": an echo of the options
+        ("A. 阿托品 B. 碘解磷定 C. ..."), not an answer."""
+        given = {
+            k
+            for k in self.text_res
+            if re.search(rf"(?<![A-Za-z]){k}[.)]\s*{self.text_res[k].pattern}", s, re.I)
+        }
+        return len(given) > 1
 
     def lists_options(self, s: str) -> bool:
         """`s` opens with two or more lines that each start with a different option letter."""
@@ -338,6 +353,8 @@ class _Reader:
         if not s:
             return None
         plain = s.rstrip(" .!。")
+        if self.echoed(s):
+            return AMBIGUOUS
         for k, v in self.texts:
             if plain.lower() == normalize(v).strip().rstrip(".").lower():
                 return k
@@ -377,6 +394,8 @@ class _Reader:
             key = next(iter(whole.values()))
             return key if {0, len(lines) - 1} & set(whole) else None
         # "c) niacin. Niacin deficiency causes ...": opens with a letter and its own text
+        if lines and self.echoed(lines[0]):
+            return None
         key, end = self.leading_letter(lines[0]) if lines else (None, 0)
         rest = re.sub(r"^[\s.:)\]—–-]+", "", lines[0][end:]) if key else ""
         opened, _ = self.text_at_start(rest)
@@ -421,6 +440,11 @@ class _Reader:
             found: list[tuple[int, int, str]] = []
             for pattern in forward:
                 for m in pattern.finditer(text):
+                    clause = re.split(r"[.!?;\n。；]", text[max(0, m.start() - 120) : m.start()])[
+                        -1
+                    ]
+                    if re.search(r"\b(?:if|when|unless|depending)\b|如果|若", clause, re.I):
+                        continue  # "If the Wells score is low, the next step is (A); if ..."
                     got = self.read_target(text[m.end() : m.end() + 200])
                     if got is not None:
                         found.append((m.start(), m.end(), got))
@@ -481,6 +505,12 @@ class _Reader:
         letter_ends = r"(?=\s*(?:option\s+|choice\s+)?[\(\[]?[A-Z][\)\]]?\s*(?:[.,;:!]|$))"
         statements = [
             re.compile(noun + filler + verb, re.I),
+            re.compile(  # "The next best step (in management) is"
+                r"\b(?:next\s+)?(?:best\s+)?(?:next\s+)?(?:step|treatment|management|test|drug)"
+                r"(?:\s+in\s+(?:the\s+)?(?:management|diagnosis|treatment|evaluation))?"
+                r"\s+(?:is|would\s+be)\s*:?",
+                re.I,
+            ),
             re.compile(r"\beither\b(?=\s*(?:option\s+)?[\(\[]?[A-Z][\)\]]?\s+or\b)", re.I),
             re.compile(
                 r"\b(?:I\s+would|I'd|I\s+will|I'll|I|we\s+would|let's|let\s+us|I'm|I\s+am)\s+"
@@ -502,7 +532,7 @@ class _Reader:
             ),
             re.compile(r"\b(?i:therefore|thus|hence|so)\s*,?" + letter_ends),
             re.compile(  # after NFKC ":" and "," stand for their full-width forms
-                r"(?:正确)?(?:答案|选项|诊断|最终答案)\s*(?:应该?|应当)?\s*(?:是|为|选|:)+"
+                r"(?:(?:正确)?(?:答案|诊断|最终答案)|正确选项|选项应)\s*(?:应该?|应当)?\s*(?:是|为|选|:)+"
                 r"|【(?:正确)?答案】|(?:故|应|我认为|所以|因此|本题)?选(?:择)?|而是|,\s*是|即"
                 r"|(?:^|\n)\s*答\s*:"
             ),
@@ -517,8 +547,9 @@ class _Reader:
             re.compile(r"\bmost\s+likely\s*:|\bcorrespond(?:s|ing)?\s+to\b", re.I),
             re.compile(r"最(?:常见|可能|合适|主要|适宜)的?[\u4e00-\u9fff]{0,8}?(?:是|为)"),
             re.compile(
-                r"\b(?:points?\s+to|pointing\s+to|favou?rs?|favou?ring|leaves?|leaving)\s+"
-                r"(?=(?:option|choice)\s)|"
+                r"\b(?:point(?:s|ing)?\s+(?:clearly\s+|strongly\s+)?to|favou?rs?|favou?ring|"
+                r"leaves?|leaving)\s+(?=(?:option|choice)\s|[\(\[]?[A-Z][.)\]]\s)|"
+                r"\bpoint(?:s|ing)?\s+(?:clearly\s+|strongly\s+)?to\b|"
                 r"\b(?i:favou?rs?|that's|it's|it\s+is|most\s+likely|leaves|leaving|probably|likely)"
                 r"\s*,?" + letter_ends
             ),
