@@ -9,7 +9,7 @@ tokenizer's own rule), so every log-likelihood should agree within 1e-4. Prints 
 ways and the ratio, each side's peak memory and accuracy, the number of questions where both pick
 the same option, and the largest |citrus - lm-eval| log-likelihood over all items. Run by hand
 on an idle machine (needs `pip install lm-eval` and the MedQA file), for SmolLM2-135M-Instruct
-(about an hour on 2 CPU cores):
+(18 minutes on 2 CPU cores):
 
     CITRUS_CACHE=/tmp/cc python benchmarks/likelihood_vs_lm_eval.py \
         --data-root ../shared/benchmarks/citrus-repo --model smollm2-135m-instruct --limit 1273
