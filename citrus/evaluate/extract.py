@@ -185,10 +185,12 @@ class _Reader:
         texts = [(k, v) for k, v in options.items() if v.strip() and len(v.strip()) > 1]
         self.texts = sorted(texts, key=lambda kv: -len(kv[1]))
         self.text_res = {k: re.compile(_text_pattern(v), re.I) for k, v in self.texts}
+        # each text as a reply would hold it whole (normalized, no final period, any case)
+        self.plain = {k: normalize(v).strip().rstrip(".").lower() for k, v in self.texts}
         self.first_words = {
-            k: re.compile(r"(?<![A-Za-z])" + re.escape(normalize(v).split()[0]), re.I)
-            for k, v in self.texts
-            if len(normalize(v).split()[0]) >= 4
+            k: re.compile(r"(?<![A-Za-z])" + re.escape(v.split()[0]), re.I)
+            for k, v in self.plain.items()
+            if len(v.split()[0]) >= 4
         }
         self.letter_token = rf"[\(\[{{<]?([{self.upper}{self.upper.lower()}])[\)\]}}>]?"
 
@@ -355,8 +357,8 @@ class _Reader:
         plain = s.rstrip(" .!。")
         if self.echoed(s):
             return AMBIGUOUS
-        for k, v in self.texts:
-            if plain.lower() == normalize(v).strip().rstrip(".").lower():
+        for k, _ in self.texts:
+            if plain.lower() == self.plain[k]:
                 return k
         if listed := self.letter_list(plain):
             return AMBIGUOUS if len(listed) > 1 else listed.pop()
