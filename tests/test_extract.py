@@ -1,7 +1,7 @@
 """Answer extraction on realistic model outputs: the letter, and the rule that found it.
 
 Two tables of replies with the answer a careful reader takes from each (None: the reply commits
-to no single option) in tests/data/: `extraction_replies.jsonl`, 1358 replies in five sets, each
+to no single option) in tests/data/: `extraction_replies.jsonl`, 1658 replies in six sets, each
 written apart from the extractor and from the other sets, in the forms models answer in (Citrus
 <answer> tags, \\boxed{}, JSON, Chinese, HuatuoGPT-o1's "## Final Response", R1 reasoning,
 MMLU-Pro's ten options, PubMedQA's yes/no/maybe, negations, self-corrections, two answers,
@@ -150,7 +150,7 @@ def test_reply_tables_are_read_right_and_never_misread(name):
 
 def test_the_tables_hold_what_they_claim():
     replies, smol = table("extraction_replies.jsonl"), table("extraction_smollm2.jsonl")
-    assert len(replies) == 1358 and len(smol) == 66
+    assert len(replies) == 1658 and len(smol) == 66
     assert sum(r["expected"] is None for r in replies) >= 100  # replies that choose nothing
     assert any(len(r["options"]) == 10 for r in replies)
     assert any(any("\u4e00" <= ch <= "\u9fff" for ch in r["reply"]) for r in replies)

@@ -43,8 +43,8 @@ def test_the_citrus_journey_runs_on_smollm2_with_real_data(tmp_path):
     assert metrics["synthesize/done"] == 24
     # SFT trained on the 198 HuatuoGPT-o1 records plus what synthesis kept, and learned from them
     sft_rows = log_rows(tmp_path / "sft")
-    assert sft_rows[-1]["train/loss"] < sft_rows[0]["train/loss"]
+    assert sft_rows[-1]["sft/loss"] < sft_rows[0]["sft/loss"]  # metrics carry the stage name
     assert metrics["sample/done"] == 8
     cpo_rows = log_rows(tmp_path / "preference")
-    assert cpo_rows[-1]["step"] == 6 and "train/rewards/accuracies" in cpo_rows[-1]
+    assert cpo_rows[-1]["step"] == 6 and "preference/rewards/accuracies" in cpo_rows[-1]
     assert elapsed < 30 * 60, f"the journey took {elapsed:.0f} s"

@@ -92,6 +92,10 @@ class DataConfig:
     # preference pairs over max_length: the prompt is first cut to this many tokens (on the
     # truncation side), then the replies to what is left (TRL's CPO/DPO rule); null: prompt kept
     max_prompt_length: int | None = None
+    # validation (loss every trainer.val_every steps): records of another file, or a seeded
+    # share of this one's held out of training; both empty: no validation
+    val_path: str | None = None
+    val_ratio: float = 0.0
 
 
 @dataclass
@@ -137,6 +141,11 @@ class BenchmarkTask:
     # this task's own protocol (null: the group's): one group can ask a benchmark both ways
     mode: str | None = None
     prompt: str | None = None
+    context: bool = True  # show the record's context (PubMedQA's abstract) with the question
+    # row-based loaders: the stem rebuilt from the raw record, `{question}` the stem and any
+    # other column by name (JMED's age/sex header in the citrus protocol)
+    question_template: str | None = None
+    continuation: str = "letter"  # likelihood: score " A".." D" (letter) or " yes" (text)
 
 
 @dataclass
@@ -149,6 +158,12 @@ class BenchmarkConfig:
     base_url: str = CITRUS_DATA_URL  # public source of the original files
     strict: bool = True  # false: skip malformed records (counted) instead of failing
     answer_check: bool = False  # replies no rule can read go to the `answer_mapper` role (an LLM)
+    answer_check_prompt: str = "answer_check"  # what the answer_mapper is asked
+    # the evaluation protocol (conf/protocol/) that set mode, prompt, extractor and decoding
+    protocol: str = "default"
+    extractor: str = "ladder"  # how replies are read: citrus.evaluate.extractors.EXTRACTORS
+    # per loader: task fields the protocol replaces, e.g. {pubmedqa: {context: false}}
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     # every task of the group at once, e.g. benchmark.limit=20 for a smoke run; a task's own
     # limit wins (the quickstart task's limit is how many questions it generates)
     limit: int | None = None
@@ -210,6 +225,11 @@ class TrainerConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all
     resume: str | None = None  # auto: this run dir's newest checkpoint | a checkpoint dir | null
     packing: bool = False  # sft: pack examples into rows of model.max_length, no cross-attention
+    # validation on data.val_path / data.val_ratio: its loss every val_every steps (0: after the
+    # last step only); val_benchmark also scores the `benchmark` group's questions in likelihood
+    # mode (keep it small: benchmark.limit=100), on the same step axis as the training loss
+    val_every: int = 0
+    val_benchmark: bool = False
     gradient_checkpointing: bool = False
     # tokens per chunk of the output head's log-softmax (recomputed in backward), so a 128k
     # vocabulary never holds (tokens x vocab) float32 logits at once; 0: the whole sequence

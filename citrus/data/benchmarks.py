@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,9 +84,23 @@ def task_file(task: Any, name: str, bench: Any, data_dir: Path) -> Path:
 def _single_file(reader: Callable[[Path], Raw], convert: Callable) -> Callable:
     def load(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
         path = task_file(task, name, bench, data_dir)
-        return _convert(reader(path), convert, name, path, bench.strict)
+        template = task.question_template
+        if template:
+            convert_row = lambda raw, t, n: with_template(convert(raw, t, n), raw, template)  # noqa: E731
+        else:
+            convert_row = convert
+        return _convert(reader(path), convert_row, name, path, bench.strict)
 
+    load.reads_rows = True  # type: ignore[attr-defined]  # question_template applies
     return load
+
+
+def with_template(q: MCQuestion, raw: dict, template: str) -> MCQuestion:
+    """The question with its stem rebuilt from the raw record: `{question}` is the stem, any
+    other `{column}` the record's value (a missing column fails the record by name)."""
+    values = {**raw, "question": q.question}
+    stem = re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]), template)
+    return dataclasses.replace(q, question=stem)
 
 
 def load_pubmedqa(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
@@ -106,7 +121,7 @@ def load_pubmedqa(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTas
             raw["QUESTION"],
             {"A": "yes", "B": "no", "C": "maybe"},
             letters[label],
-            context=" ".join(raw["CONTEXTS"]),
+            context="\n".join(raw["CONTEXTS"]),  # one labelled section a line, as lm-eval
             metadata={"year": raw.get("YEAR")},
         )
 
@@ -195,6 +210,11 @@ def load_task(name: str, task: Any, bench: Any, data_dir: str | Path) -> LoadedT
         raise DataError(
             f"benchmark task {name!r}: unknown loader {task.loader!r}; one of {sorted(LOADERS)}"
         )
+    if task.question_template and not getattr(LOADERS[task.loader], "reads_rows", False):
+        raise DataError(
+            f"benchmark task {name!r}: question_template needs a row-based loader, not "
+            f"{task.loader!r}"
+        )
     # what the parse depends on (the group's limit and sample apply after it)
     task_cfg = OmegaConf.to_container(task, resolve=True)
     parse = [name, task_cfg, bench.data_root, bench.base_url, bench.strict, str(data_dir)]
@@ -204,6 +224,8 @@ def load_task(name: str, task: Any, bench: Any, data_dir: str | Path) -> LoadedT
         for message in _LOADED[key].skipped:
             log.warning("skipped %s", message)
     loaded = dataclasses.replace(_LOADED[key])
+    if not task.context:  # the protocol asks without it (the original Citrus: question only)
+        loaded.items = [dataclasses.replace(q, context=None) for q in loaded.items]
     limit, sample = (task.limit, task.sample) if task.limit else (bench.limit, bench.sample)
     if limit and len(loaded.items) > limit:
         if sample:

@@ -28,10 +28,19 @@ class HFEngine:
     Settings = HFSettings
 
     def __init__(self, engine_cfg: Any, model_cfg: Any):
-        self.cfg = engine_cfg
-        self.tokenizer = load_tokenizer(model_cfg, padding_side="left")
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_model(model_cfg).to(self.device).eval()
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = load_tokenizer(model_cfg, padding_side="left")
+        self._setup(engine_cfg, load_model(model_cfg).to(device).eval(), tokenizer, device)
+
+    @classmethod
+    def around(cls, engine_cfg: Any, model: Any, tokenizer: Any, device: Any) -> HFEngine:
+        """An engine over a model already in memory: the one being trained (validation)."""
+        engine = cls.__new__(cls)
+        engine._setup(engine_cfg, model, tokenizer, device)
+        return engine
+
+    def _setup(self, engine_cfg: Any, model: Any, tokenizer: Any, device: Any) -> None:
+        self.cfg, self.model, self.tokenizer, self.device = engine_cfg, model, tokenizer, device
         self.max_length = getattr(self.model.config, "max_position_embeddings", None)
         # Stop at the tokenizer's end-of-turn and at every eos the checkpoint declares
         # (Llama-3.1 instruct lists <|end_of_text|>, <|eom_id|> and <|eot_id|>).

@@ -8,6 +8,7 @@ Writes, per run directory:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -22,7 +23,8 @@ from citrus.data.schema import KeyedLog
 from citrus.engines import Scoring, build_engine, build_role_engine
 from citrus.errors import ConfigError
 from citrus.evaluate.answer_check import check_answers, unread
-from citrus.evaluate.extract import EXTRACTOR_VERSION, extract_answer
+from citrus.evaluate.extract import EXTRACTOR_VERSION
+from citrus.evaluate.extractors import EXTRACTORS, LADDER, Extractor
 from citrus.evaluate.metrics import majority_vote, summarize
 from citrus.jobs import JobResult
 from citrus.prompts import build_messages, build_text
@@ -46,8 +48,10 @@ def results_table(title: str, columns: dict[str, dict[str, dict[str, float]]]) -
     return table
 
 
-def prediction_row(task: str, q: Any, conversation: list[dict], reply: str) -> dict[str, Any]:
-    ex = extract_answer(reply, q.options)
+def prediction_row(
+    task: str, q: Any, conversation: list[dict], reply: str, reader: Extractor = LADDER
+) -> dict[str, Any]:
+    ex = reader.read(reply, q.options)
     return {
         "task": task,
         "id": q.id,
@@ -60,9 +64,11 @@ def prediction_row(task: str, q: Any, conversation: list[dict], reply: str) -> d
     }
 
 
-def sampled_row(task: str, q: Any, conversation: list[dict], replies: list[str]) -> dict[str, Any]:
+def sampled_row(
+    task: str, q: Any, conversation: list[dict], replies: list[str], reader: Extractor = LADDER
+) -> dict[str, Any]:
     """Several sampled replies to one question; the row's answer is their majority vote."""
-    samples = [extract_answer(r, q.options) for r in replies]
+    samples = [reader.read(r, q.options) for r in replies]
     pred = majority_vote([ex.letter for ex in samples])
     return {
         "task": task,
@@ -114,19 +120,22 @@ def likelihood_row(task: str, q: Any, context: str, scores: list[float]) -> dict
     }
 
 
-def plan(engine: Any, asked: list, how: dict[str, str]) -> tuple[list, Any, Any]:
-    """What to send for each question, how a reply becomes a row, and how to ask: generate
-    (once, or engine.num_samples times) or score the option letters (likelihood)."""
+def plan(
+    engine: Any, asked: list, how: dict[str, str], reader: Extractor = LADDER
+) -> tuple[list, Any, Any]:
+    """What to send for each question, how a reply becomes a row (read by `reader`), and how
+    to ask: generate (once, or engine.num_samples times) or score the options (likelihood)."""
     n = engine.cfg.num_samples
     if how["mode"] == "generate":
         prompts = [build_messages(q, how["prompt"]) for q in asked]
         if n > 1:
             return (
                 prompts,
-                sampled_row,
+                functools.partial(sampled_row, reader=reader),
                 lambda save: ask_samples(engine, prompts, n, engine.cfg.seed, save),
             )
-        return prompts, prediction_row, lambda save: engine.generate(prompts, on_batch=save)
+        row = functools.partial(prediction_row, reader=reader)
+        return prompts, row, lambda save: engine.generate(prompts, on_batch=save)
     if how["mode"] == "likelihood":
         if not isinstance(engine, Scoring):
             raise ConfigError(
@@ -134,18 +143,35 @@ def plan(engine: Any, asked: list, how: dict[str, str]) -> tuple[list, Any, Any]
                 f"engine=vllm (engine={engine.cfg.name} only generates)"
             )
         prompts = [build_text(q, how["prompt"]) for q in asked]
-        letters = [[f" {k}" for k in q.options] for q in asked]
+        continuations = [continuations_of(q, how.get("continuation", "letter")) for q in asked]
         return (
             prompts,
             likelihood_row,
-            lambda save: engine.loglikelihoods(prompts, letters, on_batch=save),
+            lambda save: engine.loglikelihoods(prompts, continuations, on_batch=save),
         )
     raise ConfigError(f"benchmark.mode: unknown {how['mode']!r}; one of ['generate', 'likelihood']")
 
 
+def continuations_of(q: Any, kind: str) -> list[str]:
+    """What likelihood mode scores after the prompt: " A".." D", or the option texts (" yes")."""
+    if kind not in ("letter", "text"):
+        raise ConfigError(f"benchmark task continuation: unknown {kind!r}; one of letter, text")
+    return [f" {k}" if kind == "letter" else f" {v}" for k, v in q.options.items()]
+
+
 def protocol(task: Any, bench: Any) -> dict[str, str]:
-    """How a task is asked: its own mode and prompt where set, the group's otherwise."""
-    return {"mode": task.mode or bench.mode, "prompt": task.prompt or bench.prompt}
+    """How a task is asked: its own mode and prompt where set, the group's otherwise; in
+    likelihood mode, what is scored when it is not the letters."""
+    how = {"mode": task.mode or bench.mode, "prompt": task.prompt or bench.prompt}
+    if how["mode"] == "likelihood" and task.continuation != "letter":
+        how["continuation"] = task.continuation
+    return how
+
+
+def with_variant(task: Any, bench: Any) -> Any:
+    """The task as the protocol asks it: its loader's variant (benchmark.variants) over it."""
+    variant = bench.variants.get(task.loader) if bench.variants else None
+    return OmegaConf.merge(task, variant) if variant else task
 
 
 def evaluate_task(
@@ -157,18 +183,21 @@ def evaluate_task(
     advance: Any,
     seed: int = 0,
     mapper: Any = None,
+    reader: Extractor = LADDER,
+    check_prompt: str = "answer_check",
 ) -> tuple[dict, list[dict]]:
     """Ask every question not already in predictions.jsonl (a killed run resumes), append each
     finished batch to it, score the task.
 
-    generate: the model reasons, then the extraction ladder reads its answer; with a `mapper`
-    engine, rows with an unread answer wait for its answer check before they are written.
+    generate: the model reasons, then `reader` (the protocol's extractor) reads its answer; with
+    a `mapper` engine, rows with an unread answer wait for its answer check (asked with
+    `check_prompt`) before they are written.
     likelihood: the option letter the model finds most likely after the question."""
     rows: dict[int, dict] = {i: preds.done[q.id] for i, q in enumerate(items) if q.id in preds.done}
     advance(len(rows))
     todo = [i for i in range(len(items)) if i not in rows]
     asked = [items[i] for i in todo]
-    prompts, make_row, ask = plan(engine, asked, how)
+    prompts, make_row, ask = plan(engine, asked, how, reader)
     held: list[int] = []  # rows waiting for the answer check
 
     def save(indices: list[int], outputs: list[Any]) -> None:
@@ -184,7 +213,9 @@ def evaluate_task(
     if todo:
         ask(save)
     if held:  # a second pass: the engine's own call may not be re-entered from its callback
-        check_answers(mapper, [rows[i] for i in held], [items[i] for i in held])
+        check_answers(
+            mapper, [rows[i] for i in held], [items[i] for i in held], check_prompt, reader
+        )
         preds.append([rows[i] for i in held])
     ordered = [rows[i] for i in range(len(items))]
     samples = [r.get("samples") or [r] for r in ordered]  # one answer per question unless sampled
@@ -196,6 +227,12 @@ def evaluate_task(
         seed=seed,
     )
     return metrics, ordered
+
+
+def extractor(name: str) -> Extractor:
+    if name not in EXTRACTORS:
+        raise ConfigError(f"benchmark.extractor: unknown {name!r}; one of {sorted(EXTRACTORS)}")
+    return EXTRACTORS[name]
 
 
 def resumable_predictions(out_dir: Path, cfg: Any) -> KeyedLog:
@@ -224,12 +261,14 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
     mapper_role = cfg.roles.answer_mapper if cfg.benchmark.answer_check else None
     mapper = build_role_engine(mapper_role, engine) if mapper_role else None
     preds = resumable_predictions(out_dir, cfg)
+    reader = extractor(cfg.benchmark.extractor)
+    tasks = {name: with_variant(task, cfg.benchmark) for name, task in cfg.benchmark.tasks.items()}
     per_task: dict[str, dict[str, float]] = {}
-    protocols = {name: protocol(task, cfg.benchmark) for name, task in cfg.benchmark.tasks.items()}
+    protocols = {name: protocol(task, cfg.benchmark) for name, task in tasks.items()}
     files: dict[str, dict[str, str]] = {}
     table_rows: list[list[Any]] = []
     with progress_bar() as bar:
-        for name, task in cfg.benchmark.tasks.items():
+        for name, task in tasks.items():
             loaded = load_task(name, task, cfg.benchmark, cfg.paths.data_dir)
             files[name] = {
                 str(p): run.record.add_input(p, f"benchmark/{name}") for p in loaded.files
@@ -244,6 +283,8 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
                 lambda n, bar_id=bar_id: bar.update(bar_id, advance=n),
                 seed=cfg.seed,
                 mapper=mapper,
+                reader=reader,
+                check_prompt=cfg.benchmark.answer_check_prompt,
             )
             metrics["skipped"] = len(loaded.skipped)
             per_task[name] = metrics
@@ -269,6 +310,8 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
         "model_path": str(cfg.model.path),
         # what the numbers depend on, so they can be compared and reproduced
         "benchmark": cfg.benchmark.name,
+        "protocol": cfg.benchmark.protocol,  # conf/protocol/: split, prompt, decoding, reading
+        "extractor": cfg.benchmark.extractor,
         "prompt": cfg.benchmark.prompt,
         "mode": cfg.benchmark.mode,
         "protocols": protocols,  # per task, where a task sets its own
@@ -283,7 +326,13 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
     flat[f"{prefix}mean_accuracy"], flat[f"{prefix}mean_valid_accuracy"] = mean, valid
     run.tracker.log(flat)
     run.tracker.summary(
-        {**flat, "prompt": cfg.benchmark.prompt, "extractor_version": EXTRACTOR_VERSION}
+        {
+            **flat,
+            "protocol": cfg.benchmark.protocol,
+            "prompt": cfg.benchmark.prompt,
+            "extractor": cfg.benchmark.extractor,
+            "extractor_version": EXTRACTOR_VERSION,
+        }
     )
     run.tracker.table(f"{prefix}predictions", TABLE_COLUMNS, table_rows)
     return result

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 # Bump when a rule changes: scores from different versions differ, and the evaluation's resume
 # stamp holds it, so a rerun re-reads nothing with an old extractor.
-EXTRACTOR_VERSION = "2"
+EXTRACTOR_VERSION = "3"
 
 AMBIGUOUS = "ambiguous"
 ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S | re.I)
@@ -63,7 +63,8 @@ LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textit|mathit)\s*\{(
 THINK_END = re.compile(r"</think>|^#*\s*final response\s*:?\s*$", re.I | re.M)
 CONTINUATION = re.compile(r"\n\s*#*\s*(?:question|q)\s*\d*\s*(?:[:.]|\n)", re.I)  # a new item
 JSON_FIELD = re.compile(
-    r"""["'](?:final_answer|final answer|answer|choice|prediction|答案)["']\s*:\s*"""
+    r"""["'](?:final_answer|final answer|answer|answer_letter|answer_option|correct_option|"""
+    r"""selected_option|option|choice|prediction|答案)["']\s*:\s*"""
     r"""(\[[^\]]*\]|"[^"]*"|'[^']*')""",
     re.I,
 )
@@ -102,7 +103,9 @@ HEDGE = re.compile(
     r"cannot\s+be\s+distinguished|can't\s+be\s+distinguished|missing\s+(?:key\s+|some\s+)?"
     r"information|not\s+enough\s+information|could\s+be\s+argued|"
     r"(?:answer|choice|management|it)\s+(?:really\s+)?depends\s+(?:on|entirely)|取决于|"
-    r"unable\s+to\s+(?:determine|choose|decide)|无法确定|不能确定",
+    r"unable\s+to\s+(?:determine|choose|decide)|无法确定|不能确定|"
+    r"\bdepending\s+on\b|torn\s+between|none\s+of\s+the\s+(?:options|choices|answers)(?:\s+\w+)?"
+    r"\s+(?:is|are)\s+(?:correct|right)|也可能是",
     re.I,
 )
 EITHER = re.compile(r"\beither\b[^.;\n]{1,80}?\bor\b|\bor\s+(?:possibly|perhaps|maybe)\b", re.I)
@@ -110,7 +113,7 @@ SPECIAL_TOKENS = re.compile(r"<\|[^|<>]{1,40}\|>(?:assistant|user|system)?|</?s>
 CORRECTION = re.compile(
     r"\b(?:wait|actually|correction|reconsider\w*|however|but|no\b|final\w*|chang\w*|instead|"
     r"second\s+thought|hmm|re-?read\w*|after|so|therefore|thus|hence|re-?check\w*|mistake|sorry|"
-    r"on\s+review|then|better|rather)|不对|更正|所以|因此|故|综上|但",
+    r"on\s+review|then|better|rather|oops|mislabel\w*|i\s+meant)|不对|更正|所以|因此|故|综上|但",
     re.I,
 )
 RETRACTION = re.compile(r"^[\s.,:;)\]-]*(?:hmm|wait|no\b|actually|let\s+me\s+reconsider)", re.I)
@@ -127,6 +130,9 @@ MENTION_CUE = re.compile(  # a sentence that says what the answer is, not one th
     r"|=>|->|所以|因此|故|诊断|最可能|考虑",
     re.I,
 )
+
+
+CHINESE_VERDICTS = {"yes": "是的|是|对", "no": "不是|否|不", "maybe": "可能|也许|不确定"}
 
 
 @dataclass(frozen=True)
@@ -171,7 +177,7 @@ def _text_pattern(text: str) -> str:
     after = r"(?![A-Za-z0-9])"
     if text.lower() in ("yes", "no", "maybe", "none", "true", "false", "both", "neither"):
         # "No doubt" is not "no", "yes or maybe" is not "yes"
-        after = r"(?=\s*(?:[.,;:!?)\]\n-]|$|or\b|and\b|rather\b))"
+        after = r"(?=\s*(?:[.,;:!?)\]\n—–-]|$|or\b|and\b|rather\b))"
     return r"(?<![A-Za-z0-9])(?:" + "|".join(forms) + ")" + after
 
 
@@ -306,7 +312,7 @@ class _Reader:
         None. `s` is the text right after the phrase."""
         s = s.strip().strip(":=-–—*\"'").strip()
         s = re.sub(ARTICLE, "", s)
-        if self.lists_options(s):
+        if self.lists_options(s) or self.echoed(s.split("\n", 1)[0]):
             return AMBIGUOUS  # "The answer is:\nA. yes\nB. no\nC. maybe": the options echoed
         if negated := re.match(r"(?:not\b|isn't\b|不是|非)", s, re.I):
             s = s[negated.end() :]
@@ -316,6 +322,8 @@ class _Reader:
             return self.read_target(s[turn.end() :]) if turn else None
         if listed := self.letter_list(re.split(r"[\n。]|\.\s", s, maxsplit=1)[0].strip()):
             return AMBIGUOUS if len(listed) > 1 else listed.pop()
+        if said := self.chinese_verdict(s):
+            return said
         key, end = self.text_at_start(s)
         if key is None:
             key, end = self.leading_letter(s)
@@ -346,6 +354,14 @@ class _Reader:
             if second is not None and second != key:
                 return AMBIGUOUS  # "E. coli or Klebsiella"
         return key
+
+    def chinese_verdict(self, s: str) -> str | None:
+        """ "是。" / "否，" / "可能" opening an answer to a yes / no / maybe question (PubMedQA)."""
+        for key, text in self.plain.items():
+            words = CHINESE_VERDICTS.get(text)
+            if words and re.match(rf"(?:{words})(?=[。，,.!！;；\s]|$)", s):
+                return key
+        return None
 
     def read_slot(self, s: str) -> str | None:
         """A place that holds the answer and little else (an <answer> tag, a box, a JSON field,
@@ -459,6 +475,8 @@ class _Reader:
                     ):
                         found.append((m.start(), m.end(), key))
             if found:
+                if HEDGE.search(text[max(end for _, end, _ in found) :]):
+                    return None  # "... the answer is B. Wait, ... I'm torn between C and E"
                 return self.settle(sorted(found), text)
         return None
 
@@ -471,7 +489,7 @@ class _Reader:
         changed = [i for i in range(1, len(found)) if readings[i] != readings[i - 1]]
         if changed:  # "Answer: A\nAnswer: C": a second answer without a correction is a second
             i = changed[-1]
-            between = text[found[i - 1][1] : found[i][0]]
+            between = text[found[i - 1][1] : found[i][1]]  # the later phrase's words count
             if len(between) < 200 and not CORRECTION.search(between):
                 return AMBIGUOUS
         return readings[-1]
@@ -535,7 +553,8 @@ class _Reader:
             re.compile(r"\b(?i:therefore|thus|hence|so)\s*,?" + letter_ends),
             re.compile(  # after NFKC ":" and "," stand for their full-width forms
                 r"(?:(?:正确)?(?:答案|诊断|最终答案)|正确选项|选项应)\s*(?:应该?|应当)?\s*(?:是|为|选|:)+"
-                r"|【(?:正确)?答案】|(?:故|应|我认为|所以|因此|本题)?选(?:择)?|而是|,\s*是|即"
+                r"(?![。,.!;])"  # "答案:是。": the 是 is the answer (yes)
+                r"|【(?:正确)?答案】|(?:故|应|我认为|所以|因此|本题)?(?<!首)选(?:择)?|而是|,\s*是|即"
                 r"|(?:^|\n)\s*答\s*:"
             ),
         ]
@@ -730,7 +749,11 @@ def extract_answer(response: str, options: dict[str, str]) -> Extraction:
     if got := _result(reader.answer_phrase(body), "answer_is"):
         return got
     lines = [line.strip() for line in body.strip().splitlines() if line.strip()]
-    for candidate in (" ".join(lines), lines[-1] if lines else ""):
+    # the whole reply, its last line, or its first line when no other line opens with a letter
+    # ("B\n\nExplanation: ...", not a list "A\nB\nC")
+    lettered = [ln for ln in lines[1:] if re.match(rf"{reader.letter_token}(?:[.):\s]|$)", ln)]
+    first = lines[0] if len(lines) > 1 and not lettered else ""
+    for candidate in (" ".join(lines), lines[-1] if lines else "", first):
         if re.fullmatch(rf"{reader.letter_token}[.!。]?", candidate, re.I):
             return Extraction(reader.leading_letter(candidate)[0], "bare_letter")
         if listed := reader.letter_list(candidate):

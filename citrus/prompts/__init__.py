@@ -9,6 +9,10 @@ before the reply.
 scores option letters after, as lm-evaluation-harness does for MedQA.
 `answer_check` asks an LLM which option a free-text reply chose (a `{response}` slot), the last
 rung of the extraction ladder when `benchmark.answer_check=true`.
+The evaluation protocols (conf/protocol/) ask with the published prompts, word for word:
+`citrus_pro` and `citrus_direct` (the original Citrus evaluation, for Citrus and for other
+models) with `citrus_answer_check`; `huatuo` and `huatuo_strict` (HuatuoGPT-o1's evaluation);
+`lm_eval_pubmedqa` (lm-evaluation-harness's PubMedQA context).
 The data-synthesis roles (citrus/synthesis/) have one prompt each: `open_rewrite` (label),
 `pathway_step`, `pathway_critic`, `pathway_judge`, `pathway_narrative` (expert-pathway
 synthesis), `open_answer`, `xpo_pointwise`, `xpo_pairwise` (preference sampling). Slots other than
@@ -26,6 +30,9 @@ from citrus.data.schema import MCQuestion
 from citrus.errors import ConfigError, MissingFileError
 
 PROMPT_DIR = Path(__file__).resolve().parent
+# the slots that carry the question: all of it, or its parts for prompts that lay it out their
+# own way (the original Citrus and lm-eval prompts)
+QUESTION_SLOTS = ("question", "open_question", "stem", "options", "context")
 
 
 @cache
@@ -37,10 +44,8 @@ def load_prompt(name: str) -> tuple[str | None, str]:
         raise MissingFileError(f"unknown prompt {name!r} (no {user}); known prompts: {known}")
     system = PROMPT_DIR / f"{name}.system.txt"
     template = user.read_text(encoding="utf-8").rstrip("\n")
-    if "{question}" not in template and "{open_question}" not in template:
-        raise ConfigError(
-            f"{user}: the user prompt needs a {{question}} or {{open_question}} placeholder"
-        )
+    if not any(f"{{{slot}}}" in template for slot in QUESTION_SLOTS):
+        raise ConfigError(f"{user}: the user prompt needs one of the placeholders {QUESTION_SLOTS}")
     return (system.read_text(encoding="utf-8").strip() if system.is_file() else None), template
 
 
@@ -52,6 +57,17 @@ def format_question(q: MCQuestion) -> str:
     return "\n".join(parts)
 
 
+def question_slots(q: MCQuestion) -> dict[str, str]:
+    """{question}: the whole question as format_question lays it out; {stem}: its text as the
+    record has it; {options}: one `X. option` line each; {context}: the context or ""."""
+    return {
+        "question": format_question(q),
+        "stem": q.question,
+        "options": "\n".join(f"{letter}. {text}" for letter, text in q.options.items()),
+        "context": q.context or "",
+    }
+
+
 def build_messages(q: MCQuestion, prompt: str, **slots: str) -> list[dict[str, str]]:
     """Chat messages that ask `q` with the named prompt (no assistant turn); `slots` fill the
     prompt's other placeholders, e.g. `{response}`."""
@@ -59,7 +75,7 @@ def build_messages(q: MCQuestion, prompt: str, **slots: str) -> list[dict[str, s
     for name in slots:
         if f"{{{name}}}" not in template:
             raise ConfigError(f"prompt {prompt!r} has no {{{name}}} placeholder")
-    values = {**slots, "question": format_question(q)}
+    values = {**slots, **question_slots(q)}
     # one pass, so a reply that happens to contain "{question}" stays as written
     user = re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
     head = [{"role": "system", "content": system}] if system else []

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -208,40 +210,69 @@ class PackedCollator:
         }
 
 
-def build_dataset(cfg: Any, tokenizer: Any, run: Any) -> tuple[list[dict], Callable, int]:
+@dataclass
+class TrainData:
+    examples: list[dict]  # tokenized training examples (packed rows with trainer.packing)
+    collate: Callable
+    truncated: int  # records data.truncation cut
+    val_examples: list[dict] = field(default_factory=list)  # never packed: one loss per record
+    val_collate: Callable | None = None
+
+
+def held_out(records: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training records, validation records): a seeded share `ratio` of them held out."""
+    if not 0.0 <= ratio < 1.0:
+        raise DataError(f"data.val_ratio={ratio}: a share of the records in [0, 1)")
+    n_val = round(len(records) * ratio)
+    if ratio and not n_val:
+        raise DataError(f"data.val_ratio={ratio} of {len(records)} records holds out none")
+    picked = set(torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))
+                 [:n_val].tolist())  # fmt: skip
+    train = [r for i, r in enumerate(records) if i not in picked]
+    return train, [r for i, r in enumerate(records) if i in picked]
+
+
+def build_dataset(cfg: Any, tokenizer: Any, run: Any) -> TrainData:
     """Tokenized examples (packed rows with trainer.packing), the collator that batches them,
-    and how many records data.truncation cut."""
-    path = training_file(cfg.data, cfg.paths.data_dir)
-    run.record.add_input(path, f"data/{cfg.data.name}")
-    records = load_records(path, cfg.data.format)
+    how many records data.truncation cut, and the validation examples with theirs."""
     data = cfg.data
+    path = training_file(data, cfg.paths.data_dir)
+    run.record.add_input(path, f"data/{data.name}")
+    records, val_records = held_out(load_records(path, data.format), data.val_ratio, cfg.seed)
+    if data.val_path:
+        val_path = Path(data.val_path)
+        if not val_path.is_file():
+            raise DataError(f"data.val_path: {val_path} does not exist (data={data.name})")
+        run.record.add_input(val_path, f"data/{data.name}/validation")
+        val_records += load_records(val_path, data.format)
     max_length = data.max_length or cfg.model.max_length
     if data.format == "preference":
-        examples = [
-            tokenize_pair(r, tokenizer, max_length, data.truncation, data.max_prompt_length)
-            for r in records
-        ]
+        tokenize = lambda r: tokenize_pair(  # noqa: E731
+            r, tokenizer, max_length, data.truncation, data.max_prompt_length
+        )
         collate: Callable = PairCollator(tokenizer.pad_token_id)
     else:
         completion_only = cfg.algorithm.completion_only_loss
-        examples = [
-            tokenize_sft(r, tokenizer, max_length, completion_only, data.truncation)
-            for r in records
-        ]
+        tokenize = lambda r: tokenize_sft(  # noqa: E731
+            r, tokenizer, max_length, completion_only, data.truncation
+        )
         collate = Collator(tokenizer.pad_token_id)
+    examples = [tokenize(r) for r in records]
     truncated = sum(1 for e in examples if e.get("truncated"))
     if truncated:
         log.warning(
             "data.truncation=%s cut %d of %d records of %s to %d tokens",
             data.truncation, truncated, len(examples), path, max_length,
         )  # fmt: skip
+    out = TrainData(examples, collate, truncated, [tokenize(r) for r in val_records], collate)
     if cfg.trainer.packing:
-        rows = pack(examples, max_length)
+        out.examples = pack(examples, max_length)
+        out.collate = PackedCollator(tokenizer.pad_token_id)
         log.info(
-            "packed %d examples into %d rows of <= %d tokens", len(examples), len(rows), max_length
-        )
-        return rows, PackedCollator(tokenizer.pad_token_id), truncated
-    return examples, collate, truncated
+            "packed %d examples into %d rows of <= %d tokens",
+            len(examples), len(out.examples), max_length,
+        )  # fmt: skip
+    return out
 
 
 def micro_batches(

@@ -12,6 +12,7 @@ run directory ends up with:
     model/                     the final model, tokenizer and config (save_pretrained, LoRA merged):
                                load it with `model.path=<run_dir>` or serve it with vLLM
     train_log.jsonl            every logged step (loss, lr, grad norm, tokens/s, preference metrics)
+                               and every validation (<prefix>val/loss, val/<task>/accuracy)
     metrics.json               final loss, throughput, time
 """
 
@@ -43,6 +44,7 @@ from citrus.train.modules import build_policy, build_reference, configure_optimi
 from citrus.train.objectives import OBJECTIVES, Objective, forward
 from citrus.train.schedule import warmup_cosine
 from citrus.train.strategy import all_sum, build_strategy
+from citrus.train.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class Training:
     attention: str  # the backbone's attention, restored for the export after packing
     truncated: int = 0  # records data.truncation cut
     reference: Any = None
+    val_examples: list[dict] = field(default_factory=list)  # data.val_path / data.val_ratio
+    val_collate: Any = None
     # what a checkpoint holds: plain values besides model and optimizer, because FSDP2's
     # distributed checkpoint loads other stateful objects back as dicts
     state: dict[str, Any] = field(default_factory=dict)
@@ -80,6 +84,7 @@ class FitStats:
     tokens: int = 0  # real tokens seen by this process
     padded: int = 0  # tokens including padding
     logged: dict[str, float] = field(default_factory=dict)  # the last logged step's metrics
+    validated: dict[str, float] = field(default_factory=dict)  # the last validation's
     steps: int = 0
     elapsed: float = 0.0
 
@@ -112,7 +117,8 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
     fabric.launch()
     fabric.seed_everything(cfg.seed, verbose=False)
     tokenizer = load_tokenizer(cfg.model)
-    dataset, collate, truncated = build_dataset(cfg, tokenizer, run)
+    data = build_dataset(cfg, tokenizer, run)
+    dataset, collate, truncated = data.examples, data.collate, data.truncated
     steps = total_steps(t, len(dataset), fabric.world_size)
     warmup = int(t.warmup_ratio * steps)
 
@@ -128,6 +134,7 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
         cfg=cfg, fabric=fabric, tokenizer=tokenizer, dataset=dataset, collate=collate, base=base,
         model=model, optimizer=optimizer, scheduler=scheduler, steps=steps,
         objective=OBJECTIVES[cfg.algorithm.loss], attention=attention, truncated=truncated,
+        val_examples=data.val_examples, val_collate=data.val_collate,
     )  # fmt: skip
     if training.objective.needs_reference:
         training.reference = build_reference(cfg, model, fabric)
@@ -166,6 +173,8 @@ def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> FitStats:
                 bar.update(task, advance=1, info=f"loss {sums['loss']:.3f}")
             if step % t.log_every == 0 or step == steps:
                 stats.logged = log_step(training, step, sums, stats, out_dir, run, prefix)
+            if validating(training, step):
+                stats.validated = log_validation(training, step, out_dir, run, prefix)
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < steps:
                 save_training(training, step, out_dir, run)
     stats.steps, stats.elapsed = step, time.perf_counter() - stats.started
@@ -211,6 +220,28 @@ def train_step(training: Training, batches: Any, stats: FitStats) -> dict[str, f
     return sums
 
 
+def validating(training: Training, step: int) -> bool:
+    """Validate at this step? Every trainer.val_every steps and after the last one, when there is
+    something to validate on."""
+    t = training.cfg.trainer
+    if not (training.val_examples or t.val_benchmark):
+        return False
+    return step == training.steps or bool(t.val_every and step % t.val_every == 0)
+
+
+def log_validation(
+    training: Training, step: int, out_dir: Path, run: Any, prefix: str
+) -> dict[str, float]:
+    """Validation metrics to the tracker and train_log.jsonl, at the training step they follow."""
+    logged = {f"{prefix}val/{k}": v for k, v in validate(training).items()}
+    if training.fabric.is_global_zero:
+        run.tracker.log(logged, step=step)
+        append_jsonl(out_dir / "train_log.jsonl", [{"step": step, **logged}])
+        shown = " ".join(f"{k.removeprefix(prefix)} {v:.4f}" for k, v in logged.items())
+        log.info("step %d/%d %s", step, training.steps, shown)
+    return logged
+
+
 def throughput(training: Training, stats: FitStats, prefix: str, elapsed: float | None = None):
     """tokens/s over every process and the share of real (unpadded) tokens, so far."""
     elapsed = elapsed or time.perf_counter() - stats.started
@@ -253,6 +284,7 @@ def finish(training: Training, out_dir: Path, prefix: str, stats: FitStats) -> J
         f"{prefix}seconds": stats.elapsed,
         f"{prefix}truncated_records": training.truncated,
         **{k: v for k, v in stats.logged.items() if "/rewards/" in k or "/logps/" in k},
+        **stats.validated,
     }
     if fabric.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
