@@ -4,6 +4,7 @@ likelihood benchmark, on the training loss's step axis, in one and in two proces
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,9 @@ def held_out_records(cfg_overrides: list[str]) -> list[dict]:
     return held_out(records, cfg.data.val_ratio, cfg.seed)[1]
 
 
-def test_held_out_records_leave_training_and_the_loss_is_the_exported_models(tmp_path):
-    overrides = [*BASE, "data.val_ratio=0.25", "trainer.val_every=2"]
+@pytest.mark.parametrize("packing", [False, True])  # packed rows train; validation never packs
+def test_held_out_records_leave_training_and_the_loss_is_the_exported_models(tmp_path, packing):
+    overrides = [*BASE, "data.val_ratio=0.25", "trainer.val_every=2", f"trainer.packing={packing}"]
     metrics = train_run(tmp_path, overrides)
     val = validation_rows(tmp_path)
     assert sorted(val) == [2, 4]  # every val_every steps, the last one included
@@ -70,12 +72,15 @@ def test_held_out_records_leave_training_and_the_loss_is_the_exported_models(tmp
     assert val[2]["train/val/loss"] != val[4]["train/val/loss"]
 
 
-def test_two_processes_log_the_loss_one_process_does(tmp_path):
-    # 10 held-out records in micro-batches of 4: three batches over two ranks, one rank short
-    overrides = [*BASE, "data.val_ratio=0.25", "trainer.grad_accum_steps=2"]
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_log_the_loss_one_process_does(tmp_path, strategy):
+    # 12 of 44 records held out, in micro-batches of 4: three batches over two ranks, one rank
+    # short; the 32 trained on fill every step alike in both runs
+    overrides = [*BASE, "data.quickstart.n_train=44", "data.val_ratio=0.273"]
+    overrides.append("trainer.grad_accum_steps=2")
     one = train_run(tmp_path / "one", overrides)
-    ddp = ["trainer=ddp", "trainer.devices=2", "trainer.grad_accum_steps=1"]
-    two = train_run(tmp_path / "two", [*overrides, *ddp])
+    two_processes = [f"trainer={strategy}", "trainer.devices=2", "trainer.grad_accum_steps=1"]
+    two = train_run(tmp_path / "two", [*overrides, *two_processes])
     assert two["train/val/loss"] == pytest.approx(one["train/val/loss"], rel=1e-5)
 
 
@@ -121,5 +126,5 @@ def test_preference_objectives_validate_their_rewards(tmp_path):
     ],
 )
 def test_bad_validation_settings_fail_with_the_key(tmp_path, override, message):
-    with pytest.raises(DataError, match=message.replace(".", r"\.").replace("[", r"\[")):
+    with pytest.raises(DataError, match=re.escape(message)):
         train_run(tmp_path, [*BASE, override])
