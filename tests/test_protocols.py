@@ -201,11 +201,14 @@ def test_citrus_answer_check_sees_the_answer_text_and_its_reply_is_the_answer(tm
         check_answers(
             mapper_over_http(server.url, tmp_path), rows, questions, "citrus_answer_check", reader
         )
-    assert len(mapper.prompts) == 2
-    first = mapper.prompts[0][-1]["content"]
-    assert first.startswith("假设你是一名经验丰富的医学专家") and first.endswith("你的输出是:")
-    # shown: the tag's text alone, not the reasoning
-    assert f"<rawA>\n{questions[0].options['B']}\n</rawA>" in first
+    shown = sorted(m[-1]["content"] for m in mapper.prompts)  # requests run concurrently
+    assert len(shown) == 2
+    assert all(
+        s.startswith("假设你是一名经验丰富的医学专家") and s.endswith("你的输出是:") for s in shown
+    )
+    # shown: the tag's text alone, not the reasoning; without a tag, the whole reply
+    assert any(f"<rawA>\n{questions[0].options['B']}\n</rawA>" in s for s in shown)
+    assert any(f"<rawA>\n{replies[2]}\n</rawA>" in s for s in shown)
     assert [(r["pred"], r["rule"]) for r in rows] == [
         ("B", "answer_check"),
         ("D", "citrus_tag"),
@@ -232,8 +235,9 @@ def test_a_sweep_over_protocols_reports_them_side_by_side(tmp_path):
     assert metrics["lm_eval"]["tasks"]["quickstart"]["rule/likelihood"] == 1.0
     assert metrics["huatuo"]["tasks"]["quickstart"]["extracted"] == 1.0  # it always names one
     assert metrics["citrus"]["sampling"]["temperature"] == 0.7
-    run = json.loads(next(tmp_path.glob("*/run.json")).read_text())
-    assert any(o.startswith("protocol=") for o in run["overrides"])
+    for path in tmp_path.glob("*/run.json"):
+        run = json.loads(path.read_text())
+        assert f"protocol={run['metrics']['protocol']}" in run["overrides"]
     table = (tmp_path / "report" / "report.md").read_text().splitlines()
     header = next(line for line in table if line.startswith("| run"))
     assert header.startswith("| run | job | status | protocol | quickstart")

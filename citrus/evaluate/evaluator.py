@@ -344,4 +344,5 @@ def run(cfg: Any, run: Any) -> JobResult:
         results_table(f"{cfg.benchmark.name}: {cfg.model.name}", {cfg.model.name: result["tasks"]})
     )
     outputs = {"predictions": run.dir / "predictions.jsonl", "metrics": run.dir / "metrics.json"}
-    return JobResult({"mean_accuracy": result["mean_accuracy"]}, outputs)
+    summary = {"mean_accuracy": result["mean_accuracy"], "protocol": cfg.benchmark.protocol}
+    return JobResult(summary, outputs)
