@@ -75,6 +75,16 @@ def sft_stages(cfg: Any) -> list[tuple[str, Any]]:
     ]
 
 
+def synthesized_into(cfg: Any, n_stages: int) -> int:
+    """The SFT stage (0-based) that also trains on the synthesized traces."""
+    i = cfg.pipeline.synthesized_stage
+    if not -n_stages <= i < n_stages:
+        raise ConfigError(
+            f"pipeline.synthesized_stage={i}: the pipeline has {n_stages} SFT stage(s)"
+        )
+    return i % n_stages
+
+
 def limited(cfg: Any, source: Path | None = None) -> Any:
     """cfg for the label and synthesize stages: pipeline.synthesis_limit questions from
     `source`."""
@@ -181,10 +191,12 @@ def run(cfg: Any, run: Any) -> JobResult:
         synthesize = journey.run_stage("synthesize", pathways.run, limited(cfg, labeled))
         synthesized = synthesize.outputs["sft"]
     if "sft" in stages:
-        for i, (name, data) in enumerate(sft_stages(cfg)):
+        stages_sft = sft_stages(cfg)
+        into = synthesized_into(cfg, len(stages_sft))
+        for i, (name, data) in enumerate(stages_sft):
             stage_cfg = copy.deepcopy(journey.policy)
             stage_cfg.data = data
-            if i == 0 and synthesized is not None:
+            if i == into and synthesized is not None:
                 merged = synthesized.with_name("sft_data.jsonl")
                 stage_cfg = with_synthesized(stage_cfg, synthesized, merged)
             journey.train(name, stage_cfg, f"after {name.upper()}")

@@ -15,7 +15,10 @@ from conftest import run_cli
 from citrus.config import EXPERIMENTS_DIR
 from citrus.report import find_runs
 
-PRESETS = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "eval_matrix")
+# citrus_recipe runs as part of the two backbone presets that include it
+PRESETS = sorted(
+    p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem not in ("eval_matrix", "citrus_recipe")
+)
 
 
 def records(sweep_dir: Path) -> list[dict]:

@@ -26,9 +26,17 @@ ROLES = ("teacher", "critic", "judge", "policy", "answer_mapper", "strong", "wea
 LIMIT = 4
 
 
+LONG_THINK = (
+    "The history, the examination and the tests each narrow the differential; I list the "
+    "candidates, weigh every one against the findings, set aside those that do not fit, and "
+    "check the one left against each finding again before I commit to it."
+)  # over the 200 characters the original's pair filter asks of a reply's reasoning
+
+
 class ScriptedClinician:
-    """Replies as each role would, recognised by its system prompt. The first step of every case
-    jumps to a conclusion (the critic rejects it); the narrative of one case concludes wrongly."""
+    """Replies as each role would, recognised by its prompt (citrus's and the original recipe's).
+    The first step of every case jumps to a conclusion (the critic rejects it); the narrative of
+    one case concludes wrongly; the judges prefer correct answers."""
 
     def __init__(self):
         self.prompts: list[list[dict]] = []
@@ -45,17 +53,23 @@ class ScriptedClinician:
         system = messages[0]["content"] if messages[0]["role"] == "system" else ""
         user = messages[-1]["content"]
         gold = re.search(
-            r"(?:Correct answer \(secret, never mention it\)|Correct answer \(never cite it\)"
-            r"|Reference answer): (\w)\. (.+)",
+            r"(?:Correct answer \(secret, never mention it\)|Correct answer \(never cite it\)): "
+            r"(?:(\w)\. )?(.+)",
             user,
         )
         if system.startswith("You rewrite"):
             stem = user.split("Multiple-choice question:\n", 1)[1].split("\nA. ", 1)[0]
             return f"Open-ended question: {stem.strip()} What is the most likely diagnosis?"
+        if user.startswith("The question below was written for a closed"):  # the original's
+            stem = user.split("\n\n", 2)[1]
+            return f"{stem.strip()} Please describe the most likely diagnosis."
         if "thinking aloud" in system:
             if "(nothing yet)" in user and "rejected your last attempt" not in user:
                 return "I am sure it is the first disease that comes to mind."
             return f"Step: the findings narrow the differential (step {user.count('Step ') + 1})."
+        if "stream of consciousness" in user:  # the original's monologue: no memory of steps
+            step = "The findings narrow the differential; next, weigh each one."
+            return f"<Reasoning>\n{step}\n</Reasoning>"
         if "review one step" in system:
             if "I am sure" in user.split("New step to review:", 1)[1]:
                 return (
@@ -64,6 +78,8 @@ class ScriptedClinician:
             return "**Rating:** 1\nFeedback: Now weigh each candidate against the findings."
         if "is complete" in system:
             return "Complete: yes" if user.count("Step ") >= 2 else "Complete: no"
+        if user.startswith("Judge the thinking below"):
+            return "Complete: yes"
         if "monologue" in system:
             letter, name = gold.groups()
             if self.wrong_case in user:
@@ -72,24 +88,49 @@ class ScriptedClinician:
                 "<think>\nSo the findings fit; wait, alternatively... no.\n</think>\n"
                 f"<answer>{letter}</answer>"
             )
+        if user.startswith("Rewrite the raw reasoning notes"):  # the original's narrator
+            truth = re.search(r"<ground truth>\n(.+)\n</ground truth>", user).group(1)
+            return f"So the findings fit, and therefore it is {truth}.\n<answer>{truth}</answer>"
         if system.startswith(
             "You grade the form"
         ):  # answer mapper: reads "option N", which no rule does
             found = re.search(r"option (\d)", user.split("Reply (its end):", 1)[1])
             return f"**{'ABCD'[int(found.group(1)) - 1]}**" if found else "none"
-        if system.startswith("You grade an answer"):
-            return "Score: 90" if "judged: correct" in user else "Score: 20"
-        if system.startswith("You compare"):
-            name = gold.group(2).strip()
-            a = user.split("Answer A:", 1)[1].split("Answer B:", 1)[0]
-            return "Better: A" if name in a else "Better: B"
+        if "Score the answer" in system:  # pointwise: the rubric's format
+            score = 90 if "[Correctness of the answer]:\ncorrect" in user else 20
+            return f"<reason>\n1. Correctness: scripted\n</reason>\n\n<score>\n{score}\n</score>"
+        if "Compare two answers" in system:
+            first = "[Correctness of answer 1]:\ncorrect" in user
+            better, s1, s2 = (1, 90, 20) if first else (2, 20, 90)
+            return (
+                f"<reason>scripted</reason>\n<better_item>\n{better}\n</better_item>\n"
+                f"<score_1>\n{s1}\n</score_1>\n<score_2>\n{s2}\n</score_2>"
+            )
         # the policy, or the strong / weak models answering the MC form: cycle through the options
         self.policy_calls += 1
         options = re.findall(r"^([A-F])\. (.+)$", user, re.M)
         if options:
             letter, _ = options[self.policy_calls % len(options)]
             return f"<think>thinking</think><answer>{letter}</answer>"
-        return f"<think>thinking</think><answer>option {self.policy_calls % 4 + 1}</answer>"
+        n = self.policy_calls % 4 + 1
+        return f"<think>{LONG_THINK}</think><answer>option {n}</answer>"
+
+
+# citrus's own loop, pair rules and prompts, where the original recipe is the default
+CITRUS_WAY = (
+    "synthesis.label.rewrite_prompt=open_rewrite",
+    "synthesis.label.prompt=citrus_expert",
+    "synthesis.synthesize.num_loop=8",
+    "synthesis.synthesize.step_context=trace",
+    "synthesis.synthesize.judge_context=question_trace",
+    "synthesis.synthesize.record_form=mc",
+    "synthesis.synthesize.keep=gold",
+    "synthesis.sample.prompt=open_answer",
+    "synthesis.sample.order=alternate",
+    "synthesis.sample.best_correct=true",
+    "synthesis.sample.max_pairs=5",
+    "synthesis.sample.rewrap=false",
+)
 
 
 def over_http(url: str, tmp_path) -> list[str]:
@@ -120,7 +161,7 @@ def scripted(tmp_path_factory):
     root = tmp_path_factory.mktemp("scripted")
     clinician = ScriptedClinician()
     with ChatServer(clinician) as server:
-        roles = over_http(server.url, root)
+        roles = [*over_http(server.url, root), *CITRUS_WAY]
         label = job("label", root / "label", *roles)
         synth = job(
             "synthesize",
@@ -201,7 +242,7 @@ def test_sample_pairs_agree_with_the_judges(scripted):
             assert chosen["correct"] and chosen["score"] == 90
             for p in r["pairs"]:
                 assert samples[p["rejected"]]["score"] < 60 and p["agree"] == (
-                    p["verdict"] == "AB"[p["order"].index(r["chosen"])]
+                    p["better"] == 1 + p["order"].index(r["chosen"])
                 )
     first = pairs[0]
     assert (
@@ -219,6 +260,7 @@ def test_a_rerun_resumes_without_new_requests(scripted, tmp_path):
             "sample",
             root / "sample",
             *over_http(server.url, tmp_path),
+            *CITRUS_WAY,
             f"synthesis.source={root / 'label' / 'labeled.jsonl'}",
             "synthesis.sample.num_samples=4",
         )

@@ -77,6 +77,15 @@ class HubDataConfig:
 
 
 @dataclass
+class MixSource:
+    """One source of a data mixture: a JSONL in any layout citrus reads for data.format."""
+
+    path: str = MISSING
+    weight: float | None = None  # the share of its records taken (>1 repeats them), or
+    count: int | None = None  # exactly this many (e.g. the paper's 45k medical + 5k general)
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     # sft: chat records whose last assistant turn is the target; preference: prompt + two replies
@@ -96,6 +105,11 @@ class DataConfig:
     # share of this one's held out of training; both empty: no validation
     val_path: str | None = None
     val_ratio: float = 0.0
+    # several sources mixed into one training file, deterministically: each source's records
+    # drawn by weight or count (seeded), then shuffled together (mixture_seed 42, as the
+    # alignment-handbook's mix_datasets the original CPO script uses); replaces data.path
+    mixture: list[MixSource] = field(default_factory=list)
+    mixture_seed: int = 42
 
 
 @dataclass
@@ -219,7 +233,7 @@ class TrainerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_ratio: float = 0.03
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # 0: no clipping (the norm is still logged)
     log_every: int = 10
     checkpoint_every: int = 0  # steps between checkpoints; 0: final export only
     keep_checkpoints: int = 2  # newest checkpoints kept; 0 keeps all

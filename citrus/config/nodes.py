@@ -20,29 +20,75 @@ class PathsConfig:
     min_free_gb: float = 1.0
 
 
+# The Citrus recipe as the original code runs it (jdh-algo/Citrus, src/task/single_task/ and
+# src/config/): every default below names its source; citrus's own choices are options that say so.
+
+
 @dataclass
 class LabelConfig:
-    prompt: str = "citrus_expert"  # how the strong and weak roles answer the multiple-choice form
-    difficulty_samples: int = 1  # answers per model: difficulty from pass rates over k samples
+    # the open rewrite: open_rewrite_stem (original: the stem alone, every word kept, only the
+    # question changed; rewrite_question_open.prompt) | open_rewrite (citrus: stem and options,
+    # options removed)
+    rewrite_prompt: str = "open_rewrite_stem"
+    # how the strong and weak roles answer for the difficulty label: complexity (original:
+    # data_complexity.prompt, tagged reasoning, <Answer>) | citrus_expert (the evaluation prompt)
+    prompt: str = "complexity"
+    difficulty_samples: int = 1  # answers per model (original: 1); right = pass rate >= 1/2
 
 
 @dataclass
 class PathwayConfig:
-    num_loop: int = 8  # step -> critic -> judge rounds per question at most
-    # stop once the judge has said "complete" this many times (Citrus: more than twice)
+    # step -> critic -> judge rounds per question at most (single_task_sft_data_synthesis.yml
+    # num_loop: 2)
+    num_loop: int = 2
+    # stop once the judge has said "complete" this many times. The original stops when more
+    # than 2 "complete" votes are in (sum(early_stop_cache) > 2), which two rounds never reach:
+    # with num_loop 2 it always runs both rounds. Kept as written; it acts with more rounds.
     complete_votes: int = 3
-    prompt: str = "citrus_expert"  # the user prompt of the SFT records written for kept traces
+    # what the step writer sees: question (original: only the open question, so each round is
+    # a fresh monologue; pathway_monologue) | trace (citrus: the accepted steps and the last
+    # rejected step's feedback, one step at a time; pathway_step)
+    step_context: str = "question"
+    # what the completeness judge sees: trace (original: the accepted steps alone;
+    # pathway_judge_trace) | question_trace (citrus: the case too; pathway_judge)
+    judge_context: str = "trace"
+    # the record written for a kept trace: open (original, per model_train/example_data_for_train
+    # /sft_data.jsonl: the Citrus prompt on the open question, no system message -> <think>
+    # narrative + the answer in words; the narrator sees the trace and the answer text only) |
+    # mc (citrus: the expert prompt on the multiple-choice form -> <think> + letter and text)
+    record_form: str = "open"
+    # which narratives are kept: all (original: every question's narrative is written) | gold
+    # (citrus: only those with <think> and <answer> whose answer reads as the gold option)
+    keep: str = "all"
 
 
 @dataclass
 class SampleConfig:
-    num_samples: int = 10  # policy answers per question
-    # how the policy is asked: open_answer (the open question) or a multiple-choice prompt
-    prompt: str = "open_answer"
-    # judges: pointwise + pairwise judges | rule: correct vs incorrect answers, no judges
+    num_samples: int = 10  # policy answers per question (single_task_xpo_sample.yml)
+    # how the policy is asked: citrus_open_expert (original: the expert system prefix and the
+    # Citrus prompt on the open question; xpo_sample_stage_d1) | open_answer | an MC prompt
+    prompt: str = "citrus_open_expert"
+    # judges: pointwise + pairwise judges (original) | rule: correct vs incorrect, no judges
     pairing: str = "judges"
-    worst: int = 5  # rejected candidates per question at most
-    bad_below: int = 60  # pointwise score under which an answer can be rejected
+    # the original's pair rules (single_task_xpo_sample.py cal_inner, xpo_sample_process.py):
+    best_min: int = 60  # the best-scored answer must score this much, else no pairs
+    best_correct: bool = False  # citrus: the chosen answer must also be right (original: not)
+    worst: int = 5  # rejected candidates: among the 5 lowest-scored answers...
+    bad_below: int = 60  # ...those scoring under 60
+    # the pairwise judge sees the chosen answer first (fixed, original) | alternately first and
+    # second (alternate, citrus: so position bias cannot favour the chosen side)
+    order: str = "fixed"
+    max_pairs: int = 3  # pairs kept per question (format_xpo_data: [:3])
+    # post-filters (model_train/.. utils.py XpoDataCheck): each side's <think> at least this many
+    # characters; each side's prompt + reply at most max_chars; different answers; one script
+    # (no Japanese, Korean, Arabic; the chosen answer in the question's language); no refusals
+    # or leftover template tags. The original records why a pair fails; citrus drops it.
+    min_think_chars: int = 200
+    max_chars: int = 8192
+    # the kept pair's prompt: the Citrus prompt on the open question, no system message, and
+    # each reply re-wrapped as <think>..</think><answer>..</answer> (rewrap, original's intent) |
+    # as the policy was asked and answered (false)
+    rewrap: bool = True
 
 
 @dataclass
@@ -83,6 +129,9 @@ class PipelineConfig:
     sft_data: list[str] = field(default_factory=list)
     # questions the label and synthesize stages work on; null: synthesis.limit
     synthesis_limit: int | None = None
+    # the SFT stage (index into sft_data) that also trains on the synthesized traces: -1, the
+    # last (the original calls its synthesis output Citrus_S3, the third stage)
+    synthesized_stage: int = -1
     preference: PreferenceStageConfig = field(default_factory=PreferenceStageConfig)
 
 

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from citrus.data import quickstart
 from citrus.data.benchmark_records import careqa, medbullets, medmcqa, medqa, mmlu, mmlu_pro
 from citrus.data.files import Raw, csv_rows, jsonl, pandas_columns, parquet, source_file, xlsx
-from citrus.data.layouts import hub_file, load_rows, to_mc_question
+from citrus.data.layouts import hub_file, load_rows, read_questions, to_mc_question
 from citrus.data.schema import (
     DataError,
     MCQuestion,
@@ -160,9 +160,10 @@ def load_quickstart(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedT
 
 
 def load_unified(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:
-    """A file already in the unified schema (e.g. written by `citrus label`)."""
+    """A file in the unified schema (e.g. written by `citrus label`) or the original Citrus
+    question pool's layout (Q, A, OP[, Q_open, complexity])."""
     path = task_file(task, name, bench, data_dir)
-    return LoadedTask(load_records(path, "mc"), [path])
+    return LoadedTask(read_questions(path, name), [path])
 
 
 def load_hub(task: Any, name: str, bench: Any, data_dir: Path) -> LoadedTask:

@@ -264,4 +264,38 @@ def to_mc_question(record: dict, task: str, n: int) -> MCQuestion:
         options,
         _answer(record[a_key], options),
         context=context,
+        metadata=pool_labels(record),
     )
+
+
+def pool_labels(record: dict) -> dict[str, Any]:
+    """What the original Citrus labelling adds to its question pool (Q_open, complexity), under
+    citrus's metadata keys, and the exam it came from."""
+    out = {}
+    if isinstance(record.get("Q_open"), str) and record["Q_open"].strip():
+        out["open_question"] = record["Q_open"].strip()
+    if record.get("complexity") in ("easy", "hard", "unknown"):
+        out["difficulty"] = record["complexity"]
+    if isinstance(record.get("exam_name"), str):
+        out["exam"] = record["exam_name"]
+    return out
+
+
+def read_questions(path: Path, task: str) -> list[MCQuestion]:
+    """The questions of a file: citrus's unified schema (`citrus label` output), or any layout of
+    MC_LAYOUTS, e.g. the original Citrus question pool (exam_name, id, Q, A, C, OP, and Q_open and
+    complexity once labelled). A bad record stops the read, naming the file and the record."""
+    out, seen = [], set()
+    for n, row in enumerate(load_rows(path)):
+        try:
+            unified = all(k in row for k in ("id", "benchmark", "question", "options", "answer"))
+            q = MCQuestion.from_dict(row) if unified else to_mc_question(row, task, n)
+        except (DataError, KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path}: record {n + 1}: {e}") from None
+        if q.id in seen:
+            raise DataError(f"{path}: record {n + 1}: duplicate id {q.id!r}")
+        seen.add(q.id)
+        out.append(q)
+    if not out:
+        raise DataError(f"{path}: no questions")
+    return out

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +52,58 @@ def converted_file(data_cfg: Any, data_dir: str | Path) -> Path:
     return path
 
 
+def drawn(records: list[dict], n: int, rng: random.Random) -> list[dict]:
+    """n records: whole copies of all of them, then a seeded sample of the rest."""
+    copies, rest = divmod(n, len(records))
+    return records * copies + rng.sample(records, rest)
+
+
+def mixed_file(data_cfg: Any, data_dir: str | Path) -> Path:
+    """data.mixture's sources, each converted from its layout and drawn by weight or count,
+    shuffled together into one file named by the sources' md5s, counts and seed."""
+    from citrus.record import md5sum
+
+    convert = TRAINING_CONVERTERS[data_cfg.format]
+    mixed, stamp = [], [data_cfg.format, data_cfg.mixture_seed]
+    for i, src in enumerate(data_cfg.mixture):
+        where = f"data.mixture[{i}] (data={data_cfg.name})"
+        path = Path(src.path)
+        if not path.is_file():
+            raise DataError(f"{where}: {path} does not exist")
+        if (src.weight is None) == (src.count is None):
+            raise DataError(f"{where}: set one of weight and count")
+        records = []
+        for n, row in enumerate(load_rows(path)):
+            try:
+                record = convert(row, default_id=f"{n}")
+            except DataError as e:
+                raise DataError(f"{path}: record {n + 1}: {e} ({where})") from None
+            records.append({**record, "id": f"{i}/{record.get('id', n)}"})
+        if not records:
+            raise DataError(f"{where}: {path} holds no records")
+        want = src.count if src.count is not None else round(src.weight * len(records))
+        if want < 0:
+            raise DataError(f"{where}: a negative share")
+        rng = random.Random(f"{data_cfg.mixture_seed}/{i}")
+        mixed += drawn(records, want, rng)
+        stamp.append([md5sum(path), want])
+    random.Random(data_cfg.mixture_seed).shuffle(mixed)
+    for n, record in enumerate(mixed):  # a record drawn twice is two examples
+        record["id"] = f"{record['id']}#{n}"
+    digest = hashlib.md5(json.dumps(stamp).encode()).hexdigest()[:10]
+    path = Path(data_dir) / "mixtures" / f"{data_cfg.name}-{digest}.jsonl"
+    if not path.is_file():
+        write_jsonl_atomic(path, mixed)
+        log.info("mixed %s -> %s (%d records)", stamp[2:], path, len(mixed))
+    return path
+
+
 def training_file(data_cfg: Any, data_dir: str | Path) -> Path:
-    """The JSONL of training records (data.format) for the data stage: converted first when it is
-    released data in its own layout, generated first when it is quickstart."""
+    """The JSONL of training records (data.format) for the data stage: mixed from several
+    sources, converted first when it is released data in its own layout, generated first when
+    it is quickstart."""
+    if data_cfg.mixture:
+        return mixed_file(data_cfg, data_dir)
     if data_cfg.hub is not None:
         return converted_file(data_cfg, data_dir)
     if data_cfg.path:

@@ -65,13 +65,14 @@ class HFEngine:
     ) -> list[str]:
         """Replies in input order. Prompts are batched by length to waste little on padding;
         `on_batch(indices, replies)` fires as each batch finishes (append-only outputs).
-        Sampling draws from one generator seeded with engine.seed for the whole call (per-request
-        `seeds` are for servers that take them), so repeated prompts get different samples."""
+        Sampling draws from one generator seeded for the whole call, so repeated prompts get
+        different samples: with engine.seed, or with the first of the per-request `seeds` (which
+        servers take one by one), so two calls asking the same prompts with other seeds differ."""
         prompts = [self.render(c) for c in conversations]
         lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
         replies: list[str | None] = [None] * len(prompts)
-        torch.manual_seed(self.cfg.seed)
+        torch.manual_seed(seeds[0] if seeds else self.cfg.seed)
         for start in range(0, len(order), self.cfg.batch_size):
             idx = order[start : start + self.cfg.batch_size]
             try:

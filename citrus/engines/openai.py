@@ -174,7 +174,15 @@ class OpenAIEngine:
     async def _generate_all(self, conversations, on_batch, seeds) -> list[str]:
         replies: list[str | None] = [None] * len(conversations)
         limit = asyncio.Semaphore(self.cfg.concurrency)
+        # one request per distinct body: identical ones in a call share it, as the cache would
+        in_flight: dict[str, asyncio.Future] = {}
         async with openai.AsyncOpenAI(**self._client_options()) as client:
+
+            async def fetch(key: str, body: dict[str, Any]) -> str:
+                async with limit:
+                    reply = await self._post(client, body)
+                self.cache.put(key, reply)
+                return reply
 
             async def one(i: int) -> None:
                 body = self.request_body(conversations[i], seeds[i] if seeds else None)
@@ -183,9 +191,11 @@ class OpenAIEngine:
                     self.stats["cached"] += 1
                     reply = self.cache.entries[key]
                 else:
-                    async with limit:
-                        reply = await self._post(client, body)
-                    self.cache.put(key, reply)
+                    if key in in_flight:
+                        self.stats["cached"] += 1
+                    else:
+                        in_flight[key] = asyncio.ensure_future(fetch(key, body))
+                    reply = await in_flight[key]
                 replies[i] = reply
                 if on_batch:
                     on_batch([i], [reply])

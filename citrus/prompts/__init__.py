@@ -30,9 +30,10 @@ from citrus.data.schema import MCQuestion
 from citrus.errors import ConfigError, MissingFileError
 
 PROMPT_DIR = Path(__file__).resolve().parent
-# the slots that carry the question: all of it, or its parts for prompts that lay it out their
-# own way (the original Citrus and lm-eval prompts)
-QUESTION_SLOTS = ("question", "open_question", "stem", "options", "context")
+# the slots that carry what a prompt is about: the question (all of it, or its parts for prompts
+# that lay it out their own way, as the original Citrus and lm-eval ones do), or a reasoning
+# trace (the original's completeness judge sees nothing else)
+CONTENT_SLOTS = ("question", "open_question", "stem", "options", "context", "trace")
 
 
 @cache
@@ -44,8 +45,8 @@ def load_prompt(name: str) -> tuple[str | None, str]:
         raise MissingFileError(f"unknown prompt {name!r} (no {user}); known prompts: {known}")
     system = PROMPT_DIR / f"{name}.system.txt"
     template = user.read_text(encoding="utf-8").rstrip("\n")
-    if not any(f"{{{slot}}}" in template for slot in QUESTION_SLOTS):
-        raise ConfigError(f"{user}: the user prompt needs one of the placeholders {QUESTION_SLOTS}")
+    if not any(f"{{{slot}}}" in template for slot in CONTENT_SLOTS):
+        raise ConfigError(f"{user}: the user prompt needs one of the placeholders {CONTENT_SLOTS}")
     return (system.read_text(encoding="utf-8").strip() if system.is_file() else None), template
 
 

@@ -10,21 +10,24 @@ from omegaconf import OmegaConf
 
 from citrus.data import quickstart
 from citrus.data.benchmarks import load_task
-from citrus.data.schema import KeyedLog, MCQuestion, load_records
+from citrus.data.layouts import read_questions
+from citrus.data.schema import DataError, KeyedLog, MCQuestion
 from citrus.engines import build_engine, build_role_engine
 from citrus.errors import ConfigError, EngineError
 from citrus.tracking import progress_bar
 
 
 def load_questions(cfg: Any, run: Any) -> list[MCQuestion]:
-    """synthesis.source (unified-schema JSONL, e.g. `citrus label` output), a benchmark task's
+    """synthesis.source (`citrus label` output, or the original Citrus question pool), a task's
     questions (synthesis.source_task), or the quickstart train questions; the first
     synthesis.limit of them."""
     s = cfg.synthesis
     if s.source:
         path = Path(s.source)
         run.record.add_input(path, "synthesis/source")
-        questions = load_records(path, "mc")
+        if not path.is_file():
+            raise DataError(f"synthesis.source: {path} does not exist")
+        questions = read_questions(path, path.stem)
     elif s.source_task is not None:
         name = f"{s.source_task.loader}_{s.source_task.split}"  # the questions' id prefix
         # the evaluation group's benchmark.limit is not the source's: synthesis.limit is

@@ -1,9 +1,13 @@
 """`citrus label`: rewrite each question in open-ended form and label its difficulty.
 
-Difficulty (Citrus): a weak and a strong model answer the multiple-choice form; weak wrong ->
-hard; weak right but strong wrong -> unknown; both right -> easy. With k samples per model
-(synthesis.label.difficulty_samples) "right" means a pass rate of at least 1/2; the pass rates
-are kept, so any other threshold can be applied later.
+The open rewrite (the teacher role, synthesis.label.rewrite_prompt): by default the original's,
+which shows the stem alone and keeps every word of it, changing only how it asks.
+Difficulty (Citrus): a weak and a strong model answer the multiple-choice form with the
+original's complexity prompt (synthesis.label.prompt); weak wrong -> hard; weak right but strong
+wrong -> unknown; both right -> easy. The original asks gpt-4o (strong) and gpt-4o-mini (weak):
+when both roles are the same model with the same settings, "unknown" cannot happen, and the job
+says so. With k samples per model (synthesis.label.difficulty_samples) "right" means a pass rate
+of at least 1/2; the pass rates are kept, so any other threshold can be applied later.
 
 Writes labeled.jsonl: the questions in the unified schema, with metadata.open_question,
 metadata.difficulty, metadata.pass_rate_{strong,weak} and metadata.label_audit.
@@ -11,6 +15,7 @@ metadata.difficulty, metadata.pass_rate_{strong,weak} and metadata.label_audit.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from citrus.data.schema import write_jsonl_atomic
@@ -19,6 +24,8 @@ from citrus.jobs import JobResult
 from citrus.prompts import build_messages
 from citrus.synthesis.common import RoleEngines, run_chunks
 from citrus.synthesis.parsers import parse_open_question
+
+log = logging.getLogger(__name__)
 
 
 def difficulty(strong_rate: float, weak_rate: float) -> str:
@@ -44,7 +51,7 @@ def pass_rates(
 
 def label_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
     lc = cfg.synthesis.label
-    rewrites = roles["teacher"].generate([build_messages(q, "open_rewrite") for q in chunk])
+    rewrites = roles["teacher"].generate([build_messages(q, lc.rewrite_prompt) for q in chunk])
     strong, strong_replies = pass_rates(
         roles["strong"], chunk, lc.prompt, lc.difficulty_samples, cfg.seed
     )
@@ -75,6 +82,12 @@ def label_chunk(cfg: Any, roles: RoleEngines, chunk: list) -> list[dict]:
 
 
 def run(cfg: Any, run: Any) -> JobResult:
+    if cfg.roles.strong == cfg.roles.weak:
+        log.warning(
+            "roles.strong and roles.weak are the same (%s): difficulty is easy or hard, never "
+            "unknown; the original asks gpt-4o and gpt-4o-mini", cfg.roles.strong.name
+        )  # fmt: skip
+
     def failed(q, reason):
         return {**q.to_dict(), "status": "failed", "reason": reason}
 

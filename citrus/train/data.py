@@ -238,6 +238,8 @@ def build_dataset(cfg: Any, tokenizer: Any, run: Any) -> TrainData:
     data = cfg.data
     path = training_file(data, cfg.paths.data_dir)
     run.record.add_input(path, f"data/{data.name}")
+    for i, source in enumerate(data.mixture):  # each source's md5 beside the mixed file's
+        run.record.add_input(source.path, f"data/{data.name}/mixture/{i}")
     records, val_records = held_out(load_records(path, data.format), data.val_ratio, cfg.seed)
     if data.val_path:
         val_path = Path(data.val_path)

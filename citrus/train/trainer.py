@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -210,7 +211,10 @@ def train_step(training: Training, batches: Any, stats: FitStats) -> dict[str, f
         sums = all_sum(fabric, sums)
     sums["grad_norm"] = float(
         fabric.clip_gradients(
-            model, training.optimizer, max_norm=t.max_grad_norm, error_if_nonfinite=False
+            model,
+            training.optimizer,
+            max_norm=t.max_grad_norm or math.inf,  # 0: measure only
+            error_if_nonfinite=False,
         )
     )
     sums["lr"] = training.scheduler.get_last_lr()[0]  # the rate this step used
