@@ -255,3 +255,92 @@ def test_the_recipe_preset_names_a_source_for_its_numbers():
     settings = [line for line in block.splitlines() if not line.lstrip().startswith("#")]
     for line in settings:  # every trainer setting says where it comes from
         assert re.search(r"# \[(sft|dist|cpo|data|ours)\]", line), line
+
+
+# ---------------------------------------------------------------- data mixtures and stages
+
+
+def pair_file(path, n: int, tag: str, layout: str = "citrus") -> str:
+    """n preference records: citrus's layout, or the original's chosen/rejected conversations."""
+    rows = []
+    for i in range(n):
+        prompt = f"{tag} question {i}?"
+        if layout == "citrus":
+            rows.append({"id": f"{tag}{i}", "messages": [{"role": "user", "content": prompt}],
+                         "chosen": f"good {tag}", "rejected": f"bad {tag}"})  # fmt: skip
+        else:
+            rows.append({side: [{"role": "user", "content": prompt},
+                                {"role": "assistant", "content": f"{side} {tag}"}]
+                         for side in ("chosen", "rejected")})  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def mixture(tmp_path, *sources: str) -> list[str]:
+    return [f"+data.mixture=[{','.join(sources)}]", f"paths.data_dir={tmp_path / 'cache'}"]
+
+
+def test_a_mixture_draws_counts_and_weights_deterministically(tmp_path):
+    from citrus.data.prepare import training_file
+    from citrus.data.schema import load_records
+
+    medical = pair_file(tmp_path / "medical.jsonl", 30, "med")
+    general = pair_file(tmp_path / "general.jsonl", 20, "gen", layout="original")
+    overrides = [
+        "data=quickstart_pairs",
+        *mixture(tmp_path, f"{{path:{medical},count:45}}", f"{{path:{general},weight:0.25}}"),
+    ]
+    cfg = compose_config("train", overrides)
+    path = training_file(cfg.data, cfg.paths.data_dir)
+    records = load_records(path, "preference")
+    sources = [r["id"].split("/")[0] for r in records]
+    assert sources.count("0") == 45 and sources.count("1") == 5  # 30 whole + 15 drawn; 20 x 0.25
+    med_ids = {r["id"].split("#")[0] for r in records if r["id"].startswith("0/")}
+    assert med_ids == {f"0/med{i}" for i in range(30)}  # every record once, 15 of them twice
+    assert sources[:10] != ["0"] * 10  # shuffled together, not one source after the other
+    again = training_file(compose_config("train", overrides).data, cfg.paths.data_dir)
+    assert again == path and load_records(again, "preference") == records
+    other = compose_config("train", [*overrides, "data.mixture_seed=7"])
+    assert training_file(other.data, cfg.paths.data_dir) != path
+
+
+def test_a_mixture_source_in_error_is_named(tmp_path):
+    from citrus.data.prepare import training_file
+    from citrus.data.schema import DataError
+
+    medical = pair_file(tmp_path / "medical.jsonl", 3, "med")
+    for source, message in (
+        (f"{{path:{medical}}}", r"data.mixture\[0\] .*: set one of weight and count"),
+        (f"{{path:{tmp_path / 'nope.jsonl'},count:2}}", r"data.mixture\[0\] .*does not exist"),
+    ):
+        cfg = compose_config("train", ["data=quickstart_pairs", *mixture(tmp_path, source)])
+        with pytest.raises(DataError, match=message):
+            training_file(cfg.data, cfg.paths.data_dir)
+
+
+def test_training_on_a_mixture_records_every_source(tmp_path):
+    from conftest import train_run
+
+    medical = pair_file(tmp_path / "medical.jsonl", 12, "med")
+    general = pair_file(tmp_path / "general.jsonl", 8, "gen", layout="original")
+    overrides = [
+        "experiment=quickstart", "logger=none", "data=quickstart_pairs", "algorithm=cpo_simpo",
+        "trainer.max_steps=2", "trainer.micro_batch_size=4",
+        *mixture(tmp_path, f"{{path:{medical},count:12}}", f"{{path:{general},count:4}}"),
+    ]  # fmt: skip
+    train_run(tmp_path / "run", overrides)
+    inputs = json.loads((tmp_path / "run" / "run.json").read_text())["inputs"]
+    roles = {v["role"] for v in inputs.values()}
+    assert {"data/quickstart_pairs/mixture/0", "data/quickstart_pairs/mixture/1"} <= roles
+
+
+def test_synthesized_traces_join_the_last_sft_stage(tmp_path):
+    from citrus.pipeline import synthesized_into
+
+    cfg = compose_config("pipeline", ["experiment=citrus_llama70b"])
+    assert synthesized_into(cfg, 3) == 2  # Citrus_S3 is the synthesis output
+    cfg.pipeline.synthesized_stage = 0
+    assert synthesized_into(cfg, 3) == 0
+    cfg.pipeline.synthesized_stage = 3
+    with pytest.raises(ValueError, match="pipeline.synthesized_stage=3: the pipeline has 3"):
+        synthesized_into(cfg, 3)

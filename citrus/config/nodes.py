@@ -62,6 +62,11 @@ class PathwayConfig:
     keep: str = "all"
 
 
+# Where the original xPO code is broken, citrus does what it plainly means: its pointwise judge
+# is handed the policy's input dict instead of the answer (get_stage_d4_node_input), the pairs'
+# prompt is the unfilled d1 template (a literal "{Q}"), the system prefix sent is the file name
+# "xpo_sample_stage_d1.prefix", and its pair checks mark failures (valid_status 0) without
+# dropping them. citrus judges the answer, asks with the filled prompts and drops failing pairs.
 @dataclass
 class SampleConfig:
     num_samples: int = 10  # policy answers per question (single_task_xpo_sample.yml)

@@ -85,7 +85,7 @@ def mixed_file(data_cfg: Any, data_dir: str | Path) -> Path:
         if want < 0:
             raise DataError(f"{where}: a negative share")
         rng = random.Random(f"{data_cfg.mixture_seed}/{i}")
-        mixed += drawn(records, want, rng)
+        mixed += [dict(r) for r in drawn(records, want, rng)]  # a record drawn twice: 2 dicts
         stamp.append([md5sum(path), want])
     random.Random(data_cfg.mixture_seed).shuffle(mixed)
     for n, record in enumerate(mixed):  # a record drawn twice is two examples
