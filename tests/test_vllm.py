@@ -264,10 +264,14 @@ def test_a_real_model_served_by_citrus_serve_matches_transformers(smol_hf, tmp_p
 
 
 @needs_benchmarks
-def test_likelihood_scoring_through_vllm_agrees_with_transformers(tmp_path):
-    """benchmark.mode=likelihood on engine=vllm (prompt log-probabilities) scores the tokens
-    engine=hf scores: same predictions, log-likelihoods within 1e-3 (float32 kernels differ)."""
-    likely = [*SMOL, "benchmark.mode=likelihood", "benchmark.prompt=mc_likelihood"]
+@pytest.mark.parametrize("continuation", ["letter", "text"])
+def test_likelihood_scoring_through_vllm_agrees_with_transformers(tmp_path, continuation):
+    """benchmark.mode=likelihood on engine=vllm scores the tokens engine=hf scores: same
+    predictions, log-likelihoods within 1e-3 (float32 kernels differ). Letters are one token
+    each (scored at the position after the question); option texts are several (scored from
+    the prompt log-probabilities of question + text)."""
+    likely = [*SMOL, "benchmark.mode=likelihood", "benchmark.prompt=mc_likelihood",
+              f"benchmark.tasks.medqa.continuation={continuation}"]  # fmt: skip
     execute("evaluate", compose_config("evaluate", likely), tmp_path / "hf", likely)
     result = run_cli(
         "evaluate", *likely, "engine=vllm", *VLLM_CPU[:1], "engine.max_model_len=2048",

@@ -8,6 +8,7 @@ vLLM spawns worker processes: entry points must sit behind `if __name__ == "__ma
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from citrus.config import EngineConfig
@@ -86,37 +87,62 @@ class VLLMEngine:
         choices: list[list[str]],
         on_batch: OnBatch | None = None,
     ) -> list[list[float]]:
-        """log p(choice | context), summed over the choice's tokens, from vLLM's prompt
-        log-probabilities of context + choice: the tokens and BOS policy of engine=hf and
-        lm-evaluation-harness (`citrus.engines.scoring`), so the scores agree with both."""
+        """log p(choice | context), summed over the choice's tokens: the tokens and BOS policy of
+        engine=hf and lm-evaluation-harness (`citrus.engines.scoring`), so the scores agree with
+        both. When every choice of a question is one token (" A".." D"), one request scores
+        them all: the log-probabilities of exactly those tokens at the position after the
+        context (vLLM's logprob_token_ids). Otherwise each context + choice is one request,
+        read from its prompt log-probabilities."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         tokenizer = self.llm.get_tokenizer()
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         scores: list[list[float]] = []
         for start in range(0, len(contexts), self.cfg.batch_size):
             asked = range(start, min(start + self.cfg.batch_size, len(contexts)))
-            pairs = [
-                encode_pair(lambda t: encode(tokenizer, t, self.cfg.add_bos_token), contexts[i], c)
+            pairs = {
+                i: [
+                    encode_pair(
+                        lambda t: encode(tokenizer, t, self.cfg.add_bos_token), contexts[i], c
+                    )
+                    for c in choices[i]
+                ]
                 for i in asked
-                for c in choices[i]
-            ]
-            prompts = [TokensPrompt(prompt_token_ids=ctx + cont) for ctx, cont in pairs]
+            }
+            requests = []  # (question, prompt token ids, params, how to read its output)
+            for i, encoded in pairs.items():
+                ctx, conts = encoded[0][0], [cont for _, cont in encoded]
+                if all(len(c) == 1 for c in conts):
+                    ids = [c[0] for c in conts]
+                    params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids)
+                    requests.append((i, ctx, params, partial(next_token_scores, ids=ids)))
+                    continue
+                params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+                for ctx_j, cont in encoded:
+                    read = partial(continuation_score, start=len(ctx_j), cont=cont)
+                    requests.append((i, ctx_j + cont, params, read))
+            prompts = [TokensPrompt(prompt_token_ids=ids) for _, ids, _, _ in requests]
             try:
-                outputs = self.llm.generate(prompts, params, use_tqdm=False)
+                outputs = self.llm.generate(prompts, [p for _, _, p, _ in requests], use_tqdm=False)
             except ValueError as e:  # a prompt over max_model_len, ...
                 raise EngineError(f"vllm: {e}") from e
             self.stats["requests"] += len(outputs)
-            self.stats["prompt_tokens"] += sum(len(p["prompt_token_ids"]) for p in prompts)
-            flat = iter(
-                sum(
-                    out.prompt_logprobs[len(ctx) + k][token].logprob for k, token in enumerate(cont)
-                )
-                for (ctx, cont), out in zip(pairs, outputs)
-            )
-            done = [[next(flat) for _ in choices[i]] for i in asked]
+            self.stats["prompt_tokens"] += sum(len(ids) for _, ids, _, _ in requests)
+            got: dict[int, list[float]] = {i: [] for i in asked}
+            for (i, _, _, read), out in zip(requests, outputs):
+                got[i] += read(out)
+            done = [got[i] for i in asked]
             scores += done
             if on_batch:
                 on_batch(list(asked), done)
         return scores
+
+
+def next_token_scores(out: Any, ids: list[int]) -> list[float]:
+    """log p(token) of each of `ids` at the position after the prompt."""
+    return [out.outputs[0].logprobs[0][t].logprob for t in ids]
+
+
+def continuation_score(out: Any, start: int, cont: list[int]) -> list[float]:
+    """log p(cont | prompt[:start]) from the prompt log-probabilities of prompt = ctx + cont."""
+    return [sum(out.prompt_logprobs[start + k][t].logprob for k, t in enumerate(cont))]
