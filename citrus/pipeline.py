@@ -101,7 +101,9 @@ def with_synthesized(cfg: Any, kept: Path, out: Path) -> Any:
     records = load_records(prepare.training_file(cfg.data, cfg.paths.data_dir), "sft")
     extra = load_records(kept, "sft") if kept.stat().st_size else []
     merged = copy.deepcopy(cfg)
+    # a plain file now: not converted again from the hub's layout, not mixed again
     merged.data.path = str(write_jsonl_atomic(out, [*records, *extra]))
+    merged.data.hub, merged.data.mixture, merged.data.quickstart = None, [], None
     return merged
 
 

@@ -92,8 +92,9 @@ def load_run(run_dir: Path) -> RunSummary:
         stage = _stage(path.parent, run_dir, out.job)
         for row in whole_records(path):
             for key, value in row.items():
-                if key.endswith("/val/loss"):
-                    out.val_curves.setdefault(stage, []).append((row["step"], value))
+                if "/val/" in key:  # validation: its loss drawn beside the training curve
+                    if key.endswith("/val/loss"):
+                        out.val_curves.setdefault(stage, []).append((row["step"], value))
                 elif key.endswith("/loss"):
                     out.curves.setdefault(stage, []).append((row["step"], value))
                 elif key.endswith("/rewards/margins"):

@@ -123,6 +123,20 @@ SEEN = [
 ]
 
 
+# Version 3: a hedge voids an answer only once the reply turns back on it
+DIABETES = {"A": "Metformin", "B": "Insulin", "C": "Sulfonylurea", "D": "Acarbose"}
+SEEN += [
+    ("The answer is A. Its dose is adjusted depending on renal function.", DIABETES, "A",
+     "answer_is"),
+    ("Final answer: B. None of the options are correct for type 1 otherwise.", DIABETES, "B",
+     "answer_is"),
+    ("The answer is B. Wait, actually the HbA1c... I'm torn between C and D here.", DIABETES,
+     None, "none"),
+    ("It could be A or C depending on renal function.", DIABETES, None, "none"),
+    ("答案：是。术前营养支持降低了感染率。", PUBMEDQA, "A", "answer_is"),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize("response,options,letter,rule", SEEN, ids=[c[0][:40] for c in SEEN])
 def test_what_a_new_user_saw_misread(response, options, letter, rule):
     got = extract_answer(response, options)

@@ -77,11 +77,14 @@ def test_two_processes_log_the_loss_one_process_does(tmp_path, strategy):
     # 12 of 44 records held out, in micro-batches of 4: three batches over two ranks, one rank
     # short; the 32 trained on fill every step alike in both runs
     overrides = [*BASE, "data.quickstart.n_train=44", "data.val_ratio=0.273"]
-    overrides.append("trainer.grad_accum_steps=2")
+    overrides += ["trainer.grad_accum_steps=2", "trainer.val_benchmark=true",
+                  "benchmark.tasks.quickstart.limit=8"]  # fmt: skip
     one = train_run(tmp_path / "one", overrides)
     two_processes = [f"trainer={strategy}", "trainer.devices=2", "trainer.grad_accum_steps=1"]
     two = train_run(tmp_path / "two", [*overrides, *two_processes])
     assert two["train/val/loss"] == pytest.approx(one["train/val/loss"], rel=1e-5)
+    # every process scores the benchmark (FSDP2's forward is collective); the same accuracy
+    assert two["train/val/quickstart/accuracy"] == one["train/val/quickstart/accuracy"]
 
 
 def test_a_small_likelihood_benchmark_scores_the_model_in_training(tmp_path):

@@ -90,9 +90,10 @@ class SampleConfig:
     # or leftover template tags. The original records why a pair fails; citrus drops it.
     min_think_chars: int = 200
     max_chars: int = 8192
-    # the kept pair's prompt: the Citrus prompt on the open question, no system message, and
-    # each reply re-wrapped as <think>..</think><answer>..</answer> (rewrap, original's intent) |
-    # as the policy was asked and answered (false)
+    # with pairing=judges, the kept pair's prompt: the Citrus prompt on the open question, no
+    # system message, and each reply re-wrapped as <think>..</think><answer>..</answer>
+    # (rewrap, the original's intent) | as the policy was asked and answered (false; always so
+    # with pairing=rule)
     rewrap: bool = True
 
 

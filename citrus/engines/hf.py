@@ -146,7 +146,7 @@ class HFEngine:
         """Token ids of a scored text, with or without BOS by `add_bos_token`."""
         return encode(self.tokenizer, text, self.cfg.add_bos_token)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: validation scores a model in training (FSDP2 shards)
     def loglikelihoods(
         self,
         contexts: list[str],

@@ -241,7 +241,8 @@ def resumable_predictions(out_dir: Path, cfg: Any) -> KeyedLog:
     what = {
         k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "engine", "benchmark")
     }
-    what["extractor_version"] = EXTRACTOR_VERSION  # stored rows hold the old extractor's reads
+    # stored rows hold the reads of the extractor that wrote them
+    what["extractor_version"] = [EXTRACTOR_VERSION, extractor(cfg.benchmark.extractor).version]
     what["answer_mapper"] = (
         OmegaConf.to_container(cfg.roles.answer_mapper, resolve=True)
         if cfg.benchmark.answer_check

@@ -104,7 +104,7 @@ HEDGE = re.compile(
     r"information|not\s+enough\s+information|could\s+be\s+argued|"
     r"(?:answer|choice|management|it)\s+(?:really\s+)?depends\s+(?:on|entirely)|取决于|"
     r"unable\s+to\s+(?:determine|choose|decide)|无法确定|不能确定|"
-    r"\bdepending\s+on\b|torn\s+between|none\s+of\s+the\s+(?:options|choices|answers)(?:\s+\w+)?"
+    r"\bor\s+(?:\w+\s+){0,2}depending\s+on\b|torn\s+between|none\s+of\s+the\s+(?:options|choices|answers)(?:\s+\w+)?"
     r"\s+(?:is|are)\s+(?:correct|right)|也可能是",
     re.I,
 )
@@ -114,6 +114,11 @@ CORRECTION = re.compile(
     r"\b(?:wait|actually|correction|reconsider\w*|however|but|no\b|final\w*|chang\w*|instead|"
     r"second\s+thought|hmm|re-?read\w*|after|so|therefore|thus|hence|re-?check\w*|mistake|sorry|"
     r"on\s+review|then|better|rather|oops|mislabel\w*|i\s+meant)|不对|更正|所以|因此|故|综上|但",
+    re.I,
+)
+# a reply turning back on the answer it gave ("The answer is B. Wait, actually ...")
+RECONSIDER = re.compile(
+    r"\b(?:wait|actually|hmm|hold\s+on|on\s+second\s+thought|let\s+me\s+reconsider)\b|不对|等等",
     re.I,
 )
 RETRACTION = re.compile(r"^[\s.,:;)\]-]*(?:hmm|wait|no\b|actually|let\s+me\s+reconsider)", re.I)
@@ -475,7 +480,9 @@ class _Reader:
                     ):
                         found.append((m.start(), m.end(), key))
             if found:
-                if HEDGE.search(text[max(end for _, end, _ in found) :]):
+                tail = text[max(end for _, end, _ in found) :]
+                turn = RECONSIDER.search(tail)
+                if turn and HEDGE.search(tail[turn.end() :]):
                     return None  # "... the answer is B. Wait, ... I'm torn between C and E"
                 return self.settle(sorted(found), text)
         return None

@@ -22,13 +22,15 @@ import difflib
 import re
 from typing import Protocol
 
-from citrus.evaluate.extract import Extraction, extract_answer
+from citrus.evaluate.extract import EXTRACTOR_VERSION, Extraction, extract_answer
 
 CHECK_TAIL = 2000  # characters of a reply the ladder's answer check reads: a conclusion sits last
 
 
 class Extractor(Protocol):
     """Reads replies to one multiple-choice question."""
+
+    version: str  # in the evaluation's resume stamp: bump it when a reading changes
 
     def read(self, reply: str, options: dict[str, str]) -> Extraction:
         """The answer of a reply and the rule that found it; rule `none`: unread, so it goes to
@@ -45,6 +47,8 @@ class Extractor(Protocol):
 
 
 class Ladder:
+    version = EXTRACTOR_VERSION
+
     def read(self, reply: str, options: dict[str, str]) -> Extraction:
         return extract_answer(reply, options)
 
@@ -59,12 +63,16 @@ CITRUS_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 
 
 class CitrusOriginal:
+    version = "1"
+
     def _answer(self, reply: str) -> tuple[str, str]:
         tags = CITRUS_TAG.findall(reply)
         return (tags[-1].strip(), "citrus_tag") if tags else (reply.strip(), "citrus_reply")
 
     def read(self, reply: str, options: dict[str, str]) -> Extraction:
         answer, rule = self._answer(reply)
+        if not answer:  # an empty reply is no answer (the original counts only failed requests)
+            return Extraction(None, "none")
         return Extraction(answer, rule) if len(answer) <= 3 else Extraction(None, "none")
 
     def check_text(self, reply: str) -> str:
@@ -79,6 +87,8 @@ HUATUO_LETTERS = "ABCDEFGHIJKLMN"
 
 
 class Huatuo:
+    version = "1"
+
     def read(self, reply: str, options: dict[str, str]) -> Extraction:
         text = reply.split(FINAL_RESPONSE)[-1]
         found = re.findall(r"answer is\s*?([A-N])", text, re.S)

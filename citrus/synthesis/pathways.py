@@ -136,6 +136,8 @@ def as_think_answer(narrative: str, form: str) -> str:
     text = narrative.strip()
     if form != "open" or not ANSWER_TAG.search(text):
         return text
+    if "<think>" in text.lower() and "</think>" not in text.lower():
+        return text  # an unclosed reasoning block: left as written rather than lost
     if "<think>" not in text.lower():
         start = text.lower().find("<answer>")
         text = f"<think>{text[:start]}</think>{text[start:]}"

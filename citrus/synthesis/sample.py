@@ -183,7 +183,7 @@ def pair_records(q: Any, prompt: list[dict], samples: list[dict], best: int, pai
         stood.sort(key=lambda p: (samples[p["rejected"]]["pred"] == samples[best]["pred"],
                                   samples[p["rejected"]]["score"]))  # fmt: skip
         stood = stood[: sc.max_pairs]
-    if sc.rewrap:
+    if sc.rewrap and sc.pairing == "judges":  # the original's rules; rule pairs stay as asked
         messages = build_messages(q, "citrus_open", open_question=open_question(q))
         reply = rewrapped
     else:
