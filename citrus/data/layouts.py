@@ -288,8 +288,8 @@ def read_questions(path: Path, task: str) -> list[MCQuestion]:
     out, seen = [], set()
     for n, row in enumerate(load_rows(path)):
         try:
-            unified = all(k in row for k in ("id", "benchmark", "question", "options", "answer"))
-            q = MCQuestion.from_dict(row) if unified else to_mc_question(row, task, n)
+            # "benchmark" marks citrus's own schema: a record missing a field says which one
+            q = MCQuestion.from_dict(row) if "benchmark" in row else to_mc_question(row, task, n)
         except (DataError, KeyError, TypeError, ValueError) as e:
             raise DataError(f"{path}: record {n + 1}: {e}") from None
         if q.id in seen:
