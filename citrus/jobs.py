@@ -20,7 +20,7 @@ from citrus.errors import CitrusError, ConfigError, StorageError
 
 log = logging.getLogger("citrus")
 
-# job -> (module with `run(cfg, run) -> JobResult`, one-line description)
+# job -> (module with `run(cfg, run) -> JobResult` (or module:function), one-line description)
 JOBS: dict[str, tuple[str, str]] = {
     "prepare": ("citrus.data.prepare", "generate or fetch the training data and benchmark files"),
     "label": ("citrus.synthesis.label", "open-ended rewrite and difficulty label of questions"),
@@ -36,6 +36,8 @@ JOBS: dict[str, tuple[str, str]] = {
         "prepare, evaluate, then pipeline.stages, evaluating after each",
     ),
     "report": ("citrus.report", "markdown/HTML report with plots of report.runs=[run dirs]"),
+    "push": ("citrus.hub:push", "upload a run's model with its card: hub.run=... hub.repo_id=..."),
+    "download": ("citrus.hub:download", "fetch model='s hub weights into the cache, once per node"),
 }
 
 
@@ -83,10 +85,10 @@ def execute(
     record = RunRecord(run_dir, job, overrides, config, sweep)
     tracker = open_tracker(cfg.logger, config, run_dir, job, cfg.name, sweep)
     if tracker.info:
-        record.data["wandb"] = tracker.info
+        record.data[cfg.logger.name] = tracker.info  # "wandb": its id, project, group
         record.write()
     try:
-        result = importlib.import_module(JOBS[job][0]).run(cfg, Run(run_dir, record, tracker))
+        result = job_function(job)(cfg, Run(run_dir, record, tracker))
     except BaseException as e:
         record.finish("failed", error=f"{type(e).__name__}: {e}")
         tracker.finish(exit_code=1)
@@ -101,10 +103,16 @@ def execute(
     record.finish(
         "completed", metrics=numeric, outputs={k: str(v) for k, v in result.outputs.items()}
     )
+    tracker.summary(numeric)  # the run's final metrics, as run.json has them
     models = {k: v for k, v in result.outputs.items() if k == "model" or k.endswith("/model")}
-    tracker.log_artifacts(record.data["inputs"], models)
+    tracker.artifacts(record.data["inputs"], models)
     tracker.finish()
     return result
+
+
+def job_function(job: str) -> Any:
+    module, _, function = JOBS[job][0].partition(":")
+    return getattr(importlib.import_module(module), function or "run")
 
 
 def check_writable(dirs: list[Path], min_free_gb: float) -> None:

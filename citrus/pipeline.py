@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from citrus import report
 from citrus.config import CONF_DIR, AlgorithmConfig, DataConfig
 from citrus.data import prepare
 from citrus.data.schema import load_records, write_jsonl_atomic
@@ -213,4 +214,8 @@ def run(cfg: Any, run: Any) -> JobResult:
         console.print(results_table(title, journey.columns))
     (run.dir / "metrics.json").write_text(json.dumps(journey.summary, indent=2))
     run.tracker.summary({k: v for k, v in journey.summary.items() if isinstance(v, (int, float))})
+    # accuracy after each stage with its 95% CI, the loss curves and margins, as the report
+    # draws them: PNGs in the run directory, images in the tracker
+    for key, path in report.plots([report.load_run(run.dir)], run.dir).items():
+        run.tracker.image(f"plots/{key}", path)
     return JobResult(journey.summary, journey.outputs)

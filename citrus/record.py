@@ -1,7 +1,8 @@
 """run.json: everything needed to reproduce a run, next to Hydra's .hydra/ folder.
 
 It holds the exact command, the code version (git commit and dirty flag), package versions,
-every seed in the config, and the md5 of every input data file. Values of secret-looking keys
+the compute environment results depend on (CPU kind and instruction set, torch threads, oneDNN,
+GPUs), every seed in the config, and the md5 of every input data file. Values of secret-looking keys
 (api keys, tokens, passwords) are replaced before anything is written.
 """
 
@@ -46,6 +47,14 @@ SECRET_KEY = re.compile(
     r"(?:^|[._-])(?:api[_-]?key|access[_-]?key|token|secret|password|passwd|credentials?)$", re.I
 )
 REDACTED = "<redacted>"
+# environment variables that change float results (threads, oneDNN, cuBLAS workspaces)
+NUMERIC_ENV = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "ONEDNN_DEFAULT_FPMATH_MODE",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "ATEN_CPU_CAPABILITY",
+)
 
 
 def redact(obj: Any) -> Any:
@@ -99,6 +108,39 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; platform's answer elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def compute_environment() -> dict[str, Any]:
+    """What float results depend on besides the code and the seeds: the kernels torch picks
+    follow the CPU's instruction set (get_cpu_capability), the thread count splits reductions
+    differently, oneDNN replaces some kernels, and on GPUs the device and the CUDA/cuDNN
+    versions."""
+    import torch
+
+    env: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "env": {v: os.environ[v] for v in NUMERIC_ENV if v in os.environ},
+    }
+    if torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return env
+
+
 def collect_seeds(cfg: dict[str, Any], prefix: str = "") -> dict[str, int]:
     """Every `seed` / `*_seed` value in the config, by its dotted key."""
     seeds: dict[str, int] = {}
@@ -140,6 +182,7 @@ class RunRecord:
             "started_at": _now(),
             "git": git_state(),
             "versions": package_versions(),
+            "compute": compute_environment(),  # what float results depend on besides the seeds
             "seeds": collect_seeds(config),
             "inputs": {},
         }

@@ -102,6 +102,27 @@ def load_run(run_dir: Path) -> RunSummary:
     return out
 
 
+def report_panels(runs: list[RunSummary]) -> list[dict[str, Any]]:
+    """The W&B report's panels, bound to keys the runs logged: mean accuracy after each evaluated
+    stage (`base/mean_accuracy`; an evaluate job's `eval/mean_accuracy`), and per trained stage
+    its loss (with validation, where it ran) and reward margins, against that stage's step."""
+    evaluated = dict.fromkeys("eval" if s == "evaluate" else s for r in runs for s in r.accuracy)
+    panels: list[dict[str, Any]] = []
+    if evaluated:
+        metrics = [f"{s}/mean_accuracy" for s in evaluated]
+        panels.append({"kind": "bar", "title": "mean accuracy after each stage", "y": metrics})
+    for stage in dict.fromkeys(s for r in runs for s in r.curves):
+        x, validated = f"{stage}/step", any(stage in r.val_curves for r in runs)
+        loss = [f"{stage}/loss", *([f"{stage}/val/loss"] if validated else [])]
+        panels.append({"kind": "line", "title": f"{stage}: loss", "x": x, "y": loss})
+        if any(stage in r.margins for r in runs):
+            margins = [f"{stage}/rewards/margins"]
+            panels.append(
+                {"kind": "line", "title": f"{stage}: reward margin", "x": x, "y": margins}
+            )
+    return panels
+
+
 def find_runs(paths: list[str | Path], exclude: Path | None = None) -> list[RunSummary]:
     """Every run directory at or under the paths (a sweep dir holds one per job), in order. Only
     the outermost run.json counts: checkpoints carry a copy of theirs; `exclude` (the report's
@@ -151,7 +172,9 @@ def short(label: str) -> str:
 # ---------------------------------------------------------------- plots
 
 
-def _plots(runs: list[RunSummary], out: Path) -> dict[str, Path]:
+def plots(runs: list[RunSummary], out: Path) -> dict[str, Path]:
+    """The runs' accuracy after each stage (with 95% CI error bars), loss curves and reward
+    margins, as PNGs in `out`."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -169,7 +192,9 @@ def _plots(runs: list[RunSummary], out: Path) -> dict[str, Path]:
         for ax, task in zip(axes[0], tasks):
             for i, stage in enumerate(stages):
                 values = [r.accuracy.get(stage, {}).get(task, math.nan) for r in runs]
-                ax.bar([x + i * width for x in range(len(runs))], values, width, label=stage)
+                xs = [x + i * width for x in range(len(runs))]
+                ax.bar(xs, values, width, yerr=error_bars(runs, stage, task), capsize=3,
+                       label=stage)  # fmt: skip
             ax.set_xticks(
                 [x + width * (len(stages) - 1) / 2 for x in range(len(runs))],
                 [short(r.label) for r in runs],
@@ -178,7 +203,7 @@ def _plots(runs: list[RunSummary], out: Path) -> dict[str, Path]:
                 fontsize=7,
             )
             ax.set_ylim(0, 1)
-            ax.set_title(f"{task}: accuracy after each stage")
+            ax.set_title(f"{task}: accuracy after each stage (95% CI)", fontsize=9)
             ax.legend(fontsize=7)
         paths["accuracy"] = _save(fig, out / "accuracy.png")
     for kind, title in (
@@ -206,6 +231,17 @@ def _plots(runs: list[RunSummary], out: Path) -> dict[str, Path]:
             ax.legend(fontsize=6)
         paths[kind] = _save(fig, out / f"{kind}.png")
     return paths
+
+
+def error_bars(runs: list[RunSummary], stage: str, task: str) -> list[list[float]]:
+    """matplotlib's yerr rows (below, above) from each run's 95% interval; 0 where it has none."""
+    below, above = [], []
+    for r in runs:
+        acc = r.accuracy.get(stage, {}).get(task)
+        low, high = r.ci95.get(stage, {}).get(task, (acc, acc))
+        below.append(0.0 if acc is None else acc - low)
+        above.append(0.0 if acc is None else high - acc)
+    return [below, above]
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -249,7 +285,7 @@ def rows(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
 
 def write_report(runs: list[RunSummary], out: Path, title: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    plots = _plots(runs, out)
+    drawn = plots(runs, out)
     header, body = rows(runs)
     md = [
         f"# {title}",
@@ -261,7 +297,7 @@ def write_report(runs: list[RunSummary], out: Path, title: str) -> Path:
         "|" + "---|" * len(header),
     ]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
-    md += ["", *(f"![{k}]({p.name})" for k, p in plots.items()), "", "Run directories:", ""]
+    md += ["", *(f"![{k}]({p.name})" for k, p in drawn.items()), "", "Run directories:", ""]
     md += [f"- `{r.label}`: {r.dir}" for r in runs]
     (out / "report.md").write_text("\n".join(md) + "\n")
     cell = lambda tag, c: f"<{tag}>{html.escape(c)}</{tag}>"  # noqa: E731
@@ -273,7 +309,7 @@ def write_report(runs: list[RunSummary], out: Path, title: str) -> Path:
         "<table><tr>" + "".join(cell("th", h) for h in header) + "</tr>",
         *("<tr>" + "".join(cell("td", c) for c in row) + "</tr>" for row in body),
         "</table>",
-        *(f"<h2>{k}</h2><img src='{p.name}'>" for k, p in plots.items()),
+        *(f"<h2>{k}</h2><img src='{p.name}'>" for k, p in drawn.items()),
     ]
     (out / "report.html").write_text("\n".join(page) + "\n")
     log.info("report of %d runs -> %s", len(runs), out / "report.md")
@@ -288,14 +324,11 @@ def run(cfg: Any, run: Any) -> JobResult:
         "runs": len(runs),
         "completed": sum(r.status == "completed" for r in runs),
     }
-    if (
-        cfg.logger.name == "wandb"
-        and run.tracker.wandb_run is not None
-        and run.tracker.wandb_run.settings.mode == "online"
-    ):
+    if cfg.logger.name == "wandb" and run.tracker.info.get("mode") == "online":
         groups = sorted({r.wandb_group for r in runs if r.wandb_group})
         project, entity = cfg.logger.project, cfg.logger.entity
-        out["wandb_report"] = wandb_report(groups, project, entity, title) or ""
+        panels = report_panels(runs)
+        out["wandb_report"] = wandb_report(groups, project, entity, title, panels) or ""
     return JobResult(out, {"report": path})
 
 

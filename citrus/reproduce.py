@@ -65,6 +65,8 @@ def reproduce(argv: list[str], run_job: Callable[[list[str]], int | None]) -> in
         print(f"the reproduction {again['status']}: {again.get('error')}", file=sys.stderr)
         return 1
     print(compare_metrics(record.get("metrics", {}), again.get("metrics", {}), source, target))
+    print("\n".join(compare_accuracy(source, target)))
+    print("\n".join(compare_compute(record.get("compute", {}), again.get("compute", {}))))
     return code
 
 
@@ -93,3 +95,38 @@ def compare_metrics(
     ]
     lines += [f"  {k}: {before.get(k)} -> {after.get(k)}" for k in differ]
     return "\n".join(lines)
+
+
+def compare_accuracy(source: Path, target: Path) -> list[str]:
+    """Each evaluation's accuracy in both runs, and whether the new one lies inside the
+    original's 95% interval (a difference inside it is noise at that many questions)."""
+    from citrus.report import load_run
+
+    before, after = load_run(source), load_run(target)
+    lines = []
+    for stage, tasks in before.accuracy.items():
+        for task, acc in tasks.items():
+            new = after.accuracy.get(stage, {}).get(task)
+            if new is None:
+                continue
+            low, high = before.ci95.get(stage, {}).get(task, (acc, acc))
+            if new == acc:
+                verdict = "identical"
+            else:
+                inside = "inside" if low <= new <= high else "OUTSIDE"
+                verdict = f"{inside} the original's 95% CI [{100 * low:.1f}, {100 * high:.1f}]"
+            lines.append(
+                f"  {stage}/{task} accuracy {100 * acc:.1f}% -> {100 * new:.1f}%: {verdict}"
+            )
+    return (["accuracy:"] + lines) if lines else []
+
+
+def compare_compute(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Where the two runs' compute environments differ (float results depend on them)."""
+    keys = sorted(set(before) | set(after))
+    differ = [
+        f"  {k}: {before.get(k)} -> {after.get(k)}" for k in keys if before.get(k) != after.get(k)
+    ]
+    if not before or not differ:
+        return []
+    return ["compute environment differs (results may differ with it):", *differ]

@@ -29,13 +29,14 @@ def validation_rows(run_dir: Path) -> dict[int, dict]:
     return {r["step"]: r for r in log_rows(run_dir) if "train/val/loss" in r}
 
 
-def nll_of_exported_model(run_dir: Path, records: list[dict]) -> float:
-    """Mean next-token NLL over the reply tokens of `records`, under the exported model, with
-    plain transformers: the loss the validation logged at the last step."""
+def nll_of_exported_model(model_dir: Path, records: list[dict]) -> float:
+    """Mean next-token NLL over the reply tokens of `records`, under the model in model_dir, with
+    plain transformers: the loss the validation logged at the last step (or at step 0, for the
+    model training started from)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "model").eval()
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     total, count = 0.0, 0
     for record in records:
         example = tokenize_sft(record, tokenizer, 1024)
@@ -63,11 +64,13 @@ def test_held_out_records_leave_training_and_the_loss_is_the_exported_models(tmp
     overrides = [*BASE, "data.val_ratio=0.25", "trainer.val_every=2", f"trainer.packing={packing}"]
     metrics = train_run(tmp_path, overrides)
     val = validation_rows(tmp_path)
-    assert sorted(val) == [2, 4]  # every val_every steps, the last one included
+    assert sorted(val) == [0, 2, 4]  # before any update, every val_every steps, the last one
     records = held_out_records(overrides)
     assert len(records) == 10  # a quarter of 40, held out of the 30 trained on
-    expected = nll_of_exported_model(tmp_path, records)
+    expected = nll_of_exported_model(tmp_path / "model", records)
     assert val[4]["train/val/loss"] == pytest.approx(expected, rel=1e-4)
+    start = nll_of_exported_model(Path(compose_config("train", overrides).model.path), records)
+    assert val[0]["train/val/loss"] == pytest.approx(start, rel=1e-4)
     assert metrics["train/val/loss"] == val[4]["train/val/loss"]
     assert val[2]["train/val/loss"] != val[4]["train/val/loss"]
 

@@ -38,6 +38,7 @@ from citrus.config.groups import (
 )
 from citrus.config.nodes import (
     ChatConfig,
+    HubConfig,
     PathsConfig,
     PipelineConfig,
     PreferenceStageConfig,
@@ -56,6 +57,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "EngineConfig",
+    "HubConfig",
     "HubDataConfig",
     "LoggerConfig",
     "ModelConfig",
@@ -107,6 +109,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    hub: HubConfig = field(default_factory=HubConfig)  # push, download
     # a multirun's objective (Optuna): the job returns this metric of its run.json, e.g.
     # preference/mean_accuracy; a failed job returns NaN, which Optuna records as a failed trial
     optimized_metric: str | None = None

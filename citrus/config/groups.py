@@ -252,7 +252,7 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # wandb | none
+    name: str = "none"  # none | wandb | csv | tensorboard (citrus/tracking.py LOGGERS)
     mode: str = "auto"  # auto: online with credentials, else offline | online | offline
     project: str = "citrus"
     entity: str | None = None

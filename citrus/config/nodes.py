@@ -157,6 +157,18 @@ class ServeConfig:
 
 
 @dataclass
+class HubConfig:
+    """`citrus push` and `citrus download`: the Hugging Face hub, or the mirror at HF_ENDPOINT."""
+
+    token_env: str = "HF_TOKEN"  # the variable that holds the token (never the token itself)
+    run: str | None = None  # push: a run directory (its last export) or a model directory
+    stage: str | None = None  # push: which stage's export of a pipeline run (sft, preference)
+    repo_id: str | None = None  # push: owner/name
+    private: bool = True  # push: a new repository starts private
+    revision: str | None = None  # download: branch, tag or commit; null: the default branch
+
+
+@dataclass
 class ChatConfig:
     prompt: str | None = None  # `citrus chat chat.prompt="..."`: ask once and exit
 

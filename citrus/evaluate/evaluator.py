@@ -29,6 +29,7 @@ from citrus.evaluate.metrics import majority_vote, summarize
 from citrus.jobs import JobResult
 from citrus.prompts import build_messages, build_text
 from citrus.tracking import console, progress_bar
+from citrus.train import card
 
 log = logging.getLogger(__name__)
 TABLE_COLUMNS = ["task", "id", "gold", "pred", "rule", "response"]  # W&B predictions table
@@ -323,6 +324,8 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
         "data_md5": files,
     }
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    if Path(str(cfg.model.path)).is_dir():  # a citrus export's card gains these scores
+        card.add_evaluation(Path(cfg.model.path), result)
     flat = {f"{prefix}{t}/{k}": v for t, m in per_task.items() for k, v in m.items()}
     flat[f"{prefix}mean_accuracy"], flat[f"{prefix}mean_valid_accuracy"] = mean, valid
     run.tracker.log(flat)

@@ -35,7 +35,7 @@ from citrus.data.schema import append_jsonl
 from citrus.jobs import JobResult
 from citrus.models import load_tokenizer
 from citrus.tracking import progress_bar
-from citrus.train import packed_attention
+from citrus.train import card, packed_attention
 from citrus.train.checkpoint import resume_training, rng_states, save_training
 from citrus.train.checks import check_config
 from citrus.train.data import build_dataset, micro_batches, total_steps
@@ -98,7 +98,7 @@ def train(cfg: Any, out_dir: Path, run: Any, prefix: str = "train/") -> JobResul
     try:
         training = setup(cfg, out_dir, run)
         stats = fit(training, out_dir, run, prefix)
-        result = finish(training, out_dir, prefix, stats)
+        result = finish(training, out_dir, prefix, stats, run)
     except BaseException:
         # leave nothing of this run for the next job in this process to wait on
         if workers:
@@ -166,6 +166,8 @@ def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> FitStats:
     with bar:
         zero = fabric.is_global_zero
         task = bar.add_task("train", total=steps, completed=step, info="") if zero else None
+        if step == 0 and validating(training, step):  # where each validation curve starts
+            stats.validated = log_validation(training, step, out_dir, run, prefix)
         while step < steps:
             sums = train_step(training, batches, stats)
             step += 1
@@ -225,8 +227,8 @@ def train_step(training: Training, batches: Any, stats: FitStats) -> dict[str, f
 
 
 def validating(training: Training, step: int) -> bool:
-    """Validate at this step? Every trainer.val_every steps and after the last one, when there is
-    something to validate on."""
+    """Validate at this step? Every trainer.val_every steps (from step 0, before any update) and
+    after the last one, when there is something to validate on."""
     t = training.cfg.trainer
     if not (training.val_examples or t.val_benchmark):
         return False
@@ -267,8 +269,9 @@ def log_step(
     return logged
 
 
-def finish(training: Training, out_dir: Path, prefix: str, stats: FitStats) -> JobResult:
-    """Export the model (gathering FSDP2 shards), write metrics.json, leave the process group."""
+def finish(training: Training, out_dir: Path, prefix: str, stats: FitStats, run: Any) -> JobResult:
+    """Export the model (gathering FSDP2 shards) with its card, write metrics.json, leave the
+    process group."""
     fabric, cfg = training.fabric, training.cfg
     model_dir = out_dir / "model"
     training.base.config._attn_implementation = training.attention  # the export loads as usual
@@ -277,6 +280,7 @@ def finish(training: Training, out_dir: Path, prefix: str, stats: FitStats) -> J
         full_state = gather_full_state(training.model, cfg.model.dtype)
     if fabric.is_global_zero:
         export(unwrapped(training.model), training.tokenizer, cfg, model_dir, full_state)
+        card.write(model_dir, card.training_facts(cfg, run.record.data, prefix.rstrip("/")))
     fabric.barrier()
     losses = stats.losses
     tail = losses[-max(1, min(10, len(losses))) :] or [float("nan")]

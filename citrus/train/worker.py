@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 def main(config_path: str, out_dir: str) -> None:
     """Train on the resolved config; rank 0 keeps the run record and the tracker."""
     from citrus.config import Config
-    from citrus.tracking import Tracker
+    from citrus.tracking import NullTracker
     from citrus.train.trainer import train
 
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config_path))
@@ -24,7 +24,7 @@ def main(config_path: str, out_dir: str) -> None:
         level=logging.WARNING, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s"
     )
     record = SimpleNamespace(path=None, add_input=lambda path, role: "")
-    run = SimpleNamespace(dir=Path(out_dir), record=record, tracker=Tracker())
+    run = SimpleNamespace(dir=Path(out_dir), record=record, tracker=NullTracker())
     train(cfg, Path(out_dir), run)
 
 
