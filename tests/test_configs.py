@@ -211,8 +211,31 @@ def test_released_models_serve_on_8_gpus_as_the_citrus_readme_does(model, path):
     assert (local.base_url, local.served_model, local.api_key_env) == (
         "http://127.0.0.1:8123/v1",
         model,
-        None,
+        "CITRUS_SERVE_API_KEY",  # the key `citrus serve` requires, when that variable is set
     )
+
+
+def test_a_server_other_machines_reach_needs_a_key(monkeypatch):
+    """0.0.0.0 without a key is refused (unless allowed); with one, vLLM gets it through its
+    VLLM_API_KEY variable, never on the command line that `ps` shows."""
+    from citrus.errors import ConfigError
+    from citrus.serve import api_key, check_exposure, server_command
+
+    monkeypatch.delenv("CITRUS_SERVE_API_KEY", raising=False)
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    exposed = compose_config("serve", ["model=qwen2.5-0.5b-instruct", "serve.host=0.0.0.0"])
+    with pytest.raises(ConfigError, match=r"serve.host=0.0.0.0 .*\$CITRUS_SERVE_API_KEY"):
+        check_exposure(exposed, api_key(exposed))
+    check_exposure(compose_config("serve", ["model=qwen2.5-0.5b-instruct"]), None)  # loopback
+    allowed = compose_config(
+        "serve",
+        ["model=qwen2.5-0.5b-instruct", "serve.host=0.0.0.0", "serve.allow_unauthenticated=true"],
+    )
+    check_exposure(allowed, None)
+    monkeypatch.setenv("CITRUS_SERVE_API_KEY", "sk-test-key-1")
+    assert api_key(exposed) == "sk-test-key-1"
+    check_exposure(exposed, api_key(exposed))
+    assert "sk-test-key-1" not in " ".join(server_command(exposed))
 
 
 def test_a_chat_template_override_reaches_the_vllm_server():

@@ -134,7 +134,7 @@ def test_openai_engine_against_a_real_vllm_server(hf_reference, tmp_path):
 
 
 @contextlib.contextmanager
-def citrus_serve(run_dir: Path, *overrides: str, max_model_len: int = 1024):
+def citrus_serve(run_dir: Path, *overrides: str, max_model_len: int = 1024, env=None):
     """`citrus serve` on a free port of 127.0.0.1 until the block ends, then SIGTERM: yields the
     process and its server.json; the process's output is in `.out` afterwards."""
     port = free_port()
@@ -155,6 +155,7 @@ def citrus_serve(run_dir: Path, *overrides: str, max_model_len: int = 1024):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     try:
         deadline = time.time() + 300
@@ -168,13 +169,24 @@ def citrus_serve(run_dir: Path, *overrides: str, max_model_len: int = 1024):
         citrus.out, _ = citrus.communicate(timeout=120)
 
 
-def test_citrus_serve_answers_chat_and_stops_cleanly(tmp_path):
-    """`citrus serve` on 127.0.0.1 with the tiny model; a chat request through engine=openai; then
-    SIGTERM: citrus exits and no server or engine process is left."""
+SERVE_KEY = "sk-citrus-serve-test-4b1d"
+
+
+def test_citrus_serve_requires_its_key_answers_chat_and_stops_cleanly(tmp_path):
+    """`citrus serve` on 127.0.0.1 with the tiny model and an API key from the environment: a
+    request without the key is refused, engine=openai sends it and gets a reply, the key is in no
+    file; then SIGTERM: citrus exits and no server or engine process is left."""
+    import urllib.error
+    import urllib.request
+
     run_dir = tmp_path / "serve"
-    with citrus_serve(run_dir, *SMOKE) as (citrus, info):
+    env = {"CITRUS_SERVE_API_KEY": SERVE_KEY}
+    with citrus_serve(run_dir, *SMOKE, env=env) as (citrus, info):
         assert info["base_url"].startswith("http://127.0.0.1:")
         assert info["served_model"] == "tiny_llama"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{info['base_url']}/models", timeout=10)
+        assert refused.value.code == 401
         cfg = compose_config(
             "evaluate",
             [
@@ -182,20 +194,29 @@ def test_citrus_serve_answers_chat_and_stops_cleanly(tmp_path):
                 "engine=openai",
                 f"engine.base_url={info['base_url']}",
                 f"engine.served_model={info['served_model']}",
+                "engine.api_key_env=CITRUS_SERVE_API_KEY",
                 "engine.max_new_tokens=8",
             ],
         )
         from citrus.engines import build_engine
 
-        reply = build_engine(cfg.engine, cfg.model).generate(
-            [[{"role": "user", "content": "Fever and flank pain?"}]]
-        )[0]
+        os.environ["CITRUS_SERVE_API_KEY"] = SERVE_KEY
+        try:
+            reply = build_engine(cfg.engine, cfg.model).generate(
+                [[{"role": "user", "content": "Fever and flank pain?"}]]
+            )[0]
+        finally:
+            del os.environ["CITRUS_SERVE_API_KEY"]
         assert isinstance(reply, str) and reply
     assert citrus.returncode == 0, citrus.out[-3000:]
     assert (
-        f"engine=openai engine.base_url={info['base_url']} engine.served_model=tiny_llama"
-        in citrus.out
+        f"engine=openai engine.base_url={info['base_url']} engine.served_model=tiny_llama "
+        "engine.api_key_env=CITRUS_SERVE_API_KEY" in citrus.out
     )
+    assert SERVE_KEY not in citrus.out
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SERVE_KEY not in path.read_text(errors="ignore"), path
     for group in (info["pid"], citrus.pid):
         assert (
             subprocess.run(

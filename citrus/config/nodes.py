@@ -145,7 +145,10 @@ class PipelineConfig:
 class ServeConfig:
     """`citrus serve`: vLLM's OpenAI-compatible server for model=."""
 
-    host: str = "127.0.0.1"  # 0.0.0.0 exposes it beyond this machine
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes it beyond this machine: then a key is required
+    # the variable holding the API key clients must send (never the key itself); unset: none
+    api_key_env: str | None = "CITRUS_SERVE_API_KEY"
+    allow_unauthenticated: bool = False  # serve beyond loopback without a key (a trusted network)
     port: int = 8000
     served_model_name: str | None = None  # null: model.name
     tensor_parallel_size: int = II("model.tensor_parallel_size")  # the model's (70B/72B: 8)
