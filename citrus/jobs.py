@@ -82,8 +82,10 @@ def execute(
         raise ConfigError(
             f"{e.full_key} is required (??? in its config): set {e.full_key}=..."
         ) from None
-    record = RunRecord(run_dir, job, overrides, config, sweep)
-    tracker = open_tracker(cfg.logger, config, run_dir, job, cfg.name, sweep)
+    previous = earlier_run(run_dir, job)
+    record = RunRecord(run_dir, job, overrides, config, sweep, previous)
+    resume = (previous or {}).get(cfg.logger.name, {}).get("id")  # W&B continues that run
+    tracker = open_tracker(cfg.logger, config, run_dir, job, cfg.name, sweep, resume)
     if tracker.info:
         record.data[cfg.logger.name] = tracker.info  # "wandb": its id, project, group
         record.write()
@@ -108,6 +110,18 @@ def execute(
     tracker.artifacts(record.data["inputs"], models)
     tracker.finish()
     return result
+
+
+def earlier_run(run_dir: Path, job: str) -> dict[str, Any] | None:
+    """The run.json an earlier start of this job left in run_dir (a killed or requeued run the
+    same command now resumes), or None."""
+    import json
+
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("job") == job else None
 
 
 def job_function(job: str) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 from citrus import report
 from citrus.config import CONF_DIR, AlgorithmConfig, DataConfig
 from citrus.data import prepare
-from citrus.data.schema import load_records, write_jsonl_atomic
+from citrus.data.schema import append_jsonl, load_records, whole_records, write_jsonl_atomic
 from citrus.errors import ConfigError, DataError
 from citrus.evaluate.evaluator import evaluate, results_table
 from citrus.jobs import JobResult
@@ -142,9 +143,46 @@ def preference_config(cfg: Any, policy: Any, pairs: Path | None) -> Any:
     return pref
 
 
+def config_digest(cfg: Any) -> str:
+    """What a pipeline's finished stages were computed from: its whole resolved config."""
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+class StageLog:
+    """stages.jsonl: one line per finished stage (its metrics and output files), appended when the
+    stage ends. The same command into the same run directory skips every stage it lists, so a
+    killed pipeline loses at most the stage it was in (which resumes from its own checkpoints and
+    keyed logs)."""
+
+    def __init__(self, path: Path, digest: str):
+        self.path, self.done = path, {}
+        for line in whole_records(path) if path.is_file() else []:
+            if line["config"] != digest:
+                raise ConfigError(
+                    f"{path.parent} holds a pipeline run with another config (stage "
+                    f"{line['stage']}); resume it with the same command, or choose a new "
+                    "hydra.run.dir"
+                )
+            self.done[line["stage"]] = line
+        self.digest = digest
+
+    def get(self, stage: str) -> dict | None:
+        if stage in self.done:
+            console.print(f"[dim]stage {stage}: finished before, kept ({self.path})[/]")
+        return self.done.get(stage)
+
+    def add(self, stage: str, metrics: dict[str, Any], outputs: dict[str, Any]) -> None:
+        line = {"stage": stage, "config": self.digest, "metrics": metrics,
+                "outputs": {k: str(v) for k, v in outputs.items()}}  # fmt: skip
+        append_jsonl(self.path, [line])
+        self.done[stage] = line
+
+
 class Journey:
     """The pipeline's running state: the policy config (its model.path moves to each new
-    export), the accuracy columns of the final table, and the summary metrics."""
+    export), the accuracy columns of the final table, the summary metrics, and the stages
+    finished before (a resumed run skips them)."""
 
     def __init__(self, cfg: Any, run: Any):
         self.cfg, self.run = cfg, run
@@ -152,12 +190,21 @@ class Journey:
         self.columns: dict[str, dict] = {}
         self.summary: dict[str, Any] = {}
         self.outputs: dict[str, Path] = {}
+        self.log = StageLog(run.dir / "stages.jsonl", config_digest(cfg))
 
     def run_stage(self, name: str, job: Any, stage_cfg: Any) -> JobResult:
         """A data job (label, synthesize, sample) in its own sub-directory, kept."""
-        return self.keep(name, job(stage_cfg, in_dir(self.run, name)))
+        return self.keep(name, lambda: job(stage_cfg, in_dir(self.run, name)))
 
-    def keep(self, stage: str, result: JobResult) -> JobResult:
+    def keep(self, stage: str, work: Any) -> JobResult:
+        """The stage's result: from the stage log if it finished before, else `work()`'s,
+        logged."""
+        done = self.log.get(stage)
+        if done:
+            result = JobResult(done["metrics"], {k: Path(v) for k, v in done["outputs"].items()})
+        else:
+            result = work()
+            self.log.add(stage, result.metrics, result.outputs)
         self.summary.update(result.metrics)
         self.outputs.update({f"{stage}/{k}": Path(v) for k, v in result.outputs.items()})
         return result
@@ -167,15 +214,22 @@ class Journey:
         stage_cfg = copy.deepcopy(self.cfg)
         if model_dir is not None:
             stage_cfg.model.path = str(model_dir)
-        result = evaluate(stage_cfg, self.run.dir / f"evaluate_{name}", self.run, prefix=f"{name}/")
-        self.columns[column] = result["tasks"]
-        self.summary[f"{name}/mean_accuracy"] = result["mean_accuracy"]
+        out = self.run.dir / f"evaluate_{name}"
+
+        def work() -> JobResult:
+            result = evaluate(stage_cfg, out, self.run, prefix=f"{name}/")
+            metrics = {f"{name}/mean_accuracy": result["mean_accuracy"]}
+            return JobResult(metrics, {"metrics": out / "metrics.json"})
+
+        evaluated = self.keep(f"evaluate_{name}", work)
+        self.columns[column] = json.loads(evaluated.outputs["metrics"].read_text())["tasks"]
 
     def train(self, name: str, stage_cfg: Any, column: str) -> None:
-        """Train a stage from the current policy, evaluate its export, make it the policy."""
-        trained = self.keep(
-            name, trainer.train(stage_cfg, self.run.dir / name, self.run, prefix=f"{name}/")
-        )
+        """Train a stage from the current policy, evaluate its export, make it the policy. A stage
+        killed before resumes from its newest checkpoint (trainer.resume null -> auto)."""
+        stage_cfg.trainer.resume = stage_cfg.trainer.resume or "auto"
+        work = lambda: trainer.train(stage_cfg, self.run.dir / name, self.run, prefix=f"{name}/")  # noqa: E731
+        trained = self.keep(name, work)
         self.policy.model.path = str(trained.outputs["model"])
         self.evaluate(name, column, trained.outputs["model"])
 

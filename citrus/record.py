@@ -167,6 +167,7 @@ class RunRecord:
         overrides: list[str],
         config: dict[str, Any],
         sweep: dict[str, Any] | None = None,
+        previous: dict[str, Any] | None = None,
     ):
         self.path = Path(run_dir) / "run.json"
         # A job of a multirun is reproduced alone: its overrides already hold its sweep values.
@@ -186,6 +187,10 @@ class RunRecord:
             "seeds": collect_seeds(config),
             "inputs": {},
         }
+        if previous:  # the same run resumed: when it first started, and each earlier start
+            self.data["started_at"] = previous["started_at"]
+            self.data["resumed_at"] = [*previous.get("resumed_at", []), _now()]
+            self.data["earlier_status"] = previous["status"]
         self.write()
 
     def add_input(self, path: str | os.PathLike, role: str) -> str:

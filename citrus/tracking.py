@@ -243,11 +243,22 @@ def run_tags(config: dict[str, Any], job: str) -> list[str]:
     return tags
 
 
-def open_none(logger_cfg: Any, config: dict, run_dir: Path, job: str, name: str, sweep=None):
+def open_none(
+    logger_cfg: Any, config: dict, run_dir: Path, job: str, name: str, sweep=None, resume=None
+):
     return NullTracker()
 
 
-def open_wandb(logger_cfg: Any, config: dict, run_dir: Path, job: str, name: str, sweep=None):
+def open_wandb(
+    logger_cfg: Any,
+    config: dict,
+    run_dir: Path,
+    job: str,
+    name: str,
+    sweep=None,
+    resume: str | None = None,
+):
+    """A W&B run; `resume` (the id an earlier start of this run recorded) continues that run."""
     import wandb
 
     mode = wandb_mode(logger_cfg.mode)
@@ -262,6 +273,8 @@ def open_wandb(logger_cfg: Any, config: dict, run_dir: Path, job: str, name: str
         mode=mode,
         config=redact(config),
         reinit="finish_previous",
+        id=resume,
+        resume="allow" if resume else None,
         settings=wandb.Settings(silent=True, console="off"),
     )
     log.info("W&B %s run %s in %s", mode, run.id, run_dir / "wandb")
@@ -271,7 +284,9 @@ def open_wandb(logger_cfg: Any, config: dict, run_dir: Path, job: str, name: str
 def open_fabric_logger(kind: str):
     """csv or tensorboard: Lightning Fabric's logger of that kind, writing to <run_dir>/<kind>/."""
 
-    def open_logger(logger_cfg: Any, config: dict, run_dir: Path, job: str, name: str, sweep=None):
+    def open_logger(
+        logger_cfg: Any, config: dict, run_dir: Path, job: str, name: str, sweep=None, resume=None
+    ):
         from lightning.fabric import loggers
 
         if kind == "tensorboard" and not any(
@@ -302,10 +317,11 @@ def open_tracker(
     job: str,
     name: str,
     sweep: dict | None = None,
+    resume: str | None = None,
 ) -> Tracker:
     if logger_cfg.name not in LOGGERS:
         raise ConfigError(f"logger.name: unknown {logger_cfg.name!r}; one of {sorted(LOGGERS)}")
-    return LOGGERS[logger_cfg.name](logger_cfg, config, run_dir, job, name, sweep)
+    return LOGGERS[logger_cfg.name](logger_cfg, config, run_dir, job, name, sweep, resume)
 
 
 def wandb_report(

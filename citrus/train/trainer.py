@@ -141,7 +141,9 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
         training.reference = build_reference(cfg, model, fabric)
     # the same initial weights everywhere (above), then each process its own dropout draws
     fabric.seed_everything(cfg.seed + fabric.global_rank, verbose=False)
-    training.state = {"model": model, "optimizer": optimizer, "step": 0,
+    # losses: each step's, checkpointed, so a resumed run reports the first and final loss of the
+    # whole run
+    training.state = {"model": model, "optimizer": optimizer, "step": 0, "losses": [],
                       "rng": rng_states(fabric), "scheduler": scheduler.state_dict()}  # fmt: skip
     if cfg.adapter.name != "none":
         training.saved_only = {"model": lambda k, v: "lora_" in k}
@@ -161,7 +163,7 @@ def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> FitStats:
     rank, world = fabric.global_rank, fabric.world_size
     batches = micro_batches(len(training.dataset), t, cfg.seed, world, rank, first)
     training.model.train()
-    stats = FitStats()
+    stats = FitStats(losses=training.state["losses"])  # a resumed run's, its steps before
     bar = progress_bar() if fabric.is_global_zero else nullcontext()
     with bar:
         zero = fabric.is_global_zero
