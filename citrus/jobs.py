@@ -45,6 +45,7 @@ JOBS: dict[str, tuple[str, str]] = {
 class JobResult:
     metrics: dict[str, Any]
     outputs: dict[str, Path] = field(default_factory=dict)  # e.g. {"model": <run dir>/model}
+    status: str = "completed"  # run.json's; a pipeline handed to cluster jobs: submitted
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Run:
     dir: Path
     record: Any
     tracker: Any
+    rank: int = 0  # of the processes srun or torchrun started for this job: only 0 records
 
 
 def execute(
@@ -72,7 +74,8 @@ def execute(
 
     from citrus.engines import check_engines
     from citrus.record import RunRecord
-    from citrus.tracking import open_tracker
+    from citrus.tracking import NullTracker, open_tracker
+    from citrus.train.launch import global_rank
 
     check_engines(cfg)
     check_writable([run_dir, Path(cfg.paths.cache_dir)], cfg.paths.min_free_gb)
@@ -82,15 +85,20 @@ def execute(
         raise ConfigError(
             f"{e.full_key} is required (??? in its config): set {e.full_key}=..."
         ) from None
+    rank = global_rank()
     previous = earlier_run(run_dir, job)
-    record = RunRecord(run_dir, job, overrides, config, sweep, previous)
+    record = RunRecord(run_dir, job, overrides, config, sweep, previous, writes=rank == 0)
     resume = (previous or {}).get(cfg.logger.name, {}).get("id")  # W&B continues that run
-    tracker = open_tracker(cfg.logger, config, run_dir, job, cfg.name, sweep, resume)
+    tracker = (  # one run.json, one W&B run: rank 0's
+        open_tracker(cfg.logger, config, run_dir, job, cfg.name, sweep, resume)
+        if rank == 0
+        else NullTracker()
+    )
     if tracker.info:
         record.data[cfg.logger.name] = tracker.info  # "wandb": its id, project, group
         record.write()
     try:
-        result = job_function(job)(cfg, Run(run_dir, record, tracker))
+        result = job_function(job)(cfg, Run(run_dir, record, tracker, rank))
     except BaseException as e:
         record.finish("failed", error=f"{type(e).__name__}: {e}")
         tracker.finish(exit_code=1)
@@ -103,7 +111,7 @@ def execute(
         raise
     numeric = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}
     record.finish(
-        "completed", metrics=numeric, outputs={k: str(v) for k, v in result.outputs.items()}
+        result.status, metrics=numeric, outputs={k: str(v) for k, v in result.outputs.items()}
     )
     tracker.summary(numeric)  # the run's final metrics, as run.json has them
     models = {k: v for k, v in result.outputs.items() if k == "model" or k.endswith("/model")}

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +144,30 @@ def preference_config(cfg: Any, policy: Any, pairs: Path | None) -> Any:
     return pref
 
 
+def stage_names(cfg: Any) -> list[str]:
+    """Every stage the pipeline runs, in order, as the stage log and pipeline.until name them."""
+    stages = list(cfg.pipeline.stages)
+    names = ["prepare", *(["evaluate_base"] if cfg.pipeline.evaluate_base else [])]
+    names += [s for s in ("label", "synthesize") if s in stages]
+    if "sft" in stages:
+        names += [n for name, _ in sft_stages(cfg) for n in (name, f"evaluate_{name}")]
+    names += ["sample"] if "sample" in stages else []
+    names += ["preference", "evaluate_preference"] if "preference" in stages else []
+    return names
+
+
+class UntilReached(Exception):
+    """pipeline.until's stage is done: this process stops there (a submitted job's share)."""
+
+
 def config_digest(cfg: Any) -> str:
-    """What a pipeline's finished stages were computed from: its whole resolved config."""
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    return hashlib.md5(text.encode()).hexdigest()
+    """What a pipeline's finished stages were computed from: its resolved config, less where and
+    how far its processes run (pipeline.submit, pipeline.until, cluster)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("cluster", None)
+    for key in ("submit", "until"):
+        config["pipeline"].pop(key, None)
+    return hashlib.md5(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class StageLog:
@@ -172,6 +193,18 @@ class StageLog:
             console.print(f"[dim]stage {stage}: finished before, kept ({self.path})[/]")
         return self.done.get(stage)
 
+    def wait(self, stage: str, record: Path, poll_s: float = 1.0) -> dict:
+        """The stage as rank 0 logs it: the other processes of a multi-process pipeline (srun,
+        torchrun) train with it but leave every other stage to rank 0."""
+        while stage not in self.done:
+            for line in whole_records(self.path) if self.path.is_file() else []:
+                self.done[line["stage"]] = line
+            failed = record.is_file() and json.loads(record.read_text())["status"] == "failed"
+            if stage not in self.done and failed:
+                raise RuntimeError(f"rank 0 failed before it finished stage {stage}; see {record}")
+            time.sleep(0 if stage in self.done else poll_s)
+        return self.done[stage]
+
     def add(self, stage: str, metrics: dict[str, Any], outputs: dict[str, Any]) -> None:
         line = {"stage": stage, "config": self.digest, "metrics": metrics,
                 "outputs": {k: str(v) for k, v in outputs.items()}}  # fmt: skip
@@ -196,17 +229,23 @@ class Journey:
         """A data job (label, synthesize, sample) in its own sub-directory, kept."""
         return self.keep(name, lambda: job(stage_cfg, in_dir(self.run, name)))
 
-    def keep(self, stage: str, work: Any) -> JobResult:
+    def keep(self, stage: str, work: Any, every_rank: bool = False) -> JobResult:
         """The stage's result: from the stage log if it finished before, else `work()`'s,
-        logged."""
+        logged. Only rank 0 works on a stage, unless every_rank (training): the others wait for
+        its result."""
         done = self.log.get(stage)
+        if done is None and self.run.rank > 0 and not every_rank:
+            done = self.log.wait(stage, self.run.dir / "run.json")
         if done:
             result = JobResult(done["metrics"], {k: Path(v) for k, v in done["outputs"].items()})
         else:
             result = work()
-            self.log.add(stage, result.metrics, result.outputs)
+            if self.run.rank == 0:
+                self.log.add(stage, result.metrics, result.outputs)
         self.summary.update(result.metrics)
         self.outputs.update({f"{stage}/{k}": Path(v) for k, v in result.outputs.items()})
+        if stage == self.cfg.pipeline.until:
+            raise UntilReached(stage)
         return result
 
     def evaluate(self, name: str, column: str, model_dir: Path | None = None) -> None:
@@ -229,7 +268,7 @@ class Journey:
         killed before resumes from its newest checkpoint (trainer.resume null -> auto)."""
         stage_cfg.trainer.resume = stage_cfg.trainer.resume or "auto"
         work = lambda: trainer.train(stage_cfg, self.run.dir / name, self.run, prefix=f"{name}/")  # noqa: E731
-        trained = self.keep(name, work)
+        trained = self.keep(name, work, every_rank=True)
         self.policy.model.path = str(trained.outputs["model"])
         self.evaluate(name, column, trained.outputs["model"])
 
@@ -237,8 +276,41 @@ class Journey:
 def run(cfg: Any, run: Any) -> JobResult:
     stages = list(cfg.pipeline.stages)
     check_stages(stages, cfg.pipeline.preference.data)
+    names = stage_names(cfg)
+    if cfg.pipeline.until is not None and cfg.pipeline.until not in names:
+        raise ConfigError(
+            f"pipeline.until={cfg.pipeline.until!r}: this pipeline's stages are {names}"
+        )
+    if cfg.pipeline.submit != "none":
+        from citrus import cluster
+
+        return cluster.submit(cfg, run, names, same_command(run))
     journey = Journey(cfg, run)
-    prepare.run(cfg, run)  # the files every stage reads, with their md5s in run.json
+    try:
+        journey_through(cfg, run, journey, stages)
+    except UntilReached:  # a submitted job's share is done; the last one finishes the run
+        if cfg.pipeline.until != names[-1]:
+            return JobResult(
+                {**journey.summary, "pipeline/until": cfg.pipeline.until}, journey.outputs
+            )
+    return finish(cfg, run, journey)
+
+
+def same_command(run: Any) -> list[str]:
+    """This pipeline's command (its overrides) for a job that continues it in this run dir."""
+    from citrus.record import REDACTED
+
+    overrides = run.record.data["overrides"]
+    secret = [o for o in overrides if o.endswith("=" + REDACTED)]
+    if secret:
+        raise ConfigError(f"{secret}: pass secrets through the environment, not as overrides")
+    keep = [o for o in overrides if not o.startswith(("hydra.run.dir=", "pipeline.submit="))]
+    return ["pipeline", *keep, f"hydra.run.dir={run.dir.resolve()}"]
+
+
+def journey_through(cfg: Any, run: Any, journey: Journey, stages: list[str]) -> None:
+    """The stages, in order, each handing its outputs to the next."""
+    journey.keep("prepare", lambda: prepare.run(cfg, run))  # the files every stage reads
     if cfg.pipeline.evaluate_base:
         journey.evaluate("base", "before")
     labeled = synthesized = pairs = None
@@ -263,6 +335,11 @@ def run(cfg: Any, run: Any) -> JobResult:
         pref = preference_config(cfg, journey.policy, pairs)
         journey.train("preference", pref, f"after {pref.algorithm.name.upper()}")
 
+
+def finish(cfg: Any, run: Any, journey: Journey) -> JobResult:
+    """The table of accuracy after each stage, metrics.json and the plots (rank 0)."""
+    if run.rank > 0:
+        return JobResult(journey.summary, journey.outputs)
     if journey.columns:
         title = f"{cfg.name}: {cfg.model.name} on {cfg.benchmark.name}"
         console.print(results_table(title, journey.columns))
@@ -270,6 +347,6 @@ def run(cfg: Any, run: Any) -> JobResult:
     run.tracker.summary({k: v for k, v in journey.summary.items() if isinstance(v, (int, float))})
     # accuracy after each stage with its 95% CI, the loss curves and margins, as the report
     # draws them: PNGs in the run directory, images in the tracker
-    for key, path in report.plots([report.load_run(run.dir)], run.dir).items():
+    for key, path in report.plots(report.find_runs([run.dir]), run.dir).items():
         run.tracker.image(f"plots/{key}", path)
     return JobResult(journey.summary, journey.outputs)

@@ -168,8 +168,9 @@ class RunRecord:
         config: dict[str, Any],
         sweep: dict[str, Any] | None = None,
         previous: dict[str, Any] | None = None,
+        writes: bool = True,
     ):
-        self.path = Path(run_dir) / "run.json"
+        self.path, self.writes = Path(run_dir) / "run.json", writes
         # A job of a multirun is reproduced alone: its overrides already hold its sweep values.
         command = reproduce_command(job, overrides + (["hydra.mode=RUN"] if sweep else []))
         self.data: dict[str, Any] = {
@@ -191,6 +192,7 @@ class RunRecord:
             self.data["started_at"] = previous["started_at"]
             self.data["resumed_at"] = [*previous.get("resumed_at", []), _now()]
             self.data["earlier_status"] = previous["status"]
+            self.data["inputs"] = previous.get("inputs", {})  # stages it skips read them then
         self.write()
 
     def add_input(self, path: str | os.PathLike, role: str) -> str:
@@ -205,6 +207,8 @@ class RunRecord:
         self.write()
 
     def write(self) -> None:
+        if not self.writes:  # a process other than rank 0 of a multi-process job
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".run.json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(redact(self.data), indent=2, default=str))

@@ -228,7 +228,8 @@ def plots(runs: list[RunSummary], out: Path) -> dict[str, Path]:
                             label=f"{short(r.label)} (validation)")  # fmt: skip
             ax.set_title(f"{stage}: {title}", fontsize=9)
             ax.set_xlabel("step")
-            ax.legend(fontsize=6)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
         paths[kind] = _save(fig, out / f"{kind}.png")
     return paths
 

@@ -38,6 +38,7 @@ from citrus.config.groups import (
 )
 from citrus.config.nodes import (
     ChatConfig,
+    ClusterConfig,
     HubConfig,
     PathsConfig,
     PipelineConfig,
@@ -54,6 +55,7 @@ __all__ = [
     "BenchmarkTask",
     "BuildConfig",
     "ChatConfig",
+    "ClusterConfig",
     "Config",
     "DataConfig",
     "EngineConfig",
@@ -110,6 +112,7 @@ class Config:
     chat: ChatConfig = field(default_factory=ChatConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     hub: HubConfig = field(default_factory=HubConfig)  # push, download
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # pipeline.submit=slurm
     # a multirun's objective (Optuna): the job returns this metric of its run.json, e.g.
     # preference/mean_accuracy; a failed job returns NaN, which Optuna records as a failed trial
     optimized_metric: str | None = None

@@ -139,6 +139,60 @@ class PipelineConfig:
     # last (the original calls its synthesis output Citrus_S3, the third stage)
     synthesized_stage: int = -1
     preference: PreferenceStageConfig = field(default_factory=PreferenceStageConfig)
+    # none: every stage in this process | slurm: each stage a SLURM job (cluster.*), chained
+    # afterok | local: those jobs one after another through submitit's local executor
+    submit: str = "none"
+    # stop after this stage (prepare, evaluate_base, label, synthesize, sft, evaluate_sft, sample,
+    # preference, evaluate_preference): what each submitted job is given; null: the whole journey
+    until: str | None = None
+
+
+@dataclass
+class JobResources:
+    """What one kind of pipeline job asks the cluster for."""
+
+    nodes: int = 1
+    tasks_per_node: int = 1  # training: one per GPU (Fabric reads SLURM's ranks)
+    gpus_per_node: int = 0
+    cpus_per_task: int = 8
+    mem_gb: int | None = None  # null: the partition's default
+    timeout_min: int = 1440  # a job past it is requeued (max_num_timeout) and resumes
+
+
+@dataclass
+class ClusterConfig:
+    """pipeline.submit=slurm: where the jobs go and what each kind of stage asks for."""
+
+    partition: str | None = None
+    account: str | None = None
+    setup: list[str] = field(  # shell lines run in the allocation before the job
+        default_factory=lambda: [
+            "export NCCL_ASYNC_ERROR_HANDLING=1",
+            "export TOKENIZERS_PARALLELISM=false",
+        ]
+    )
+    signal_delay_s: int = 300  # between the preemption signal and the kill: time to stop cleanly
+    max_num_timeout: int = 20  # requeues on preemption / timeout before giving up
+    additional_parameters: dict[str, Any] = field(default_factory=dict)  # any other sbatch option
+    dry_run: bool = False  # write the sbatch scripts and their chain, submit nothing
+    # sft and preference stages: the trainer's nodes x devices, a task per GPU
+    train: JobResources = field(
+        default_factory=lambda: JobResources(
+            nodes=II("trainer.num_nodes"),
+            tasks_per_node=II("trainer.devices"),
+            gpus_per_node=II("trainer.devices"),
+            cpus_per_task=12,
+            timeout_min=4320,
+        )  # fmt: skip
+    )
+    # evaluations and sampling: one node, the GPUs one vLLM copy of the model is served on
+    evaluate: JobResources = field(
+        default_factory=lambda: JobResources(
+            gpus_per_node=II("model.tensor_parallel_size"), cpus_per_task=16
+        )
+    )
+    # prepare, label, synthesize: CPU (the recipe's roles are an API); GPUs if roles are local
+    data: JobResources = field(default_factory=JobResources)
 
 
 @dataclass

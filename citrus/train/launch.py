@@ -36,6 +36,13 @@ def started_externally() -> bool:
     )
 
 
+def global_rank() -> int:
+    """This process's rank among those srun or torchrun started for the job; 0 otherwise."""
+    if not started_externally():
+        return 0
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
