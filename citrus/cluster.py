@@ -127,6 +127,7 @@ def submit(cfg: Any, run: Any, stages: list[str], argv: list[str]) -> JobResult:
     """Submit the pipeline's stages as chained jobs (SLURM), or run them one after another
     (local); write <run dir>/slurm/jobs.json."""
     folder = run.dir / "slurm"
+    run.tracker.finish()  # the jobs continue this W&B run (its id is in run.json)
     jobs, previous = [], None
     for i, (kind, group) in enumerate(plan(stages)):
         params = resources(cfg, kind, f"{cfg.name}-{i}-{group[-1]}")

@@ -128,6 +128,8 @@ class WandbTracker(NullTracker):
         }
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.run is None:  # finished: the run went on elsewhere (pipeline.submit)
+            return
         row = dict(metrics)
         if step is not None:
             for stage in {stage_of(k) for k in metrics} - self.stages:
@@ -143,7 +145,8 @@ class WandbTracker(NullTracker):
         self.run.log({key: wandb.Table(columns=columns, data=rows)})
 
     def summary(self, metrics: dict[str, Any]) -> None:
-        self.run.summary.update(metrics)
+        if self.run is not None:
+            self.run.summary.update(metrics)
 
     def image(self, key: str, path: Path) -> None:
         import wandb
@@ -156,6 +159,8 @@ class WandbTracker(NullTracker):
         where it is, not a copy)."""
         import wandb
 
+        if self.run is None:
+            return
         for path, meta in inputs.items():
             artifact = wandb.Artifact(
                 _artifact_name(meta["role"]),

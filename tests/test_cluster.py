@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO, SMOKE, compose_config, run_cli
@@ -92,8 +94,9 @@ def test_two_srun_tasks_make_one_record_one_wandb_run_and_train_together(tmp_pat
     ]
     assert len(stages) == len(set(stages)) == 7  # prepare, 3 evaluations, sft, sample, preference
     rank0, rank1 = (err for _, err in outs)
-    assert "on each of 2 process(es)" in rank0  # the trainer's world: both tasks
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in rank0 + rank1
+    # both trained (sft and preference), in one process group of two
+    assert rank0.count("GLOBAL_RANK: 0, MEMBER: 1/2") == 2
+    assert rank1.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2
     assert not (tmp_path / "sft" / ".citrus").exists()  # citrus started no processes itself
 
 
@@ -187,9 +190,9 @@ def test_the_jobs_run_through_submitits_local_executor_into_one_run(tmp_path):
 
 @pytest.mark.slow  # a training job, preempted and requeued: ~1 min
 def test_a_preempted_training_job_is_requeued_and_resumes_from_its_newest_checkpoint(tmp_path):
-    """submitit's local executor runs the job as SLURM would; _interrupt() sends the preemption
-    signal: StageJob.checkpoint requeues it, and trainer.resume=auto picks up its newest
-    checkpoint; the weights equal an uninterrupted run's."""
+    """submitit's local executor runs the job as SLURM would; SIGUSR2 to its task is SLURM's
+    warning before a preemption or the time limit: StageJob.checkpoint requeues it, and
+    trainer.resume=auto picks up its newest checkpoint; the weights equal an uninterrupted run's."""
     import submitit
     import torch
     from conftest import exported
@@ -209,8 +212,12 @@ def test_a_preempted_training_job_is_requeued_and_resumes_from_its_newest_checkp
         assert job.state not in ("FAILED", "DONE", "COMPLETED"), job.stderr()
         assert time.monotonic() < deadline, "no checkpoint in 300 s"
         time.sleep(0.1)
-    job._interrupt()  # preemption (SIGUSR2), as SLURM signals signal_delay_s before the kill
+    # SLURM's warning signal (--signal=USR2@signal_delay_s) goes to the job's task, the process
+    # running StageJob under the local executor's controller
+    task = subprocess.run(["pgrep", "-P", str(job._process.pid)], capture_output=True, text=True)
+    os.kill(int(task.stdout.split()[0]), signal.SIGUSR2)
     assert job.result() == 0
+    assert "Requeued job" in Path(job.paths.stdout).read_text()
     log = (run_dir / "train.log").read_text()
     assert re.search(r"resumed from .*step-0000(\d\d) at step \d+", log), log[-2000:]
     ours, theirs = exported(run_dir), exported(reference)
