@@ -17,6 +17,9 @@ def test_the_citrus_journey_runs_on_smollm2_with_real_data(tmp_path):
     started = time.perf_counter()
     result = run_cli(
         "pipeline", "experiment=smollm2_citrus", "logger=none", f"hydra.run.dir={tmp_path}",
+        # 8 questions labeled and synthesized instead of the preset's 24: the same journey in
+        # two thirds of the time, for CI's budget (the README's table is the whole preset's)
+        "pipeline.synthesis_limit=8",
         timeout=2400,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
@@ -39,8 +42,8 @@ def test_the_citrus_journey_runs_on_smollm2_with_real_data(tmp_path):
     # the data stages worked on real MedQA training questions, with the model in every role
     labeled = (tmp_path / "label" / "labeled.jsonl").read_text().splitlines()
     labeled = [json.loads(line) for line in labeled]
-    assert len(labeled) == 24 and all(q["id"].startswith("medqa_train-") for q in labeled)
-    assert metrics["synthesize/done"] == 24
+    assert len(labeled) == 8 and all(q["id"].startswith("medqa_train-") for q in labeled)
+    assert metrics["synthesize/done"] == 8
     # SFT trained on the 198 HuatuoGPT-o1 records plus what synthesis kept, and learned from them
     sft_rows = log_rows(tmp_path / "sft")
     assert sft_rows[-1]["sft/loss"] < sft_rows[0]["sft/loss"]  # metrics carry the stage name

@@ -54,3 +54,47 @@ def test_collect_seeds_finds_every_seed():
         "trainer": {"lr": 0.1},
     }
     assert collect_seeds(cfg) == {"seed": 1, "engine.seed": 2, "model.build.init_seed": 3}
+
+
+def evaluated(run_dir, accuracy: float, low: float, high: float, compute: dict) -> None:
+    """A run directory as `citrus evaluate` leaves it: run.json and metrics.json."""
+    import json
+
+    run_dir.mkdir(parents=True)
+    task = {"accuracy": accuracy, "ci95_low": low, "ci95_high": high, "n": 200}
+    (run_dir / "metrics.json").write_text(json.dumps({"tasks": {"medqa": task}}))
+    record = {"job": "evaluate", "status": "completed", "metrics": {}, "compute": compute}
+    (run_dir / "run.json").write_text(json.dumps(record))
+
+
+def test_reproduce_says_which_accuracies_left_the_interval_and_what_compute_changed(tmp_path):
+    from citrus.reproduce import compare_accuracy, compare_compute
+
+    avx512 = {"cpu_capability": "AVX512", "torch_threads": 2}
+    evaluated(tmp_path / "a", 0.685, 0.62, 0.75, avx512)
+    evaluated(tmp_path / "inside", 0.72, 0.655, 0.78, {**avx512, "cpu_capability": "AVX2"})
+    evaluated(tmp_path / "outside", 0.80, 0.745, 0.855, avx512)
+    evaluated(tmp_path / "same", 0.685, 0.62, 0.75, avx512)
+    inside = "\n".join(compare_accuracy(tmp_path / "a", tmp_path / "inside"))
+    assert (
+        "evaluate/medqa accuracy 68.5% -> 72.0%: inside the original's 95% CI [62.0, 75.0]"
+        in inside
+    )
+    outside = "\n".join(compare_accuracy(tmp_path / "a", tmp_path / "outside"))
+    assert "68.5% -> 80.0%: OUTSIDE the original's 95% CI [62.0, 75.0]" in outside
+    assert "identical" in "\n".join(compare_accuracy(tmp_path / "a", tmp_path / "same"))
+    changed = compare_compute(avx512, {**avx512, "cpu_capability": "AVX2"})
+    assert changed[1:] == ["  cpu_capability: AVX512 -> AVX2"]
+    assert compare_compute(avx512, dict(avx512)) == []
+
+
+def test_run_json_records_what_float_results_depend_on(monkeypatch):
+    import torch
+
+    from citrus.record import compute_environment
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    env = compute_environment()
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["torch_threads"] == torch.get_num_threads() and env["env"]["OMP_NUM_THREADS"] == "2"
+    assert env["cpu"] and "gpus" not in env  # no GPU here

@@ -130,7 +130,14 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
     )  # every step logged once
 
 
-@pytest.mark.parametrize("kind", ["sft", "cpo", "lora"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "sft",
+        pytest.param("cpo", marks=pytest.mark.slow),
+        pytest.param("lora", marks=pytest.mark.slow),
+    ],
+)  # cpo and lora: ~40-60 s each, in the slow set
 def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights(kind, uninterrupted, tmp_path):
     step = random.Random(f"{kind}-kill").randint(2, 10)
     kill_and_resume(kind, step, tmp_path / "run")
