@@ -27,6 +27,7 @@ from typing import Any
 import submitit
 from submitit.slurm.slurm import SlurmExecutor
 
+from citrus.data.schema import whole_records
 from citrus.errors import ConfigError
 from citrus.jobs import JobResult
 
@@ -127,6 +128,11 @@ def submit(cfg: Any, run: Any, stages: list[str], argv: list[str]) -> JobResult:
     """Submit the pipeline's stages as chained jobs (SLURM), or run them one after another
     (local); write <run dir>/slurm/jobs.json."""
     folder = run.dir / "slurm"
+    log_path = run.dir / "stages.jsonl"
+    done = {r["stage"] for r in whole_records(log_path)} if log_path.is_file() else set()
+    if cfg.pipeline.until is not None:
+        stages = stages[: stages.index(cfg.pipeline.until) + 1]
+    stages = [s for s in stages if s not in done]  # a resubmission asks only for what is left
     run.tracker.finish()  # the jobs continue this W&B run (its id is in run.json)
     jobs, previous = [], None
     for i, (kind, group) in enumerate(plan(stages)):

@@ -45,7 +45,9 @@ JOBS: dict[str, tuple[str, str]] = {
 class JobResult:
     metrics: dict[str, Any]
     outputs: dict[str, Path] = field(default_factory=dict)  # e.g. {"model": <run dir>/model}
-    status: str = "completed"  # run.json's; a pipeline handed to cluster jobs: submitted
+    # run.json's; a pipeline handed to cluster jobs: submitted; one stopped at pipeline.until:
+    # paused (the next job resumes it)
+    status: str = "completed"
 
 
 @dataclass
@@ -129,7 +131,8 @@ def earlier_run(run_dir: Path, job: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    return record if record.get("job") == job else None
+    # a finished run is not resumed: the same command again is a new run in that directory
+    return record if record.get("job") == job and record.get("status") != "completed" else None
 
 
 def job_function(job: str) -> Any:

@@ -240,8 +240,8 @@ def error_bars(runs: list[RunSummary], stage: str, task: str) -> list[list[float
     for r in runs:
         acc = r.accuracy.get(stage, {}).get(task)
         low, high = r.ci95.get(stage, {}).get(task, (acc, acc))
-        below.append(0.0 if acc is None else acc - low)
-        above.append(0.0 if acc is None else high - acc)
+        below.append(0.0 if acc is None else max(0.0, acc - low))  # float noise never < 0
+        above.append(0.0 if acc is None else max(0.0, high - acc))
     return [below, above]
 
 

@@ -109,10 +109,13 @@ def compare_accuracy(source: Path, target: Path) -> list[str]:
             new = after.accuracy.get(stage, {}).get(task)
             if new is None:
                 continue
-            low, high = before.ci95.get(stage, {}).get(task, (acc, acc))
+            ci = before.ci95.get(stage, {}).get(task)
             if new == acc:
                 verdict = "identical"
+            elif ci is None:
+                verdict = "differs (the original recorded no CI)"
             else:
+                low, high = ci
                 inside = "inside" if low <= new <= high else "OUTSIDE"
                 verdict = f"{inside} the original's 95% CI [{100 * low:.1f}, {100 * high:.1f}]"
             lines.append(

@@ -67,13 +67,18 @@ def server_command(cfg: Any) -> list[str]:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def key_variable(cfg: Any) -> str | None:
+    """The environment variable that holds the key the server will require: serve.api_key_env,
+    else vLLM's own VLLM_API_KEY (which vLLM reads anyway); None: no key."""
+    for var in (cfg.serve.api_key_env, "VLLM_API_KEY"):
+        if var and os.environ.get(var):
+            return var
+    return None
+
+
 def api_key(cfg: Any) -> str | None:
-    """The key the server will require: serve.api_key_env's variable (or vLLM's own
-    VLLM_API_KEY, which vLLM reads anyway)."""
-    s = cfg.serve
-    return (os.environ.get(s.api_key_env) if s.api_key_env else None) or os.environ.get(
-        "VLLM_API_KEY"
-    )
+    var = key_variable(cfg)
+    return os.environ[var] if var else None
 
 
 def check_exposure(cfg: Any, key: str | None) -> None:
@@ -163,11 +168,11 @@ def run(cfg: Any, run: Any) -> JobResult:
                         "base_url": url,
                         "served_model": name,
                         "pid": proc.pid,
-                        "api_key_env": s.api_key_env if key else None,
+                        "api_key_env": key_variable(cfg),
                     }
                 )  # fmt: skip
             )
-            auth = f" engine.api_key_env={s.api_key_env}" if key else " engine.api_key_env=null"
+            auth = f" engine.api_key_env={key_variable(cfg) or 'null'}"
             console.print(
                 f"serving [bold]{name}[/] at [bold]{url}[/]{' (API key required)' if key else ''}\n"
                 f"use it with: engine=openai engine.base_url={url} engine.served_model={name}"

@@ -142,6 +142,8 @@ class WandbTracker(NullTracker):
     def table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         import wandb
 
+        if self.run is None:
+            return
         self.run.log({key: wandb.Table(columns=columns, data=rows)})
 
     def summary(self, metrics: dict[str, Any]) -> None:
@@ -151,6 +153,8 @@ class WandbTracker(NullTracker):
     def image(self, key: str, path: Path) -> None:
         import wandb
 
+        if self.run is None:
+            return
         self.run.log({key: wandb.Image(str(path))})
 
     def artifacts(self, inputs: dict[str, dict], models: dict[str, Path]) -> None:
@@ -263,10 +267,13 @@ def open_wandb(
     sweep=None,
     resume: str | None = None,
 ):
-    """A W&B run; `resume` (the id an earlier start of this run recorded) continues that run."""
+    """A W&B run; `resume` (the id an earlier start of this run recorded) continues that run
+    online; offline, a resumed run is a new W&B run of the same group."""
     import wandb
 
     mode = wandb_mode(logger_cfg.mode)
+    if mode == "offline":  # `wandb sync` of two offline segments of one id keeps only one
+        resume = None  # each segment its own run, in the same group
     run = wandb.init(
         project=logger_cfg.project,
         entity=logger_cfg.entity,
@@ -301,7 +308,11 @@ def open_fabric_logger(kind: str):
                 "logger=tensorboard needs tensorboard: pip install 'citrus[tensorboard]'"
             )
         cls = {"csv": loggers.CSVLogger, "tensorboard": loggers.TensorBoardLogger}[kind]
-        return FabricTracker(cls(root_dir=str(run_dir), name=kind, version=""), config)
+        # a resumed run writes beside the first start's files (Fabric's CSVLogger would delete
+        # metrics.csv): <run_dir>/<kind>/, then resumed-1/, resumed-2/, ...
+        root = run_dir / kind
+        version = "" if not root.is_dir() else f"resumed-{len(list(root.glob('resumed-*'))) + 1}"
+        return FabricTracker(cls(root_dir=str(run_dir), name=kind, version=version), config)
 
     return open_logger
 

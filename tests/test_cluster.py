@@ -30,6 +30,7 @@ PIPELINE = [
     "trainer.accelerator=cpu",
     "pipeline.stages=[sft,sample,preference]",
     "pipeline.preference.data=quickstart_pairs",
+    "pipeline.preference.data_params.val_ratio=0",  # the preset holds out 15%: 300 pairs here
     "pipeline.preference.trainer.max_steps=2",
     "+pipeline.preference.trainer.micro_batch_size=2",
     "synthesis.limit=4",

@@ -1,5 +1,5 @@
 """A killed `citrus pipeline` resumed by the same command into the same run directory: the same
-metrics, no finished stage computed again, the same W&B run."""
+metrics, no finished stage computed again, the same W&B group."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ PIPELINE = [
     "logger=wandb",
     "pipeline.stages=[sft,sample,preference]",
     "pipeline.preference.data=quickstart_pairs",
+    "pipeline.preference.data_params.val_ratio=0",  # the preset holds out 15%: 300 pairs here
     "pipeline.preference.trainer.max_steps=4",
     "pipeline.preference.trainer.checkpoint_every=2",
     "+pipeline.preference.trainer.micro_batch_size=2",
@@ -61,7 +62,8 @@ def reference(tmp_path_factory) -> Path:
     result = run_cli("pipeline", *PIPELINE, f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert finished(run_dir) == [
-        "evaluate_base", "sft", "evaluate_sft", "sample", "preference", "evaluate_preference",
+        "prepare", "evaluate_base", "sft", "evaluate_sft", "sample", "preference",
+        "evaluate_preference",
     ]  # fmt: skip
     return run_dir
 
@@ -99,7 +101,7 @@ def test_a_killed_pipeline_resumes_to_the_same_metrics_without_redoing_a_stage(
 ):
     kill_when(tmp_path, KILL_POINTS[point])
     done = finished(tmp_path)
-    files = stage_files(tmp_path, [s for s in done if s not in ("evaluate_base",)])
+    files = stage_files(tmp_path, [s for s in done if s not in ("prepare", "evaluate_base")])
     first = json.loads((tmp_path / "run.json").read_text())
     result = run_cli("pipeline", *PIPELINE, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -112,9 +114,11 @@ def test_a_killed_pipeline_resumes_to_the_same_metrics_without_redoing_a_stage(
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["status"] == "completed" and record["earlier_status"] == "running"
     assert record["started_at"] == first["started_at"] and len(record["resumed_at"]) == 1
-    runs = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
-    assert len(runs) == 2 and {read_run(r)["run"].run_id for r in runs} == {first["wandb"]["id"]}
-    assert record["wandb"]["id"] == first["wandb"]["id"]
+    # offline, each start is its own W&B run in the run's group (`wandb sync` of two offline
+    # segments of one id keeps one); online the same id is resumed
+    runs = [read_run(r)["run"] for r in sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))]
+    assert len(runs) == 2 and {r.run_group for r in runs} == {first["wandb"]["group"]}
+    assert record["wandb"]["id"] != first["wandb"]["id"]
 
 
 def test_a_run_directory_of_another_config_is_not_resumed(tmp_path):

@@ -325,7 +325,10 @@ def evaluate(cfg: Any, out_dir: Path, run: Any, prefix: str = "eval/") -> dict[s
     }
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     if Path(str(cfg.model.path)).is_dir():  # a citrus export's card gains these scores
-        card.add_evaluation(Path(cfg.model.path), result)
+        try:
+            card.add_evaluation(Path(cfg.model.path), result)
+        except OSError as e:  # a read-only export: the scores are in metrics.json all the same
+            log.warning("model card of %s not updated: %s", cfg.model.path, e)
     flat = {f"{prefix}{t}/{k}": v for t, m in per_task.items() for k, v in m.items()}
     flat[f"{prefix}mean_accuracy"], flat[f"{prefix}mean_valid_accuracy"] = mean, valid
     run.tracker.log(flat)

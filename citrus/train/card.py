@@ -9,11 +9,14 @@ a card can be read back, extended and pushed with the weights (`citrus push`).
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+log = logging.getLogger(__name__)
 CARD = "README.md"
 # the trainer keys a card lists: what the result depends on, not where it ran
 HPARAMS = ("precision", "micro_batch_size", "grad_accum_steps", "max_steps", "max_epochs", "lr",
@@ -28,7 +31,11 @@ def read(model_dir: Path) -> dict[str, Any] | None:
     path = Path(model_dir) / CARD
     if not path.is_file():
         return None
-    data = ModelCard.load(path).data.to_dict()
+    try:  # a model's own README may be anything: not ours, then
+        data = ModelCard.load(path, ignore_metadata_errors=True).data.to_dict()
+    except Exception as e:  # noqa: BLE001
+        log.warning("%s: not a readable model card (%s); left alone", path, e)
+        return None
     return data if "citrus" in data else None
 
 
@@ -97,8 +104,10 @@ def write(model_dir: Path, facts: dict[str, Any]) -> Path:
     )
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body(facts)}")
     path = Path(model_dir) / CARD
-    card.save(path)
-    return path
+    tmp = path.with_name(f".{CARD}.{os.getpid()}.tmp")
+    card.save(tmp)
+    os.replace(tmp, path)  # readers never see half a card; a symlinked README is replaced, not
+    return path  # written through (a hub cache blob stays as it was)
 
 
 def add_evaluation(model_dir: Path, result: dict[str, Any]) -> Path | None:

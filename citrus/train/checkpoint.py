@@ -132,7 +132,15 @@ def resume_training(training: Any, out_dir: Path) -> None:
     fabric, state = training.fabric, training.state
     checkpoint = find_checkpoint(training.cfg.trainer.resume, out_dir)
     if checkpoint:
-        fabric.load(checkpoint / "state.ckpt", state, strict=training.saved_only is None)
+        strict = training.saved_only is None
+        try:
+            fabric.load(checkpoint / "state.ckpt", state, strict=strict)
+        except KeyError as e:  # saved before checkpoints carried the loss history
+            if "losses" not in str(e):
+                raise
+            rest = {k: v for k, v in state.items() if k != "losses"}
+            fabric.load(checkpoint / "state.ckpt", rest, strict=strict)
+            state.update(rest)
         if isinstance(state["rng"], dict):  # saved before per-process states: one state
             state["rng"] = [state["rng"]]
         if len(state["rng"]) != fabric.world_size:
@@ -143,8 +151,8 @@ def resume_training(training: Any, out_dir: Path) -> None:
         restore_rng(state["rng"], fabric.global_rank)
         training.scheduler.load_state_dict(state["scheduler"])
         log.info("resumed from %s at step %d", checkpoint, state["step"])
-    if fabric.is_global_zero:
-        forget_after(out_dir / "train_log.jsonl", state["step"])
+    if fabric.is_global_zero:  # a fresh start (-1) keeps no row, not even step 0's validation
+        forget_after(out_dir / "train_log.jsonl", state["step"] if checkpoint else -1)
 
 
 def save_training(training: Any, step: int, out_dir: Path, run: Any) -> None:
