@@ -161,12 +161,15 @@ class UntilReached(Exception):
 
 
 def config_digest(cfg: Any) -> str:
-    """What a pipeline's finished stages were computed from: its resolved config, less where and
-    how far its processes run (pipeline.submit, pipeline.until, cluster)."""
+    """What a pipeline's finished stages were computed from: its resolved config, less where its
+    files and logs go and how its processes run (paths, logger, cluster, pipeline.submit and
+    until, trainer.resume, the other jobs' nodes)."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("cluster", None)
+    for key in ("cluster", "paths", "logger", "hub", "serve", "chat", "report", "optimized_metric"):
+        config.pop(key, None)
     for key in ("submit", "until"):
         config["pipeline"].pop(key, None)
+    config["trainer"].pop("resume", None)
     return hashlib.md5(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -177,7 +180,11 @@ class StageLog:
     keyed logs)."""
 
     def __init__(self, path: Path, digest: str):
-        self.path, self.done = path, {}
+        self.path, self.done, self.started = path, {}, time.time()
+        if path.is_file():  # a kill during add() may have cut the last line: drop it
+            text = path.read_text()
+            if text and not text.endswith("\n"):
+                path.write_text(text[: text.rfind("\n") + 1])
         for line in whole_records(path) if path.is_file() else []:
             if line["config"] != digest:
                 raise ConfigError(
@@ -199,7 +206,12 @@ class StageLog:
         while stage not in self.done:
             for line in whole_records(self.path) if self.path.is_file() else []:
                 self.done[line["stage"]] = line
-            failed = record.is_file() and json.loads(record.read_text())["status"] == "failed"
+            # failed in this attempt (a resumed run's record says failed until rank 0 rewrites it)
+            failed = (
+                record.is_file()
+                and record.stat().st_mtime > self.started
+                and json.loads(record.read_text())["status"] == "failed"
+            )
             if stage not in self.done and failed:
                 raise RuntimeError(f"rank 0 failed before it finished stage {stage}; see {record}")
             time.sleep(0 if stage in self.done else poll_s)
@@ -210,6 +222,17 @@ class StageLog:
                 "outputs": {k: str(v) for k, v in outputs.items()}}  # fmt: skip
         append_jsonl(self.path, [line])
         self.done[stage] = line
+
+
+def release_accelerator_memory() -> None:
+    """Hand the memory a training stage cached back to the device."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class Journey:
@@ -235,6 +258,7 @@ class Journey:
         its result."""
         done = self.log.get(stage)
         if done is None and self.run.rank > 0 and not every_rank:
+            release_accelerator_memory()  # rank 0 may need this GPU for vLLM meanwhile
             done = self.log.wait(stage, self.run.dir / "run.json")
         if done:
             result = JobResult(done["metrics"], {k: Path(v) for k, v in done["outputs"].items()})
@@ -281,6 +305,8 @@ def run(cfg: Any, run: Any) -> JobResult:
         raise ConfigError(
             f"pipeline.until={cfg.pipeline.until!r}: this pipeline's stages are {names}"
         )
+    if cfg.pipeline.submit not in ("none", "slurm", "local"):
+        raise ConfigError(f"pipeline.submit={cfg.pipeline.submit!r}: one of none, slurm, local")
     if cfg.pipeline.submit != "none":
         from citrus import cluster
 
@@ -290,9 +316,8 @@ def run(cfg: Any, run: Any) -> JobResult:
         journey_through(cfg, run, journey, stages)
     except UntilReached:  # a submitted job's share is done; the last one finishes the run
         if cfg.pipeline.until != names[-1]:
-            return JobResult(
-                {**journey.summary, "pipeline/until": cfg.pipeline.until}, journey.outputs
-            )
+            summary = {**journey.summary, "pipeline/until": cfg.pipeline.until}
+            return JobResult(summary, journey.outputs, "paused")
     return finish(cfg, run, journey)
 
 
@@ -304,8 +329,10 @@ def same_command(run: Any) -> list[str]:
     secret = [o for o in overrides if o.endswith("=" + REDACTED)]
     if secret:
         raise ConfigError(f"{secret}: pass secrets through the environment, not as overrides")
-    keep = [o for o in overrides if not o.startswith(("hydra.run.dir=", "pipeline.submit="))]
-    return ["pipeline", *keep, f"hydra.run.dir={run.dir.resolve()}"]
+    drop = ("hydra.run.dir=", "hydra.mode=", "pipeline.submit=")
+    keep = [o for o in overrides if not o.startswith(drop)]
+    # a sweep preset sets hydra.mode=MULTIRUN: each job continues this one run
+    return ["pipeline", *keep, "hydra.mode=RUN", f"hydra.run.dir={run.dir.resolve()}"]
 
 
 def journey_through(cfg: Any, run: Any, journey: Journey, stages: list[str]) -> None:
