@@ -117,7 +117,8 @@ def test_a_killed_pipeline_resumes_to_the_same_metrics_without_redoing_a_stage(
     # offline, each start is its own W&B run in the run's group (`wandb sync` of two offline
     # segments of one id keeps one); online the same id is resumed
     runs = [read_run(r)["run"] for r in sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))]
-    assert len(runs) == 2 and {r.run_group for r in runs} == {first["wandb"]["group"]}
+    # (a run killed seconds in may not have flushed its run record: those that did name the group)
+    assert len(runs) == 2 and {r.run_group for r in runs if r} == {first["wandb"]["group"]}
     assert record["wandb"]["id"] != first["wandb"]["id"]
 
 
