@@ -63,6 +63,16 @@ SMOKE = (
 )
 
 
+# SMOKE as a pipeline that logs to W&B (offline here), its preference stage on the quickstart pairs
+SMOKE_PIPELINE = (
+    *[a for a in SMOKE if a != "logger=none"],
+    "logger=wandb",
+    "pipeline.preference.data=quickstart_pairs",
+    "pipeline.preference.data_params.val_ratio=0",  # the preset holds out 15%: 300 pairs here
+    "+pipeline.preference.trainer.micro_batch_size=2",
+)
+
+
 def train_run(run_dir: Path, overrides: list[str] | tuple[str, ...]) -> dict:
     """`citrus train` with `overrides`, in `run_dir`: its final metrics."""
     from citrus.jobs import execute

@@ -12,20 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SMOKE, compose_config, run_cli
+from conftest import REPO, SMOKE, SMOKE_PIPELINE, compose_config, run_cli
 from wandb_records import read_run
 
 from citrus.errors import ConfigError
 
 PIPELINE = [
-    *[a for a in SMOKE if a != "logger=none"],
-    "logger=wandb",
+    *SMOKE_PIPELINE,
     "pipeline.stages=[sft,sample,preference]",
-    "pipeline.preference.data=quickstart_pairs",
-    "pipeline.preference.data_params.val_ratio=0",  # the preset holds out 15%: 300 pairs here
     "pipeline.preference.trainer.max_steps=4",
     "pipeline.preference.trainer.checkpoint_every=2",
-    "+pipeline.preference.trainer.micro_batch_size=2",
     "synthesis.limit=4",
     "synthesis.sample.num_samples=2",
 ]

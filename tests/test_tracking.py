@@ -8,7 +8,7 @@ import csv
 import json
 
 import pytest
-from conftest import SMOKE, run_cli
+from conftest import SMOKE, SMOKE_PIPELINE, run_cli
 from wandb_records import offline_run
 
 from citrus.report import error_bars, find_runs, report_panels
@@ -19,14 +19,10 @@ def lines(path):
 
 
 PIPELINE = [
-    *[a for a in SMOKE if a != "logger=none"],
-    "logger=wandb",
+    *SMOKE_PIPELINE,
     "pipeline.stages=[sft,preference]",
-    "pipeline.preference.data=quickstart_pairs",
-    "pipeline.preference.data_params.val_ratio=0",  # the preset holds out 15%: 300 pairs here
     "pipeline.preference.trainer.max_steps=4",
     "+pipeline.preference.trainer.log_every=2",
-    "+pipeline.preference.trainer.micro_batch_size=2",
 ]
 
 
