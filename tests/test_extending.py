@@ -20,7 +20,7 @@ from citrus.train.objectives import OBJECTIVES
 def test_the_apo_zero_yaml_selects_its_registry_entry_and_function():
     cfg = compose_config("train", ["algorithm=apo_zero", "data=quickstart_pairs"])
     objective = OBJECTIVES[cfg.algorithm.loss]
-    assert objective.loss.fn is losses.apo_zero and objective.needs_reference
+    assert objective.loss.fn is losses.apo_zero and objective.needs_reference(None)
     assert objective.data_format == "preference"
 
 

@@ -33,6 +33,7 @@ from citrus.config.groups import (
     LoggerConfig,
     ModelConfig,
     QuickstartConfig,
+    RewardConfig,
     RoleConfig,
     TrainerConfig,
 )
@@ -44,6 +45,7 @@ from citrus.config.nodes import (
     PipelineConfig,
     PreferenceStageConfig,
     ReportConfig,
+    RLStageConfig,
     ServeConfig,
     SynthesisConfig,
 )
@@ -67,7 +69,9 @@ __all__ = [
     "PipelineConfig",
     "PreferenceStageConfig",
     "QuickstartConfig",
+    "RLStageConfig",
     "ReportConfig",
+    "RewardConfig",
     "RoleConfig",
     "ServeConfig",
     "SynthesisConfig",
@@ -97,6 +101,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)  # what grpo's rollouts score
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     # typed by the engine's own settings (citrus.engines.settings_of), checked before a job starts

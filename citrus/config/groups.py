@@ -122,8 +122,42 @@ class AlgorithmConfig:
     simpo_gamma: float = 0.5  # SimPO's target reward margin (loss simpo)
     cpo_alpha: float = 1.0  # weight of the chosen reply's NLL (the cpo* and simpo losses)
     label_smoothing: float = 0.0
-    # losses with a reference (dpo*, ipo, apo_zero): its path; null: the initial policy, frozen
+    # losses with a reference (dpo*, ipo, apo_zero; grpo with beta > 0): its path; null: the
+    # initial policy, frozen
     reference: str | None = None
+    # grpo (online RL, citrus/train/rollout.py): each step samples num_generations completions
+    # per prompt from the current policy (trainer.micro_batch_size prompts per micro-batch)
+    num_generations: int = 8
+    max_new_tokens: int = 256  # a completion's limit
+    temperature: float = 1.0  # sampling, and the log-probs the ratio and KL are taken under
+    top_p: float = 1.0
+    epsilon: float = 0.2  # the clipped ratio's range: [1 - epsilon, 1 + epsilon_high]
+    epsilon_high: float | None = None  # null: epsilon (DAPO's clip-higher: 0.28)
+    # grpo: per sequence (GRPO, Shao et al. 2024: each completion's token mean, averaged) |
+    # dapo: per token (Yu et al. 2025: every completion token of the step weighs the same) |
+    # dr_grpo: token sum over completions x max_new_tokens (Liu et al. 2025) -- TRL's names
+    loss_type: str = "dapo"
+    scale_rewards: str = "group"  # advantages divided by the group's std | batch | none
+    num_iterations: int = 1  # optimizer steps on each batch of rollouts (GRPO's mu)
+    # the KL term times the ratio pi / pi_old (DeepSeek-V3.2, 2025): its gradient is then the
+    # unbiased reverse-KL gradient, on-policy too (the ratio is 1 in value, not in gradient)
+    kl_ratio_correction: bool = True
+    mask_truncated: bool = False  # completions cut at max_new_tokens get no loss (DAPO)
+
+
+@dataclass
+class RewardConfig:
+    """What a grpo rollout scores (citrus/train/rewards.py REWARDS): the reward of a completion
+    is the weighted sum of its components."""
+
+    name: str = "letter"
+    weights: dict[str, float] = field(default_factory=lambda: {"letter": 1.0})
+    extractor: str = "ladder"  # letter: how a completion is read (citrus/evaluate/extractors.py)
+    # length: DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): 0 up to algorithm.
+    # max_new_tokens - length_cache tokens, falling linearly to -1 at the limit and beyond
+    length_cache: int = 64
+    judge_role: str = "judge"  # judge: the role (conf/role/) that scores open answers 0..100
+    judge_prompt: str = "rl_judge"
 
 
 @dataclass

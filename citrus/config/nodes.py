@@ -127,9 +127,21 @@ class PreferenceStageConfig:
 
 
 @dataclass
+class RLStageConfig:
+    """The rl stage: online RL with verifiable rewards from the current policy (after SFT)."""
+
+    algorithm: str = "grpo"  # conf/algorithm/<name>.yaml
+    data: str = "quickstart_rl"  # a prompt data config (conf/data/): questions with gold answers
+    reward: str | None = None  # conf/reward/<name>.yaml; null: the run's reward=
+    algorithm_params: dict[str, Any] = field(default_factory=dict)  # algorithm.* overrides
+    data_params: dict[str, Any] = field(default_factory=dict)  # data.* overrides
+    trainer: dict[str, Any] = field(default_factory=dict)  # trainer.* overrides
+
+
+@dataclass
 class PipelineConfig:
     evaluate_base: bool = True  # evaluate the untrained model first, for a before/after table
-    # in order, from: label, synthesize, sft, sample, preference
+    # in order, from: label, synthesize, sft, sample, preference, rl
     stages: list[str] = field(default_factory=lambda: ["sft"])
     # data configs of successive SFT stages, e.g. [citrus_s1, citrus_s2, citrus_s3]; []: data=
     sft_data: list[str] = field(default_factory=list)
@@ -139,11 +151,13 @@ class PipelineConfig:
     # last (the original calls its synthesis output Citrus_S3, the third stage)
     synthesized_stage: int = -1
     preference: PreferenceStageConfig = field(default_factory=PreferenceStageConfig)
+    rl: RLStageConfig = field(default_factory=RLStageConfig)
     # none: every stage in this process | slurm: each stage a SLURM job (cluster.*), chained
     # afterok | local: those jobs one after another through submitit's local executor
     submit: str = "none"
     # stop after this stage (prepare, evaluate_base, label, synthesize, sft, evaluate_sft, sample,
-    # preference, evaluate_preference): what each submitted job is given; null: the whole journey
+    # preference, evaluate_preference, rl, evaluate_rl): what each submitted job is given;
+    # null: the whole journey
     until: str | None = None
 
 

@@ -215,13 +215,23 @@ def to_preference_record(q: MCQuestion, prompt: str) -> dict:
     }
 
 
-RECORD_MAKERS = {"sft": to_sft_record, "preference": to_preference_record}
+def to_prompt_record(q: MCQuestion, prompt: str) -> dict:
+    """The question asked, for online RL: completions are scored against its gold letter."""
+    question = {**q.to_dict(), "metadata": {}}  # not the traces: the policy writes its own
+    return {"id": q.id, "messages": build_messages(q, prompt), "question": question}
+
+
+RECORD_MAKERS = {
+    "sft": to_sft_record,
+    "preference": to_preference_record,
+    "prompt": to_prompt_record,
+}
 
 
 def write_train_split(
     out_dir: str | Path, seed: int, n: int, n_options: int, prompt: str, format: str = "sft"
 ) -> Path:
-    """The training records (`format` sft or preference) of the train split as JSONL, reused
+    """The training records (`format` sft, preference or prompt) of the train split as JSONL, reused
     when already generated."""
     path = Path(out_dir) / f"quickstart-seed{seed}-n{n}-o{n_options}-{prompt}.{format}.jsonl"
     if not path.is_file():

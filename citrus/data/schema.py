@@ -101,7 +101,33 @@ def validate_preference_record(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-VALIDATORS = {"sft": validate_sft_record, "preference": validate_preference_record}
+def validate_prompt_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A prompt for online RL (messages ending with the user turn) and what its completions are
+    scored against: the multiple-choice `question` (unified schema, its gold letter) and/or a
+    free-text `reference` answer (open questions, scored by an LLM judge)."""
+    rid = record.get("id", "?")
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        raise DataError(f"prompt record {rid!r}: 'messages' must be a non-empty list of messages")
+    if messages[-1].get("role") != "user":
+        raise DataError(f"prompt record {rid!r}: the prompt must end with a user message")
+    validate_sft_record({"id": rid, "messages": [*messages, {"role": "assistant", "content": "x"}]})
+    question, reference = record.get("question"), record.get("reference")
+    if question is None and not (isinstance(reference, str) and reference.strip()):
+        raise DataError(
+            f"prompt record {rid!r}: needs a 'question' (multiple choice, with its answer) or a "
+            "'reference' answer to score completions against"
+        )
+    if question is not None:
+        MCQuestion.from_dict(question)  # its own error names the question
+    return record
+
+
+VALIDATORS = {
+    "sft": validate_sft_record,
+    "preference": validate_preference_record,
+    "prompt": validate_prompt_record,
+}
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:

@@ -19,15 +19,17 @@ module and one YAML:
 
     # conf/engine/echo.yaml: name: echo / class_path: citrus.engines.echo:EchoEngine / ...
 
-Optional abilities are protocols of their own: `Streaming` (`citrus chat` streams a reply) and
-`Scoring` (likelihood evaluation: hf from its logits, vllm from prompt log-probabilities).
+Optional abilities are protocols of their own: `Streaming` (`citrus chat` streams a reply),
+`Scoring` (likelihood evaluation: hf from its logits, vllm from prompt log-probabilities),
+`Sampling` and `WeightSync` (GRPO rollouts as token ids, from a policy whose weights change
+each step: hf samples from the policy itself, vllm loads its weights).
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 from omegaconf import OmegaConf
@@ -36,7 +38,16 @@ from omegaconf.errors import OmegaConfBaseException
 from citrus.config import EngineConfig
 from citrus.errors import ConfigError, EngineError
 
-__all__ = ["Engine", "EngineConfig", "EngineError", "Scoring", "Streaming", "build_engine"]
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineError",
+    "Sampling",
+    "Scoring",
+    "Streaming",
+    "WeightSync",
+    "build_engine",
+]
 
 Conversation = list[dict[str, str]]  # chat messages: {"role", "content"}
 OnBatch = Callable[[list[int], list[Any]], None]  # (indices into the input, their outputs)
@@ -72,6 +83,23 @@ class Scoring(Protocol):
         self, contexts: list[str], choices: list[list[str]], on_batch: OnBatch | None = None
     ) -> list[list[float]]:
         """log p(choice | context) for every choice of every context."""
+        ...
+
+
+@runtime_checkable
+class Sampling(Protocol):
+    def sample_ids(self, prompts: list[list[int]], n: int, seed: int) -> list[list[list[int]]]:
+        """n completions per prompt as token ids (ending at a stop token, or cut at
+        max_new_tokens), sampled with the engine's settings; the same seed, the same samples.
+        What online RL trains on: the sampled tokens themselves, never re-tokenized text."""
+        ...
+
+
+@runtime_checkable
+class WeightSync(Protocol):
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Replace the served model's weights (full tensors by parameter name): an RL policy's,
+        before each step's sampling."""
         ...
 
 

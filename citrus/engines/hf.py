@@ -115,6 +115,57 @@ class HFEngine:
         self.stats["completion_tokens"] += int((~torch.isin(new_tokens, stops)).sum())
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
+    @torch.no_grad()  # not inference_mode: the policy being trained samples (FSDP2 shards)
+    def sample_ids(self, prompts: list[list[int]], n: int, seed: int) -> list[list[list[int]]]:
+        """n sampled completions per prompt, as token ids up to and with the first stop token,
+        from the full distribution at the engine's temperature (top_k off, top_p as set). The
+        global RNG is left as it was: the samples follow from `seed` alone. Under FSDP2
+        (`synced`) generation runs on until every process is done."""
+        was_training = self.model.training
+        self.model.eval()
+        out: list[list[list[int]]] = []
+        per_call = max(1, self.cfg.batch_size // n)  # prompts per generate call
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                for start in range(0, len(prompts), per_call):
+                    out += self._sample_batch(prompts[start : start + per_call], n)
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _sample_batch(self, prompts: list[list[int]], n: int) -> list[list[list[int]]]:
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(prompts):  # left padding: every prompt ends where sampling starts
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        out = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=self.cfg.max_new_tokens,
+            do_sample=True,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            top_k=0,
+            num_return_sequences=n,
+            eos_token_id=self.eos_ids,
+            pad_token_id=pad,
+            synced_gpus=getattr(self, "synced", False),
+        )
+        stops = set(self.eos_ids)
+        completions = []
+        for row in out[:, width:].tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+            completions.append(row[:end])
+        self.stats["requests"] += len(completions)
+        self.stats["prompt_tokens"] += int(mask.sum()) * n
+        self.stats["completion_tokens"] += sum(len(c) for c in completions)
+        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+
     def stream(self, conversation: Conversation) -> Iterator[str]:
         """One reply, piece by piece as it is generated (for `citrus chat`)."""
         from transformers import TextIteratorStreamer

@@ -7,6 +7,7 @@ vLLM spawns worker processes: entry points must sit behind `if __name__ == "__ma
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -81,6 +82,41 @@ class VLLMEngine:
                 on_batch(list(range(start, start + len(chunk))), texts)
         return replies
 
+    def sample_ids(self, prompts: list[list[int]], n: int, seed: int) -> list[list[list[int]]]:
+        """n sampled completions per prompt as token ids (vLLM's, the stop token included), at
+        the engine's temperature and top_p with top_k off; each prompt seeded from `seed`."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=self.cfg.temperature,
+                top_p=self.cfg.top_p,
+                top_k=0,
+                max_tokens=self.cfg.max_new_tokens,
+                seed=seed + i,
+            )  # fmt: skip
+            for i in range(len(prompts))
+        ]
+        try:
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+            )
+        except ValueError as e:
+            raise EngineError(f"vllm: {e}") from e
+        self.stats["requests"] += len(prompts) * n
+        self.stats["prompt_tokens"] += sum(len(p) for p in prompts) * n
+        self.stats["completion_tokens"] += sum(len(c.token_ids) for o in outputs for c in o.outputs)
+        return [[list(c.token_ids) for c in o.outputs] for o in outputs]
+
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """The policy's weights into the model vLLM serves (colocated RL), then its prefix cache
+        dropped: cached prompts were computed with the old weights."""
+        weights = [(name, tensor.detach().cpu()) for name, tensor in weights]
+        self.llm.collective_rpc(_load_weights, args=(weights,))
+        self.llm.reset_prefix_cache()
+
     def loglikelihoods(
         self,
         contexts: list[str],
@@ -136,6 +172,11 @@ class VLLMEngine:
             if on_batch:
                 on_batch(list(asked), done)
         return scores
+
+
+def _load_weights(worker: Any, weights: list[tuple[str, Any]]) -> None:
+    """Runs in each vLLM worker: load full tensors by name (vLLM shards them itself)."""
+    worker.model_runner.model.load_weights(weights=weights)
 
 
 def next_token_scores(out: Any, ids: list[int]) -> list[float]:

@@ -24,7 +24,7 @@ def check_config(cfg: Any) -> None:
         raise ConfigError(
             f"trainer.packing=true: only sft packs examples; {a.name} scores whole pairs"
         )
-    if a.reference and not objective.needs_reference:
+    if a.reference and not objective.needs_reference(a):
         raise ConfigError(
             f"algorithm.reference is set, but loss {a.loss!r} uses no reference model"
         )
@@ -48,6 +48,8 @@ def check_config(cfg: Any) -> None:
             "use trainer.strategy=ddp for LoRA"
         )
     check_batch(t)
+    if objective.data_format == "prompt":
+        check_online(cfg)
     if t.max_steps < 1 and not t.max_epochs:
         raise ConfigError("set trainer.max_steps >= 1 or trainer.max_epochs")
     if not 0.0 <= t.warmup_ratio < 1.0:
@@ -72,3 +74,32 @@ def check_batch(t: Any) -> None:
             f"trainer.global_batch_size={t.global_batch_size} needs "
             f"grad_accum_steps={t.global_batch_size // per_step}, got {t.grad_accum_steps}"
         )
+
+
+def check_online(cfg: Any) -> None:
+    """GRPO's settings: sampling, loss, rewards, and steps that resume at a fresh rollout."""
+    from citrus.train.rewards import check_rewards
+
+    t, a = cfg.trainer, cfg.algorithm
+    if a.num_generations < 2:
+        raise ConfigError(
+            f"algorithm.num_generations={a.num_generations}: a group needs 2 or more completions "
+            "to have an advantage"
+        )
+    if a.temperature <= 0 or a.max_new_tokens < 1:
+        raise ConfigError("algorithm.temperature must be > 0 and max_new_tokens >= 1 (sampling)")
+    if a.loss_type not in ("grpo", "dapo", "dr_grpo"):
+        raise ConfigError(f"algorithm.loss_type={a.loss_type!r}: one of grpo, dapo, dr_grpo")
+    if a.scale_rewards not in ("group", "batch", "none"):
+        raise ConfigError(f"algorithm.scale_rewards={a.scale_rewards!r}: group, batch or none")
+    if a.num_iterations < 1 or (t.checkpoint_every and t.checkpoint_every % a.num_iterations):
+        raise ConfigError(
+            f"algorithm.num_iterations={a.num_iterations}: >= 1, and trainer.checkpoint_every="
+            f"{t.checkpoint_every} a multiple of it (a checkpoint falls between rollouts)"
+        )
+    if cfg.data.val_ratio or cfg.data.val_path:
+        raise ConfigError(
+            f"data={cfg.data.name}: a prompt data config has no validation loss; validate with "
+            "trainer.val_benchmark=true (accuracy on the benchmark group)"
+        )
+    check_rewards(cfg.reward)

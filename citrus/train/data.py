@@ -248,6 +248,12 @@ def build_dataset(cfg: Any, tokenizer: Any, run: Any) -> TrainData:
         run.record.add_input(val_path, f"data/{data.name}/validation")
         val_records += load_records(val_path, data.format)
     max_length = data.max_length or cfg.model.max_length
+    if data.format == "prompt":  # online RL: prompts only, the completions are sampled
+        from citrus.train.rollout import tokenize_prompt
+
+        room = max_length - cfg.algorithm.max_new_tokens
+        prompts = [tokenize_prompt(r, tokenizer, room, data.truncation) for r in records]
+        return TrainData(prompts, list, 0)
     if data.format == "preference":
         tokenize = lambda r: tokenize_pair(  # noqa: E731
             r, tokenizer, max_length, data.truncation, data.max_prompt_length

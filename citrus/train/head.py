@@ -27,17 +27,28 @@ LOGIT_CHANGES = ("final_logit_softcapping", "logits_scaling", "logit_scale")
 
 
 def _chunk_logps(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """log softmax(h W^T + b)[target] = logit[target] - logsumexp(logits), in float32 at least."""
+    """log softmax((h W^T + b) / T)[target] = logit[target] - logsumexp(logits), in float32 at
+    least; T the sampling temperature of the scored tokens (1: the model's own distribution)."""
     logits = F.linear(hidden, weight, bias)
     logits = logits if logits.dtype == torch.float64 else logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 
 
 def _head_forward(
-    head: torch.nn.Linear, targets: torch.Tensor, chunk_size: int, hidden: torch.Tensor
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    chunk_size: int,
+    temperature: float,
+    hidden: torch.Tensor,
 ) -> torch.Tensor:
     """(rows, T, hidden) -> (rows, T): log p(targets[:, t]) from position t's hidden state."""
     rows, width, _ = hidden.shape
@@ -46,7 +57,8 @@ def _head_forward(
     recompute = chunk_size > 0 and torch.is_grad_enabled()
     parts = []
     for s in range(0, flat.shape[0], step):
-        args = (flat[s : s + step], head.weight, head.bias, flat_targets[s : s + step])
+        args = (flat[s : s + step], head.weight, head.bias, flat_targets[s : s + step],
+                temperature)  # fmt: skip
         parts.append(checkpoint(_chunk_logps, *args, use_reentrant=False) if recompute
                      else _chunk_logps(*args))  # fmt: skip
     # a copy, not a view: FSDP2 hooks the model's outputs for backward, and views defeat that
@@ -54,7 +66,9 @@ def _head_forward(
 
 
 @contextmanager
-def next_token_logps(model: torch.nn.Module, input_ids: torch.Tensor, chunk_size: int) -> Iterator:
+def next_token_logps(
+    model: torch.nn.Module, input_ids: torch.Tensor, chunk_size: int, temperature: float = 1.0
+) -> Iterator:
     """For the forward passes inside: the model's `.logits` are (rows, T) log-probabilities of
     each next token (the last position, which has none, scores token 0 and is dropped by the
     caller) instead of (rows, T, vocab) logits."""
@@ -72,7 +86,7 @@ def next_token_logps(model: torch.nn.Module, input_ids: torch.Tensor, chunk_size
             "of adapter.target_modules"
         )
     targets = F.pad(input_ids[:, 1:], (0, 1))
-    head.forward = functools.partial(_head_forward, head, targets, chunk_size)
+    head.forward = functools.partial(_head_forward, head, targets, chunk_size, temperature)
     try:
         yield
     finally:

@@ -94,3 +94,45 @@ def apo_zero(chosen: torch.Tensor, rejected: torch.Tensor, algo: Any) -> torch.T
     reference: raises the chosen reply's likelihood and lowers the rejected one's, each on its
     own (for chosen replies better than what the model writes now)."""
     return 1 - torch.sigmoid(algo.beta * chosen) + torch.sigmoid(algo.beta * rejected)
+
+
+def group_advantages(rewards: torch.Tensor, group: int, scale: str = "group") -> torch.Tensor:
+    """GRPO's advantages (Shao et al. 2024, eq. 3 of DeepSeekMath): each reward minus its group's
+    mean, divided by the group's std (scale "group"), the whole batch's ("batch", Liu et al.
+    2025 keep it unbiased) or not at all ("none"); + 1e-4 against a zero std, as TRL. Rows of a
+    group are consecutive; the std is the unbiased one, as torch.std (and TRL)."""
+    grouped = rewards.view(-1, group)
+    centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+    if scale == "none":
+        return centred
+    if scale == "group":
+        std = grouped.std(dim=1).repeat_interleave(group)
+    elif scale == "batch":
+        std = rewards.std().expand_as(rewards)
+    else:
+        raise ValueError(f"scale_rewards={scale!r}: one of group, batch, none")
+    return centred / (std + 1e-4)
+
+
+def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π || π_ref) by Schulman's k3 estimator (2020): exp(r) - r - 1, r = log π_ref -
+    log π; unbiased, and never negative."""
+    r = ref_logps - logps
+    return torch.exp(r) - r - 1
+
+
+def clipped_surrogate(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped objective per token (Schulman et al. 2017, eq. 7), as a loss:
+    -min(ρ A, clip(ρ, 1 - ε_low, 1 + ε_high) A), ρ = π / π_old; and where the clip decided (the
+    ratio outside its range on the side the advantage pushes)."""
+    ratio = torch.exp(logps - old_logps)
+    a = advantages.unsqueeze(-1)
+    loss = -torch.min(ratio * a, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a)
+    clipped = ((ratio < 1 - eps_low) & (a < 0)) | ((ratio > 1 + eps_high) & (a > 0))
+    return loss, clipped

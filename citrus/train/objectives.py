@@ -29,8 +29,11 @@ Reduction = Literal["sum", "mean"]  # a reply's log-prob: summed over its tokens
 
 
 class Objective(Protocol):
-    data_format: str  # the records it trains on: sft | preference
-    needs_reference: bool  # the trainer builds a frozen reference model for it
+    data_format: str  # the records it trains on: sft | preference | prompt (online, rollout.py)
+
+    def needs_reference(self, algo: Any) -> bool:
+        """Whether the trainer builds a frozen reference model for it."""
+        ...
 
     def counts(self, window: list[dict]) -> dict[str, int]:
         """Denominators of the step's loss terms, summed over its micro-batches (and then over
@@ -51,11 +54,13 @@ class Objective(Protocol):
 
 def forward(model: Any, batch: dict, chunk_size: int = 0) -> torch.Tensor:
     """(rows, T - 1) log-probs of each next token under `model`, through the chunked head
-    (citrus.train.head; chunk_size 0: one chunk)."""
+    (citrus.train.head; chunk_size 0: one chunk); a batch of sampled completions carries the
+    `temperature` they were sampled at, and is scored under that distribution."""
     # use_cache=False matters beyond memory: with a cache, transformers ignores the restarted
     # position ids of packed rows and lets examples attend to each other
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    with next_token_logps(model, batch["input_ids"], chunk_size):
+    temperature = batch.get("temperature", 1.0)
+    with next_token_logps(model, batch["input_ids"], chunk_size, temperature):
         return model(**inputs, use_cache=False).logits[:, :-1]
 
 
@@ -66,7 +71,10 @@ def _targets(labels: torch.Tensor) -> int:
 class SFT:
     """Next-token NLL on the labelled tokens (the reply, or the whole record)."""
 
-    data_format, needs_reference = "sft", False
+    data_format = "sft"
+
+    def needs_reference(self, algo):
+        return False
 
     def counts(self, window: list[dict]) -> dict[str, int]:
         return {"tokens": sum(_targets(b["labels"]) for b in window)}
@@ -111,7 +119,10 @@ class Preference:
     data_format = "preference"
 
     def __init__(self, loss: PreferenceLoss):
-        self.loss, self.needs_reference = loss, loss.reference
+        self.loss = loss
+
+    def needs_reference(self, algo):
+        return self.loss.reference
 
     def counts(self, window: list[dict]) -> dict[str, int]:
         pairs = [b["input_ids"].shape[0] // 2 for b in window]
@@ -165,7 +176,64 @@ class Preference:
         return losses.token_nll_sum(logps[:n], whole)[0], counts["chosen_sequence_tokens"]
 
 
+class GRPO:
+    """GRPO (Shao et al. 2024) on a step's rollouts (citrus.train.rollout): rows are sampled
+    completions after their prompts, labels mark the completion tokens, `advantages` one per row.
+    The clipped ratio to the policy that sampled them (`old_logps`; with num_iterations 1 that
+    policy is the current one, and the ratio is 1 in value but not in gradient), plus beta x the
+    k3 KL to a frozen reference (times the ratio with kl_ratio_correction); normalized as
+    algo.loss_type says. TRL GRPOTrainer's loss."""
+
+    data_format = "prompt"
+
+    def needs_reference(self, algo):
+        return algo.beta != 0.0
+
+    def counts(self, window: list[dict]) -> dict[str, int]:
+        return {
+            "sequences": sum(b["input_ids"].shape[0] for b in window),
+            "tokens": sum(_targets(b["labels"]) for b in window),
+        }
+
+    def __call__(self, policy, batch, counts, algo, reference):
+        logps = policy(batch)
+        mask = (batch["labels"][:, 1:] != IGNORE).to(logps.dtype)
+        old = batch.get("old_logps")
+        old = logps.detach() if old is None else old
+        eps_high = algo.epsilon if algo.epsilon_high is None else algo.epsilon_high
+        per_token, clipped = losses.clipped_surrogate(
+            logps, old, batch["advantages"], algo.epsilon, eps_high
+        )
+        kl = None
+        if algo.beta != 0.0:
+            with torch.no_grad():
+                ref_logps = reference(batch)
+            kl = losses.k3_kl(logps, ref_logps)
+            weight = torch.exp(logps - old) if algo.kl_ratio_correction else 1.0
+            per_token = per_token + algo.beta * kl * weight
+        masked = per_token * mask
+        if algo.loss_type == "grpo":  # each sequence's token mean, averaged over sequences
+            loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / counts["sequences"]
+        elif algo.loss_type == "dapo":  # every token of the step alike
+            loss = masked.sum() / max(1, counts["tokens"])
+        elif algo.loss_type == "dr_grpo":  # a constant denominator: no length bias
+            loss = masked.sum() / (counts["sequences"] * algo.max_new_tokens)
+        else:
+            raise ValueError(f"algorithm.loss_type={algo.loss_type!r}: grpo, dapo or dr_grpo")
+        tokens = max(1, counts["tokens"])
+        metrics = {
+            "loss": float(loss.detach()),
+            "clip_ratio": float((clipped * mask).sum()) / tokens,
+            # log π_old - log π: how far the updates moved the policy off its samples
+            "policy_drift": float(((old - logps.detach()) * mask).sum()) / tokens,
+        }
+        if kl is not None:
+            metrics["kl"] = float((kl.detach() * mask).sum()) / tokens
+        return loss, metrics
+
+
 OBJECTIVES: dict[str, Objective] = {
     "sft": SFT(),
     **{name: Preference(loss) for name, loss in PREFERENCE_LOSSES.items()},
+    "grpo": GRPO(),
 }

@@ -43,11 +43,15 @@ from citrus.train.export import export, gather_full_state, unwrapped
 from citrus.train.launch import start_workers
 from citrus.train.modules import build_policy, build_reference, configure_optimizer
 from citrus.train.objectives import OBJECTIVES, Objective, forward
+from citrus.train.rollout import Rollouts
 from citrus.train.schedule import warmup_cosine
 from citrus.train.strategy import all_sum, build_strategy
 from citrus.train.validation import validate
 
 log = logging.getLogger(__name__)
+# the last logged step's metrics metrics.json keeps: preference rewards and log-probs, GRPO's
+# rollout reward and pass rate
+FINAL_KEYS = ("rewards/", "logps/", "reward", "pass_rate")
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Training:
     attention: str  # the backbone's attention, restored for the export after packing
     truncated: int = 0  # records data.truncation cut
     reference: Any = None
+    rollouts: Any = None  # online objectives (grpo): samples each step's batches (rollout.py)
     val_examples: list[dict] = field(default_factory=list)  # data.val_path / data.val_ratio
     val_collate: Any = None
     # what a checkpoint holds: plain values besides model and optimizer, because FSDP2's
@@ -137,8 +142,10 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
         objective=OBJECTIVES[cfg.algorithm.loss], attention=attention, truncated=truncated,
         val_examples=data.val_examples, val_collate=data.val_collate,
     )  # fmt: skip
-    if training.objective.needs_reference:
+    if training.objective.needs_reference(cfg.algorithm):
         training.reference = build_reference(cfg, model, fabric)
+    if training.objective.data_format == "prompt":
+        training.rollouts = Rollouts(training)
     # the same initial weights everywhere (above), then each process its own dropout draws
     fabric.seed_everything(cfg.seed + fabric.global_rank, verbose=False)
     # losses: each step's, checkpointed, so a resumed run reports the first and final loss of the
@@ -171,7 +178,7 @@ def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> FitStats:
         if step == 0 and validating(training, step):  # where each validation curve starts
             stats.validated = log_validation(training, step, out_dir, run, prefix)
         while step < steps:
-            sums = train_step(training, batches, stats)
+            sums = train_step(training, batches, stats, step)
             step += 1
             stats.losses.append(sums["loss"])
             if task is not None:
@@ -186,20 +193,22 @@ def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> FitStats:
     return stats
 
 
-def train_step(training: Training, batches: Any, stats: FitStats) -> dict[str, float]:
-    """One optimizer step over grad_accum_steps micro-batches; the step's metrics, summed over
-    micro-batches and processes."""
+def train_step(training: Training, batches: Any, stats: FitStats, step: int) -> dict[str, float]:
+    """One optimizer step (the step-th, from 0) over grad_accum_steps micro-batches; the step's
+    metrics, summed over micro-batches and processes."""
     fabric, model, t = training.fabric, training.model, training.cfg.trainer
     objective = training.objective
-    window = [
-        fabric.to_device(training.collate([training.dataset[i] for i in next(batches)]))
-        for _ in range(t.grad_accum_steps)
-    ]
+    examples = [[training.dataset[i] for i in next(batches)] for _ in range(t.grad_accum_steps)]
+    sums: dict[str, float] = {}
+    if training.rollouts is not None:  # online: this step's completions, sampled now
+        window, rolled = training.rollouts.window(step, examples)
+        sums = {k: v / fabric.world_size for k, v in rolled.items()}  # a mean over processes
+    else:
+        window = [fabric.to_device(training.collate(e)) for e in examples]
     counts = objective.counts(window)
     policy = functools.partial(forward, model, chunk_size=t.loss_chunk_size)
     if fabric.world_size > 1:  # divide by the counts of the whole step, over every process
         counts = {k: int(v) for k, v in all_sum(fabric, counts).items()}
-    sums: dict[str, float] = {}
     for i, batch in enumerate(window):
         with fabric.no_backward_sync(model, enabled=i < len(window) - 1):
             loss, metrics = objective(
@@ -293,7 +302,8 @@ def finish(training: Training, out_dir: Path, prefix: str, stats: FitStats, run:
         **throughput(training, stats, prefix, stats.elapsed),  # the loop's time, not the export
         f"{prefix}seconds": stats.elapsed,
         f"{prefix}truncated_records": training.truncated,
-        **{k: v for k, v in stats.logged.items() if "/rewards/" in k or "/logps/" in k},
+        # the last logged step's preference metrics, or its rollout's rewards and pass rate
+        **{k: v for k, v in stats.logged.items() if any(f"/{m}" in k for m in FINAL_KEYS)},
         **stats.validated,
     }
     if fabric.is_global_zero:

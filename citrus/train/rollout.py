@@ -1,0 +1,232 @@
+"""Online rollouts for GRPO: each optimizer step samples `algorithm.num_generations`
+completions per prompt from the policy as it is now, scores them (rewards.py), and turns them
+into the micro-batches the GRPO objective trains on, with group-normalized advantages.
+
+Sampling goes through the engine layer (`engine=`):
+  hf    the policy being trained generates itself (no copy, nothing to sync); under FSDP2 every
+        rank keeps generating until all are done (transformers' synced_gpus), since each
+        forward is a collective.
+  vllm  a vLLM engine in this process (colocated), loaded from the starting weights; the
+        policy's weights are loaded into it before each step's sampling.
+Each process samples its own prompts, so groups never span processes. A step's sampling seed
+is a function of (seed, step, rank): a resumed run samples what the uninterrupted one did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import torch
+
+from citrus.engines import Sampling, WeightSync, build_engine, typed
+from citrus.errors import ConfigError, DataError
+from citrus.train import losses, rewards
+from citrus.train.data import IGNORE, Collator
+from citrus.train.export import unwrapped
+
+log = logging.getLogger(__name__)
+
+
+def tokenize_prompt(record: dict, tokenizer: Any, room: int, truncation: str) -> dict:
+    """A prompt record's ids with the generation prompt; at most `room` tokens (the record
+    limit less algorithm.max_new_tokens), else an error or a cut on the `truncation` side."""
+    text = tokenizer.apply_chat_template(
+        record["messages"], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) > room:
+        if truncation == "error":
+            raise DataError(
+                f"prompt record {record.get('id', '?')!r}: {len(ids)} tokens leave no room for "
+                f"algorithm.max_new_tokens within the record limit ({room} left for the prompt); "
+                "raise model.max_length / data.max_length, or set data.truncation=left"
+            )
+        ids = ids[-room:] if truncation == "left" else ids[:room]
+    return {"id": record.get("id", "?"), "prompt_ids": ids, "record": record}
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The sampling seed of one process's rollouts at one step (31 bits, for every engine)."""
+    digest = hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+class Rollouts:
+    """A step's rollouts: sample, score, batch. Built once per training run."""
+
+    def __init__(self, training: Any):
+        cfg = training.cfg
+        self.training, self.algo = training, cfg.algorithm
+        self.collate = Collator(training.tokenizer.pad_token_id)
+        self.engine, self.sync = rollout_engine(training)
+        rewards.check_rewards(cfg.reward)
+        roles = None
+        if "judge" in cfg.reward.weights:
+            from citrus.synthesis.common import RoleEngines
+
+            roles = RoleEngines(cfg)
+        self.ctx = rewards.RewardContext(cfg.reward, self.algo.max_new_tokens, roles)
+        self.cached: tuple[int, list[dict], dict] | None = None  # num_iterations > 1: reused
+
+    def window(self, step: int, micro: list[list[dict]]) -> tuple[list[dict], dict[str, float]]:
+        """The micro-batches of optimizer step `step` (from 0), from the prompts of each
+        micro-batch, and the rollout's metrics (this process's means). With num_iterations
+        mu > 1 one rollout serves mu steps, scored by the policy that sampled it (old_logps)."""
+        mu = self.algo.num_iterations
+        if self.cached is not None and self.cached[0] == step // mu:
+            return self.cached[1], {}
+        batches, metrics = self.sample(step, micro)
+        if mu > 1:
+            self.cached = (step // mu, batches, metrics)
+        return batches, metrics
+
+    def sample(self, step: int, micro: list[list[dict]]) -> tuple[list[dict], dict[str, float]]:
+        training, algo, g = self.training, self.algo, self.algo.num_generations
+        fabric = training.fabric
+        prompts = [e for examples in micro for e in examples]
+        started = time.perf_counter()
+        if self.sync is not None:
+            self.sync.load_weights(policy_weights(training))
+        seed = step_seed(training.cfg.seed, step, fabric.global_rank)
+        sampled = self.engine.sample_ids([e["prompt_ids"] for e in prompts], g, seed)
+        seconds = time.perf_counter() - started
+        stops = set(stop_ids(training))
+        flat = [(e, ids) for e, group in zip(prompts, sampled) for ids in group]
+        completions = [
+            rewards.Completion(
+                text=training.tokenizer.decode(ids, skip_special_tokens=True),
+                tokens=len(ids),
+                truncated=not ids or ids[-1] not in stops,
+                record=e["record"],
+            )
+            for e, ids in flat
+        ]
+        scored = rewards.score(completions, self.ctx)
+        reward = torch.tensor(scored["reward"], dtype=torch.float32)
+        advantages = losses.group_advantages(reward, g, algo.scale_rewards)
+        rows = [
+            completion_example(e["prompt_ids"], ids, masked=algo.mask_truncated and c.truncated)
+            for (e, ids), c in zip(flat, completions)
+        ]
+        batches, start = [], 0
+        for examples in micro:
+            n = len(examples) * g
+            batch = self.collate(rows[start : start + n])
+            batch["advantages"] = advantages[start : start + n]
+            batch["temperature"] = algo.temperature
+            batches.append(fabric.to_device(batch))
+            start += n
+        if algo.num_iterations > 1:  # the sampling policy's log-probs, for the ratio
+            self.add_old_logps(batches)
+        return batches, rollout_metrics(scored, completions, g, seconds)
+
+    @torch.no_grad()
+    def add_old_logps(self, batches: list[dict]) -> None:
+        from citrus.train.objectives import forward
+
+        t = self.training.cfg.trainer
+        for batch in batches:
+            batch["old_logps"] = forward(self.training.model, batch, t.loss_chunk_size).detach()
+
+
+def completion_example(prompt_ids: list[int], ids: list[int], masked: bool) -> dict:
+    """A prompt and one of its completions as a training row: labels on the completion (none
+    when masked: a truncated completion under algorithm.mask_truncated)."""
+    labels = [IGNORE] * len(prompt_ids) + ([IGNORE] * len(ids) if masked else list(ids))
+    return {"input_ids": [*prompt_ids, *ids], "labels": labels}
+
+
+def rollout_metrics(
+    scored: dict[str, list[float]], completions: list[rewards.Completion], g: int, seconds: float
+) -> dict[str, float]:
+    """Reward (total and each component), pass rate per group, lengths, sampling speed."""
+    reward = torch.tensor(scored["reward"]).view(-1, g)
+    out = {
+        "reward": float(reward.mean()),
+        "reward_std": float(reward.std()) if reward.numel() > 1 else 0.0,
+        **{f"rewards/{k}": sum(v) / len(v) for k, v in scored.items() if k != "reward"},
+        # groups whose completions all scored alike teach nothing (zero advantage)
+        "groups/zero_std": float((reward.std(dim=1) == 0).float().mean()) if g > 1 else 1.0,
+    }
+    passed = correct(scored)
+    if passed is not None:
+        per_group = passed.float().view(-1, g).mean(dim=1)
+        out["pass_rate"] = float(per_group.mean())
+        out["groups/all_pass"] = float((per_group == 1).float().mean())
+        out["groups/none_pass"] = float((per_group == 0).float().mean())
+    lengths = torch.tensor([c.tokens for c in completions], dtype=torch.float32)
+    out["completions/mean_length"] = float(lengths.mean())
+    out["completions/max_length"] = float(lengths.max())
+    out["completions/truncated"] = sum(c.truncated for c in completions) / len(completions)
+    out["rollout/seconds"] = seconds
+    out["rollout/tokens_per_s"] = float(lengths.sum()) / max(seconds, 1e-9)
+    return out
+
+
+def correct(scored: dict[str, list[float]]) -> torch.Tensor | None:
+    """Which completions pass: the gold letter, else a judge score of at least one half."""
+    if "letter" in scored:
+        return torch.tensor(scored["letter"]) == 1.0
+    if "judge" in scored:
+        return torch.tensor(scored["judge"]) >= 0.5
+    return None
+
+
+def stop_ids(training: Any) -> list[int]:
+    tokenizer, config = training.tokenizer, unwrapped(training.model).generation_config
+    declared = config.eos_token_id if config is not None else None
+    declared = declared if isinstance(declared, list) else [declared]
+    return sorted({i for i in [*declared, tokenizer.eos_token_id] if i is not None})
+
+
+def policy_weights(training: Any):
+    """The policy's full weights by name, as a vLLM model loads them (LoRA merged; FSDP2
+    shards gathered)."""
+    from citrus.train.export import gather_full_state
+
+    cfg = training.cfg
+    if cfg.trainer.strategy == "fsdp2":
+        state = gather_full_state(training.model, cfg.model.dtype)
+    else:
+        model = unwrapped(training.model)
+        if cfg.adapter.name != "none":
+            raise ConfigError("engine=vllm rollouts with adapter=lora: use engine=hf")
+        state = model.state_dict()
+    return state.items()
+
+
+def rollout_engine(training: Any) -> tuple[Sampling, WeightSync | None]:
+    """The engine that samples the rollouts, and the one whose weights follow the policy's
+    (None: it samples from the policy itself)."""
+    cfg, algo = training.cfg, training.cfg.algorithm
+    settings = {"temperature": algo.temperature, "top_p": algo.top_p,
+                "max_new_tokens": algo.max_new_tokens, "seed": cfg.seed}  # fmt: skip
+    engine_cfg = cfg.engine
+    if engine_cfg is None:
+        raise ConfigError("algorithm=grpo samples through engine=: set engine=hf or engine=vllm")
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(engine_cfg, settings)
+    if merged.name == "hf":
+        from citrus.engines.hf import HFEngine
+
+        fabric = training.fabric
+        engine = HFEngine.around(typed(merged), unwrapped(training.model), training.tokenizer,
+                                 fabric.device)  # fmt: skip
+        engine.synced = cfg.trainer.strategy == "fsdp2" and fabric.world_size > 1
+        engine.eos_ids = stop_ids(training)
+        return engine, None
+    engine = build_engine(merged, cfg.model)
+    if not isinstance(engine, Sampling) or not isinstance(engine, WeightSync):
+        raise ConfigError(
+            f"engine={merged.name} cannot sample rollouts from the policy being trained (it "
+            "neither samples token ids nor loads new weights): use engine=hf or engine=vllm"
+        )
+    if training.fabric.world_size > 1:
+        raise ConfigError(
+            "engine=vllm rollouts run in one process for now; with several processes use engine=hf"
+        )
+    return engine, engine

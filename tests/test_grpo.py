@@ -1,0 +1,340 @@
+"""GRPO: the loss against TRL's GRPOTrainer on the same model, batch, log-probs and advantages;
+advantages, the k3 KL and the rewards on worked cases; the rollout's token ids and batches."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import compose_config
+from datasets import Dataset
+from omegaconf import OmegaConf, open_dict
+
+from citrus.data import quickstart
+from citrus.models import load_model, load_tokenizer
+from citrus.train import losses, rewards
+from citrus.train.data import IGNORE
+from citrus.train.objectives import OBJECTIVES, forward
+from citrus.train.rollout import completion_example, step_seed
+
+TOL = 1e-6
+G = 4  # completions per prompt
+CHUNK = 29  # tokens per chunk of citrus's output head: several per row
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = compose_config("train", ["algorithm=grpo", "data=quickstart_rl"])
+    return cfg, load_tokenizer(cfg.model)
+
+
+def rollout_batch(tokenizer, seed=0):
+    """Two prompts of the same length (TRL left-pads prompts, citrus right-pads whole rows: with
+    no prompt padding the two layouts agree), G completions each of varied lengths, the last
+    token an end-of-turn where the completion stopped."""
+    g = torch.Generator().manual_seed(seed)
+    vocab, eos = tokenizer.vocab_size, tokenizer.eos_token_id
+    prompts = [torch.randint(5, vocab, (23,), generator=g).tolist() for _ in range(2)]
+    completions = []
+    for i in range(2 * G):
+        n = int(torch.randint(3, 17, (1,), generator=g))
+        ids = torch.randint(5, vocab, (n,), generator=g).tolist()
+        completions.append(ids + [eos] if i % 3 else ids)  # every third one truncated
+    return prompts, completions
+
+
+def trl_inputs(prompts, completions, pad):
+    width = max(len(c) for c in completions)
+    prompt_ids = torch.tensor([p for p in prompts for _ in range(G)])
+    completion_ids = torch.full((len(completions), width), pad)
+    completion_mask = torch.zeros((len(completions), width), dtype=torch.long)
+    for i, c in enumerate(completions):
+        completion_ids[i, : len(c)] = torch.tensor(c)
+        completion_mask[i, : len(c)] = 1
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": torch.ones_like(prompt_ids),
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "num_items_in_batch": completion_mask.sum(),
+    }
+
+
+def citrus_batch(prompts, completions, pad, advantages, temperature):
+    from citrus.train.data import Collator
+
+    rows = [completion_example(prompts[i // G], c, masked=False) for i, c in enumerate(completions)]
+    batch = Collator(pad)(rows)
+    batch["advantages"], batch["temperature"] = advantages, temperature
+    return batch
+
+
+def completion_logps(logps, prompt_len, width):
+    """citrus's (rows, T - 1) next-token log-probs at TRL's completion positions."""
+    return logps[:, prompt_len - 1 : prompt_len - 1 + width]
+
+
+def moved(model, scale, seed):
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+    return other
+
+
+CASES = [  # loss_type, beta, temperature, old policy moved by, epsilon_high, KL ratio correction
+    ("grpo", 0.0, 1.0, 0.0, None, True),
+    ("grpo", 0.04, 0.7, 0.02, None, True),
+    ("grpo", 0.04, 1.0, 0.02, None, False),
+    ("dapo", 0.0, 1.0, 0.02, 0.28, True),
+    ("dapo", 0.1, 0.9, 0.0, None, True),
+    ("dr_grpo", 0.04, 1.0, 0.02, None, True),
+]
+
+
+@pytest.mark.parametrize("loss_type,beta,temperature,old_scale,eps_high,corrected", CASES)
+def test_grpo_loss_matches_trl(
+    tiny, tmp_path, loss_type, beta, temperature, old_scale, eps_high, corrected
+):
+    """The loss and its gradient equal TRL GRPOTrainer._compute_loss's on the same batch, with
+    the same old-policy and reference log-probs and advantages: per sequence (grpo), per token
+    (dapo), Dr. GRPO's constant; with and without the k3 KL; ratios away from 1, so the clip
+    acts; at a sampling temperature other than 1."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    cfg, tokenizer = tiny
+    max_new = 16
+    torch.manual_seed(0)
+    policy = load_model(cfg.model).to(torch.float32)
+    theirs = copy.deepcopy(policy)
+    args = GRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=2 * G, num_generations=G,
+        max_completion_length=max_new, beta=beta, loss_type=loss_type, epsilon=0.2,
+        epsilon_high=eps_high, temperature=temperature, use_bias_correction_kl=corrected,
+        report_to=[], use_cpu=True, bf16=False,  # TRL's default bf16 autocasts on CPU too
+    )  # fmt: skip
+    trainer = GRPOTrainer(
+        model=theirs,
+        reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["a", "b"]}),
+        processing_class=tokenizer,
+    )
+    trainer.current_gradient_accumulation_steps = 1
+    pad = tokenizer.pad_token_id
+    prompts, completions = rollout_batch(tokenizer)
+    rewards_drawn = torch.randn(2 * G, generator=torch.Generator().manual_seed(1))
+    advantages = losses.group_advantages(rewards_drawn, G)
+    batch = citrus_batch(prompts, completions, pad, advantages, temperature)
+    inputs = {**trl_inputs(prompts, completions, pad), "advantages": advantages}
+    width, plen = inputs["completion_ids"].shape[1], len(prompts[0])
+
+    algo = OmegaConf.merge(
+        cfg.algorithm,
+        {"loss_type": loss_type, "beta": beta, "temperature": temperature,
+         "max_new_tokens": max_new, "epsilon_high": eps_high, "kl_ratio_correction": corrected},
+    )  # fmt: skip
+    reference = moved(policy, 0.03, seed=2)
+    ref_scorer = lambda b: forward(reference, b)  # noqa: E731
+    with torch.no_grad():
+        if old_scale:
+            old = forward(moved(policy, old_scale, seed=3), batch)
+            batch["old_logps"] = old
+            inputs["old_per_token_logps"] = completion_logps(old, plen, width)
+        if beta:
+            inputs["ref_per_token_logps"] = completion_logps(ref_scorer(batch), plen, width)
+
+    objective = OBJECTIVES["grpo"]
+    scorer = lambda b: forward(policy, b, chunk_size=CHUNK)  # noqa: E731
+    loss, metrics = objective(scorer, batch, objective.counts([batch]), algo, ref_scorer)
+    trl_loss = trainer._compute_loss(theirs, inputs)
+    assert loss.item() == pytest.approx(trl_loss.item(), abs=TOL)
+    logged = trainer._metrics["train" if theirs.training else "eval"]
+    loss.backward()
+    trl_loss.backward()
+    for (name, p), q in zip(policy.named_parameters(), theirs.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+    if old_scale:  # the clip decided somewhere, and TRL measured the same share
+        assert metrics["clip_ratio"] > 0
+        assert metrics["clip_ratio"] == pytest.approx(
+            logged["clip_ratio/region_mean"][-1], abs=1e-6
+        )
+    if beta and not (corrected and old_scale):  # TRL logs the corrected KL times the ratio
+        assert metrics["kl"] == pytest.approx(logged["kl"][-1], rel=1e-5)
+
+
+def test_group_advantages_worked_example():
+    """(r - group mean) / (group std + 1e-4), the std unbiased; batch and none scales."""
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    a = losses.group_advantages(r, 4)
+    std = 0.5  # sample std of [1, 0, 0, 0]: sqrt((0.5625 + 3 x 0.0625) / 3)
+    assert a[:4].tolist() == pytest.approx([0.75 / (std + 1e-4)] + [-0.25 / (std + 1e-4)] * 3)
+    assert a[4:].tolist() == [0.0] * 4  # a solved group teaches nothing
+    assert losses.group_advantages(r, 4, "none").tolist() == pytest.approx(
+        [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0]
+    )
+    batch_std = float(torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 1]).std())
+    assert losses.group_advantages(r, 4, "batch")[0] == pytest.approx(0.75 / (batch_std + 1e-4))
+    with pytest.raises(ValueError, match="scale_rewards"):
+        losses.group_advantages(r, 4, "rank")
+
+
+def test_k3_kl_is_zero_at_the_reference_and_positive_elsewhere():
+    logps = torch.tensor([-1.0, -2.0, -0.5])
+    assert losses.k3_kl(logps, logps).tolist() == [0.0, 0.0, 0.0]
+    ref = torch.tensor([-1.5, -1.0, -0.5])
+    # exp(r) - r - 1 at r = -0.5 and r = 1
+    expected = [0.6065306597 + 0.5 - 1, 2.718281828 - 1 - 1, 0.0]
+    assert losses.k3_kl(logps, ref).tolist() == pytest.approx(expected)
+
+
+def completion(text, record, tokens=10, truncated=False):
+    return rewards.Completion(text, tokens, truncated, record)
+
+
+def mc_record(n_options=4, answer="B", question="Which drug?"):
+    letters = "ABCDEFGHIJ"[:n_options]
+    q = {"id": "q1", "benchmark": "t", "question": question, "answer": answer,
+         "options": {x: f"option {x.lower()} text" for x in letters}}  # fmt: skip
+    return {"id": "q1", "messages": [{"role": "user", "content": "ask"}], "question": q}
+
+
+def ctx(**reward):
+    cfg = compose_config("train", ["algorithm=grpo"]).reward
+    with open_dict(cfg):
+        cfg.merge_with(reward)
+    return rewards.RewardContext(cfg, max_new_tokens=100)
+
+
+def test_letter_reward_reads_through_the_ladder():
+    """The gold letter scores 1 however it is written (a tag, a phrase, Chinese, a ten-option
+    question's J); a wrong letter, two letters or none score 0."""
+    four, ten = mc_record(), mc_record(10, "J")
+    cases = [
+        ("<think>x</think><answer>B. option b text</answer>", four, 1.0),
+        ("The answer is (B).", four, 1.0),
+        ("答案是B", four, 1.0),
+        ("<think>...</think><answer>C</answer>", four, 0.0),
+        ("B or D", four, 0.0),
+        ("I cannot tell.", four, 0.0),
+        ("<answer>J</answer>", ten, 1.0),
+        ("<answer>A</answer>", ten, 0.0),
+    ]
+    got = rewards.REWARDS["letter"]([completion(t, r) for t, r, _ in cases], ctx())
+    assert got == [want for _, _, want in cases]
+
+
+def test_format_reward_wants_think_then_answer():
+    texts = {
+        "<think>findings</think>\n<answer>B</answer>": 1.0,
+        "  <think>a\nb</think><answer> B </answer>\n": 1.0,
+        "<answer>B</answer><think>late</think>": 0.0,  # out of order
+        "<think></think><answer>B</answer>": 0.0,  # empty reasoning
+        "<think>x</think><answer>B</answer> and more": 0.0,  # trailing text
+        "<think>x</think>": 0.0,
+        "B": 0.0,
+    }
+    got = rewards.REWARDS["format"]([completion(t, mc_record()) for t in texts], ctx())
+    assert got == list(texts.values())
+
+
+def test_length_reward_is_dapos_soft_overlong_punishment():
+    """0 up to max - cache tokens, linear to -1 at max, -1 for a truncated completion."""
+    c = ctx(length_cache=20)  # max_new_tokens 100: the ramp is 80..100
+    lengths = [10, 80, 90, 99, 100]
+    got = rewards.REWARDS["length"]([completion("x", {}, n) for n in lengths], c)
+    assert got == pytest.approx([0.0, 0.0, -0.5, -0.95, -1.0])
+    assert rewards.REWARDS["length"]([completion("x", {}, 50, truncated=True)], c) == [-1.0]
+
+
+def test_weighted_sum_and_bad_config():
+    c = ctx(weights={"letter": 1.0, "format": 0.5})
+    got = rewards.score([completion("<think>x</think><answer>B</answer>", mc_record())], c)
+    assert got == {"letter": [1.0], "format": [1.0], "reward": [1.5]}
+    from citrus.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="reward.weights"):
+        rewards.check_rewards(OmegaConf.create({"weights": {"exact": 1.0}, "extractor": "ladder"}))
+    with pytest.raises(Exception, match="needs a multiple-choice 'question'"):
+        rewards.REWARDS["letter"]([completion("B", {"id": "open1", "reference": "x"})], ctx())
+
+
+def test_judge_reward_asks_the_judge_role_over_http(tmp_path):
+    """The judge role behind a real OpenAI-compatible server on 127.0.0.1 sees the question as
+    asked, the reference answer and the completion; its <score> becomes the reward / 100, an
+    unreadable verdict 0."""
+    from chat_server import ChatServer
+
+    from citrus.synthesis.common import RoleEngines
+
+    class Grader:  # the judge's verdicts, by what the request holds
+        stats = {}
+
+        def generate(self, conversations, on_batch=None, seeds=None):
+            out = []
+            for messages in conversations:
+                text = messages[-1]["content"]
+                if "Candidate's answer]\nbroken" in text:
+                    out.append("I cannot grade this")
+                elif "measles" in text.split("Candidate")[1]:
+                    out.append("<score>90</score>")
+                else:
+                    out.append("<score>5</score>")
+            return out
+
+    with ChatServer(Grader()) as server:
+        cfg = compose_config(
+            "train",
+            ["algorithm=grpo", "reward=judge", "role@roles.judge=openai",
+             f"roles.judge.engine.base_url={server.url}", "roles.judge.engine.max_retries=0",
+             f"roles.judge.engine.cache_path={tmp_path}/cache.jsonl"],
+        )  # fmt: skip
+        c = rewards.RewardContext(cfg.reward, 100, RoleEngines(cfg))
+        record = {"id": "o1", "messages": [{"role": "user", "content": "Rash and Koplik spots?"}],
+                  "reference": "measles"}  # fmt: skip
+        texts = ["<think>spots</think><answer>measles</answer>", "<answer>rubella</answer>",
+                 "broken"]  # fmt: skip
+        got = rewards.REWARDS["judge"]([completion(t, record) for t in texts], c)
+        asked = server.bodies[0]["messages"][-1]["content"]
+    assert got == [0.9, 0.05, 0.0]
+    assert "Rash and Koplik spots?" in asked and "[Reference answer]\nmeasles" in asked
+
+
+def test_step_seed_differs_by_step_and_rank():
+    seeds = {step_seed(1234, s, r) for s in range(50) for r in range(4)}
+    assert len(seeds) == 200 and all(0 <= s < 2**31 for s in seeds)
+    assert step_seed(1234, 7, 1) == step_seed(1234, 7, 1)
+
+
+def test_hf_sample_ids_are_reproducible_and_stop_at_eos(tiny):
+    """The policy samples token ids: the same seed the same ids, another seed others; each
+    completion ends at its first stop token or at max_new_tokens; the global RNG is untouched."""
+    from citrus.engines.hf import HFEngine
+
+    cfg, tokenizer = tiny
+    model = load_model(cfg.model)
+    settings = OmegaConf.merge(cfg.engine, {"temperature": 1.0, "max_new_tokens": 12})
+    engine = HFEngine.around(settings, model, tokenizer, torch.device("cpu"))
+    q = quickstart.generate("train", 3, seed=0)
+    prompts = [tokenizer.apply_chat_template(quickstart.to_prompt_record(x, "quickstart")
+               ["messages"], add_generation_prompt=True, tokenize=False) for x in q]  # fmt: skip
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    before = torch.get_rng_state()
+    a = engine.sample_ids(ids, 4, seed=5)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert a == engine.sample_ids(ids, 4, seed=5)
+    assert a != engine.sample_ids(ids, 4, seed=6)
+    assert [len(group) for group in a] == [4, 4, 4]
+    for group in a:
+        for c in group:
+            assert 1 <= len(c) <= 12
+            stops = [i for i, t in enumerate(c) if t in engine.eos_ids]
+            assert stops in ([], [len(c) - 1])
+
+
+def test_completion_example_labels_only_the_completion():
+    row = completion_example([1, 2, 3], [7, 8, 2], masked=False)
+    assert row == {"input_ids": [1, 2, 3, 7, 8, 2], "labels": [IGNORE] * 3 + [7, 8, 2]}
+    assert completion_example([1, 2], [7], masked=True)["labels"] == [IGNORE] * 3
