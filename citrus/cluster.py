@@ -4,11 +4,12 @@ needs, chained with afterok, all writing into one run directory.
     citrus pipeline experiment=citrus_llama70b pipeline.submit=slurm cluster.partition=<p>
     citrus pipeline experiment=citrus_llama70b pipeline.submit=slurm cluster.dry_run=true
 
-The pipeline's stages are grouped into jobs of one kind each: `train` (an SFT or preference stage:
-cluster.train's nodes, one task per GPU, Fabric reading SLURM's ranks), `evaluate` (evaluations and
-sampling: one node with the GPUs vLLM's tensor parallelism wants) and `data` (prepare, label,
-synthesize: CPU, or an API behind the roles). Each job runs the same `citrus pipeline` command
-into the same run directory with `pipeline.until=<its last stage>`: the stage log
+The pipeline's stages are grouped into jobs of one kind each: `train` (an SFT, preference or rl
+stage: cluster.train's nodes, one task per GPU, Fabric reading SLURM's ranks), `evaluate`
+(evaluations and sampling: one node with the GPUs vLLM's tensor parallelism wants) and `data`
+(prepare, label, synthesize: CPU, or an API behind the roles). Each job runs the same
+`citrus pipeline` command into the same run directory with `pipeline.until=<its last stage>`:
+the stage log
 (stages.jsonl) makes it skip every finished stage and run its own, so a failed job is resubmitted
 by running the command again, and a preempted one (submitit's checkpoint/requeue) resumes from
 its newest checkpoint. `cluster.dry_run=true` writes the sbatch scripts with their dependency
@@ -33,7 +34,7 @@ from citrus.jobs import JobResult
 
 log = logging.getLogger(__name__)
 
-TRAINING = ("sft", "preference")
+TRAINING = ("sft", "preference", "rl")
 
 
 def kind_of(stage: str) -> str:

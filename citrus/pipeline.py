@@ -1,14 +1,17 @@
 """`citrus pipeline`: the Citrus journey in one run directory, stage after stage.
 
     prepare -> evaluate_base/ -> [label/ -> synthesize/] -> sft/ -> evaluate_sft/ -> [sample/ ->
-    preference/ -> evaluate_preference/] -> a table of accuracy after each stage
+    preference/ -> evaluate_preference/] -> [rl/ -> evaluate_rl/] -> a table of accuracy after
+    each stage
 
-pipeline.stages picks and orders the stages (label, synthesize, sft, sample, preference). Each
+pipeline.stages picks and orders the stages (label, synthesize, sft, sample, preference, rl). Each
 stage writes what its own job would (labeled.jsonl, pathways.jsonl, model/, samples.jsonl,
 pairs.jsonl, ...) and hands its output to the next: labeled questions are what synthesize works
 on, synthesized traces join the first SFT data, each SFT stage of pipeline.sft_data starts from
 the previous one's export (Citrus S1 -> S2 -> S3), the last export is the policy that `sample`
-asks, its pairs train the preference stage, which starts from that export.
+asks, its pairs train the preference stage, which starts from that export; the rl stage
+(GRPO on pipeline.rl's prompts, sampling from the policy as it trains) starts from the last
+export before it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from citrus import report
-from citrus.config import CONF_DIR, AlgorithmConfig, DataConfig
+from citrus.config import CONF_DIR, AlgorithmConfig, DataConfig, RewardConfig
 from citrus.data import prepare
 from citrus.data.schema import append_jsonl, load_records, whole_records, write_jsonl_atomic
 from citrus.errors import ConfigError, DataError
@@ -34,7 +37,7 @@ from citrus.synthesis import label, pathways, sample
 from citrus.tracking import console
 from citrus.train import trainer
 
-STAGES = ("label", "synthesize", "sft", "sample", "preference")
+STAGES = ("label", "synthesize", "sft", "sample", "preference", "rl")
 
 
 def check_stages(stages: list[str], preference_data: str | None = None) -> None:
@@ -144,6 +147,21 @@ def preference_config(cfg: Any, policy: Any, pairs: Path | None) -> Any:
     return pref
 
 
+def rl_config(cfg: Any, policy: Any) -> Any:
+    """The rl stage's config: pipeline.rl's algorithm (with its params), prompt data, reward and
+    trainer overrides, from the current policy."""
+    stage = cfg.pipeline.rl
+    rl = copy.deepcopy(policy)
+    algorithm = group_option("algorithm", stage.algorithm, AlgorithmConfig, "pipeline.rl.algorithm")
+    rl.algorithm = OmegaConf.merge(algorithm, stage.algorithm_params)
+    data = group_option("data", stage.data, DataConfig, "pipeline.rl.data")
+    rl.data = OmegaConf.merge(data, stage.data_params)
+    if stage.reward is not None:
+        rl.reward = group_option("reward", stage.reward, RewardConfig, "pipeline.rl.reward")
+    rl.trainer = OmegaConf.merge(rl.trainer, stage.trainer)
+    return rl
+
+
 def stage_names(cfg: Any) -> list[str]:
     """Every stage the pipeline runs, in order, as the stage log and pipeline.until name them."""
     stages = list(cfg.pipeline.stages)
@@ -153,6 +171,7 @@ def stage_names(cfg: Any) -> list[str]:
         names += [n for name, _ in sft_stages(cfg) for n in (name, f"evaluate_{name}")]
     names += ["sample"] if "sample" in stages else []
     names += ["preference", "evaluate_preference"] if "preference" in stages else []
+    names += ["rl", "evaluate_rl"] if "rl" in stages else []
     return names
 
 
@@ -361,6 +380,9 @@ def journey_through(cfg: Any, run: Any, journey: Journey, stages: list[str]) -> 
     if "preference" in stages:
         pref = preference_config(cfg, journey.policy, pairs)
         journey.train("preference", pref, f"after {pref.algorithm.name.upper()}")
+    if "rl" in stages:
+        rl = rl_config(cfg, journey.policy)
+        journey.train("rl", rl, f"after {rl.algorithm.name.upper()}")
 
 
 def finish(cfg: Any, run: Any, journey: Journey) -> JobResult:

@@ -93,3 +93,36 @@ def exported(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(run_dir / "model" / "model.safetensors")
+
+
+# GRPO from a policy that already answers: the tiny Llama after a short SFT on one-line replies
+# ("<think>text</think><answer>X</answer>", a dozen tokens), right on some questions and wrong on
+# others, so a group's rewards differ and GRPO has advantages to learn from.
+GRPO_SMOKE = (
+    "algorithm=grpo",
+    "data=quickstart_rl",
+    "algorithm.max_new_tokens=24",
+    "algorithm.num_generations=4",
+    "trainer.lr=3e-5",  # the quickstart's 2e-3 SFT step breaks the policy in one RL step
+)
+
+
+@pytest.fixture(scope="session")
+def answering_policy(tmp_path_factory) -> Path:
+    """The exported model of that short SFT (built once per session)."""
+    import json
+
+    from citrus.data import quickstart
+
+    out = tmp_path_factory.mktemp("answering")
+    records = []
+    for q in quickstart.generate("train", 400, seed=0):
+        record = quickstart.to_sft_record(q, "quickstart")
+        reply = f"<think>{q.answer_text}</think><answer>{q.answer}</answer>"
+        records.append({**record, "messages": [*record["messages"][:-1],
+                        {"role": "assistant", "content": reply}]})  # fmt: skip
+    path = out / "one_line.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    train_run(out / "run", ["experiment=quickstart", "logger=none", f"data.path={path}",
+                            "trainer.max_steps=50", "trainer.checkpoint_every=0"])  # fmt: skip
+    return out / "run" / "model"

@@ -4,6 +4,8 @@ advantages, the k3 KL and the rewards on worked cases; the rollout's token ids a
 from __future__ import annotations
 
 import copy
+import json
+import random
 
 import pytest
 import torch
@@ -14,9 +16,9 @@ from omegaconf import OmegaConf, open_dict
 from citrus.data import quickstart
 from citrus.models import load_model, load_tokenizer
 from citrus.train import losses, rewards
-from citrus.train.data import IGNORE
+from citrus.train.data import IGNORE, Collator
 from citrus.train.objectives import OBJECTIVES, forward
-from citrus.train.rollout import completion_example, step_seed
+from citrus.train.rollout import batch_seed, completion_batch, completion_example
 
 TOL = 1e-6
 G = 4  # completions per prompt
@@ -61,13 +63,13 @@ def trl_inputs(prompts, completions, pad):
     }
 
 
-def citrus_batch(prompts, completions, pad, advantages, temperature):
-    from citrus.train.data import Collator
-
+def citrus_batch(prompts, completions, pad, advantages, temperature, drop):
+    """The rollout's micro-batch of these completions; drop: as the rollout does without a KL
+    term and on-policy, the zero-advantage ones are counted and left out."""
     rows = [completion_example(prompts[i // G], c, masked=False) for i, c in enumerate(completions)]
-    batch = Collator(pad)(rows)
-    batch["advantages"], batch["temperature"] = advantages, temperature
-    return batch
+    beta = 0.0 if drop else 0.04
+    algo = OmegaConf.create({"beta": beta, "num_iterations": 1, "temperature": temperature})
+    return completion_batch(rows, advantages, algo, Collator(pad))
 
 
 def completion_logps(logps, prompt_len, width):
@@ -125,9 +127,13 @@ def test_grpo_loss_matches_trl(
     trainer.current_gradient_accumulation_steps = 1
     pad = tokenizer.pad_token_id
     prompts, completions = rollout_batch(tokenizer)
-    rewards_drawn = torch.randn(2 * G, generator=torch.Generator().manual_seed(1))
-    advantages = losses.group_advantages(rewards_drawn, G)
-    batch = citrus_batch(prompts, completions, pad, advantages, temperature)
+    drawn = torch.randn(2 * G, generator=torch.Generator().manual_seed(1))
+    dropping = beta == 0.0 and not old_scale
+    if dropping:  # a solved group (zero advantages): the rollout leaves it out of the batch
+        drawn[G:] = 1.0
+    advantages = losses.group_advantages(drawn, G)
+    batch = citrus_batch(prompts, completions, pad, advantages, temperature, dropping)
+    assert batch["input_ids"].shape[0] == (G if dropping else 2 * G)
     inputs = {**trl_inputs(prompts, completions, pad), "advantages": advantages}
     width, plen = inputs["completion_ids"].shape[1], len(prompts[0])
 
@@ -302,10 +308,10 @@ def test_judge_reward_asks_the_judge_role_over_http(tmp_path):
     assert "Rash and Koplik spots?" in asked and "[Reference answer]\nmeasles" in asked
 
 
-def test_step_seed_differs_by_step_and_rank():
-    seeds = {step_seed(1234, s, r) for s in range(50) for r in range(4)}
-    assert len(seeds) == 200 and all(0 <= s < 2**31 for s in seeds)
-    assert step_seed(1234, 7, 1) == step_seed(1234, 7, 1)
+def test_batch_seeds_differ_by_micro_batch_and_run_seed():
+    seeds = {batch_seed(s, i) for s in (0, 1234) for i in range(200)}
+    assert len(seeds) == 400 and all(0 <= s < 2**31 for s in seeds)
+    assert batch_seed(1234, 7) == batch_seed(1234, 7)
 
 
 def test_hf_sample_ids_are_reproducible_and_stop_at_eos(tiny):
@@ -338,3 +344,87 @@ def test_completion_example_labels_only_the_completion():
     row = completion_example([1, 2, 3], [7, 8, 2], masked=False)
     assert row == {"input_ids": [1, 2, 3, 7, 8, 2], "labels": [IGNORE] * 3 + [7, 8, 2]}
     assert completion_example([1, 2], [7], masked=True)["labels"] == [IGNORE] * 3
+
+
+def grpo_run(run_dir, policy, *overrides):
+    from conftest import GRPO_SMOKE, train_run
+
+    args = ["experiment=quickstart", "logger=none", *GRPO_SMOKE, f"model.path={policy}",
+            "data.quickstart.n_train=48", "trainer.micro_batch_size=4", "trainer.log_every=1",
+            "trainer.checkpoint_every=0", *overrides]  # fmt: skip
+    return train_run(run_dir, args)
+
+
+def test_grpo_trains_from_its_own_rollouts_and_logs_them(answering_policy, tmp_path):
+    """Every step logs the rollout (reward and its component, pass rate, groups, lengths, speed)
+    and the update (loss, clip share, KL); the policy moves; metrics.json keeps the rewards.
+    With num_iterations 2 the second step reuses the first's rollouts, scored by the policy that
+    sampled them: the ratio leaves 1, the clip and the drift show it."""
+    from conftest import exported, log_rows
+
+    from citrus.train.rollout import Rollouts  # noqa: F401  (the module under test)
+
+    metrics = grpo_run(tmp_path, answering_policy, "trainer.max_steps=4", "algorithm.beta=0.04",
+                       "algorithm.num_iterations=2", "algorithm.epsilon=0.01")  # fmt: skip
+    rows = log_rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    fresh, reused = rows[0], rows[1]
+    for key in ("reward", "reward_std", "rewards/letter", "pass_rate", "groups/zero_std",
+                "groups/all_pass", "groups/none_pass", "completions/mean_length",
+                "completions/truncated", "rollout/tokens_per_s"):  # fmt: skip
+        assert f"train/{key}" in fresh, key
+        assert f"train/{key}" not in reused  # no new rollout at step 2
+    assert fresh["train/reward_std"] > 0 and 0 <= fresh["train/pass_rate"] <= 1
+    assert fresh["train/kl"] == 0.0 and fresh["train/clip_ratio"] == 0.0  # policy == reference
+    assert reused["train/kl"] > 0 and reused["train/clip_ratio"] > 0
+    assert reused["train/policy_drift"] != 0.0
+    before, after = load_model_weights(answering_policy), exported(tmp_path)
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+    assert "train/reward" in metrics and "train/pass_rate" in metrics
+
+
+def load_model_weights(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(model_dir / "model.safetensors")
+
+
+def test_grpo_sigkill_then_resume_gives_the_same_weights(answering_policy, tmp_path):
+    """Killed at a random step, resumed from its newest checkpoint: the same rollouts (their
+    seeds follow the micro-batch), the same updates, the same weights as a run never killed."""
+    from conftest import GRPO_SMOKE, run_cli
+    from test_reliability import TRAIN, assert_same_run, kill_and_resume
+
+    extra = (*GRPO_SMOKE, f"model.path={answering_policy}")
+    reference = tmp_path / "reference"
+    done = run_cli("train", *TRAIN, *extra, f"hydra.run.dir={reference}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    kill_and_resume(extra, random.Random("grpo-kill").randint(2, 10), tmp_path / "run")
+    assert_same_run(tmp_path / "run", reference)
+
+
+def test_pipeline_runs_grpo_after_sft(tmp_path):
+    """pipeline.stages=[sft, rl]: the rl stage trains GRPO from the SFT export on pipeline.rl's
+    prompts with pipeline.rl's reward, is evaluated, logged once in stages.jsonl and gets its
+    column in the final table; its model card names the algorithm and the SFT model."""
+    from conftest import SMOKE, run_cli
+
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "pipeline", *SMOKE, "pipeline.stages=[sft,rl]", "pipeline.rl.reward=letter_format",
+        "pipeline.rl.data_params={quickstart: {n_train: 16}}",
+        "pipeline.rl.algorithm_params={max_new_tokens: 12, num_generations: 2}",
+        "+pipeline.rl.trainer={max_steps: 2, micro_batch_size: 2, lr: 1.0e-5}",
+        f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    stages = [json.loads(x)["stage"] for x in (run_dir / "stages.jsonl").read_text().splitlines()]
+    assert stages == ["prepare", "evaluate_base", "sft", "evaluate_sft", "rl", "evaluate_rl"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["rl/steps"] == 2 and "rl/mean_accuracy" in metrics
+    assert {"rl/rewards/letter", "rl/rewards/format", "rl/rewards/length"} <= metrics.keys()
+    rows = [json.loads(x) for x in (run_dir / "rl" / "train_log.jsonl").read_text().splitlines()]
+    assert rows[0]["rl/completions/max_length"] <= 12
+    assert "after GRPO" in result.stdout
+    card = (run_dir / "rl" / "model" / "README.md").read_text()
+    assert "grpo" in card and str(run_dir / "sft" / "model") in card

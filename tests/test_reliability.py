@@ -109,8 +109,10 @@ def uninterrupted(tmp_path_factory):
     return get
 
 
-def kill_and_resume(kind: str, kill_step: int, run_dir: Path) -> None:
-    args = (*TRAIN, *KINDS[kind], f"hydra.run.dir={run_dir}")
+def kill_and_resume(kind: str | tuple[str, ...], kill_step: int, run_dir: Path) -> None:
+    """Kill a run of KINDS[kind] (or of these overrides) at kill_step, then resume it."""
+    extra = KINDS[kind] if isinstance(kind, str) else kind
+    args = (*TRAIN, *extra, f"hydra.run.dir={run_dir}")
     proc = start("train", *args)
     kill_when(proc, lambda: any(s >= kill_step for s in logged_steps(run_dir)))
     assert not (run_dir / "model").exists(), "the killed run must not look finished"

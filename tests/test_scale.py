@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, exported, log_rows, train_run
+from conftest import GRPO_SMOKE, compose_config, exported, log_rows, train_run
 from safetensors.torch import load_file
 
 from citrus.models import load_model, load_tokenizer
@@ -217,12 +217,20 @@ def test_safetensors_rows_read_as_safetensors_loads_them(bf16_model, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", sorted(OBJECTIVES))
-def test_every_objective_trains_alike_on_one_two_ddp_and_two_fsdp2_processes(tmp_path, loss):
+def test_every_objective_trains_alike_on_one_two_ddp_and_two_fsdp2_processes(
+    tmp_path, loss, request
+):
     """Each loss over two processes (DDP, FSDP2) gives the curve one process gives with twice the
-    accumulation: counts, references and metrics are summed over processes correctly."""
+    accumulation: counts, references and metrics are summed over processes correctly. GRPO
+    samples each micro-batch from the same seed either way (FSDP2: every rank generating until
+    all are done), from a policy that answers, so its rewards and updates are not all zero."""
     data = "data=quickstart" if loss == "sft" else "data=quickstart_pairs"
     run = (data, "data.quickstart.n_train=16", f"algorithm.loss={loss}", "trainer.max_steps=3",
            "trainer.lr=1e-3")  # fmt: skip
+    if loss == "grpo":
+        policy = request.getfixturevalue("answering_policy")
+        run = (*GRPO_SMOKE, "data.quickstart.n_train=16", f"model.path={policy}",
+               "trainer.max_steps=3")  # fmt: skip
     curves = {}
     for strategy, devices, accumulation in (("auto", 1, 2), ("ddp", 2, 1), ("fsdp2", 2, 1)):
         out = tmp_path / strategy

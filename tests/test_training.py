@@ -181,6 +181,7 @@ def test_packed_attention_matches_the_masked_kernel():
     assert torch.allclose(g1, g2, atol=1e-5, rtol=1e-4)
 
 
+GRPO = ("data=quickstart_rl",)
 BAD = [
     (["algorithm=dpo"], "trains on preference records"),
     (["data.truncation=middle"], "data.truncation='middle'"),
@@ -206,6 +207,18 @@ BAD = [
     (["adapter.name=qlora"], "adapter.name='qlora'"),
     (["adapter=lora", "trainer=fsdp2"], "not supported yet"),
     (["data=citrus_s1"], "citrus_s1.jsonl does not exist"),
+    (["algorithm=grpo"], "trains on prompt records"),
+    (["algorithm=grpo", *GRPO, "algorithm.num_generations=1"], "a group needs 2 or more"),
+    (["algorithm=grpo", *GRPO, "algorithm.loss_type=bnpo"], "algorithm.loss_type='bnpo'"),
+    (["algorithm=grpo", *GRPO, "algorithm.scale_rewards=rank"], "scale_rewards='rank'"),
+    (
+        ["algorithm=grpo", *GRPO, "algorithm.num_iterations=3", "trainer.checkpoint_every=4"],
+        "a multiple of it",
+    ),  # fmt: skip
+    (["algorithm=grpo", *GRPO, "data.val_ratio=0.1"], "no validation loss"),
+    (["algorithm=grpo", *GRPO, "reward.weights={exact: 1.0}"], "components from"),
+    (["algorithm=grpo", *GRPO, "engine=replay"], "cannot sample rollouts"),
+    (["algorithm=grpo", *GRPO, "data.max_length=200"], "leave no room for"),
 ]
 
 

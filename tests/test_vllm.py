@@ -16,7 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, SMOKE, compose_config, run_cli
+from omegaconf import OmegaConf
 
 from citrus.jobs import execute
 from citrus.models import resolve_path
@@ -307,3 +309,58 @@ def test_likelihood_scoring_through_vllm_agrees_with_transformers(tmp_path, cont
         assert row["pred"] == ref["pred"], row["id"]
         for letter, score in row["logprobs"].items():
             assert score == pytest.approx(ref["logprobs"][letter], abs=1e-3), (row["id"], letter)
+
+
+def test_colocated_vllm_samples_token_ids_and_takes_the_policys_weights(answering_policy):
+    """GRPO's engine=vllm: token ids sampled reproducibly by seed, ending at the stop token; and
+    after load_weights (the trained policy's tensors by name) vLLM generates what transformers
+    generates with those weights, greedy, token for token."""
+    from safetensors.torch import load_file
+
+    from citrus.data import quickstart
+    from citrus.engines import build_engine
+    from citrus.models import load_model, load_tokenizer
+
+    cfg = compose_config("train", ["engine=vllm", *VLLM_CPU, "engine.max_new_tokens=12"])
+    tokenizer = load_tokenizer(cfg.model)
+    records = [
+        quickstart.to_prompt_record(q, "quickstart") for q in quickstart.generate("train", 3)
+    ]
+    texts = [tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True,
+                                           tokenize=False) for r in records]  # fmt: skip
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    sampling = build_engine(OmegaConf.merge(cfg.engine, {"temperature": 1.0}), cfg.model)
+    a = sampling.sample_ids(prompts, 3, seed=7)
+    assert a == sampling.sample_ids(prompts, 3, seed=7) != sampling.sample_ids(prompts, 3, seed=8)
+    assert [len(g) for g in a] == [3, 3, 3] and all(1 <= len(c) <= 12 for g in a for c in g)
+    del sampling
+
+    greedy = build_engine(cfg.engine, cfg.model)  # the untrained tiny Llama
+    before = greedy.sample_ids(prompts, 1, seed=0)
+    greedy.load_weights(load_file(answering_policy / "model.safetensors").items())
+    after = greedy.sample_ids(prompts, 1, seed=0)
+    policy = load_model(OmegaConf.merge(cfg.model, {"path": str(answering_policy)}))
+    expected = []
+    for p in prompts:
+        out = policy.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False,
+                              eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+        expected.append([out[0, len(p) :].tolist()])
+    assert after == expected and after != before
+
+
+def test_grpo_trains_with_colocated_vllm_rollouts(answering_policy, tmp_path):
+    """A GRPO run whose rollouts come from vLLM in the training process, weights synced each
+    step: it trains, logs the rollouts and exports."""
+    from conftest import GRPO_SMOKE
+
+    result = run_cli(
+        "train", "experiment=quickstart", "logger=none", *GRPO_SMOKE, "engine=vllm", *VLLM_CPU,
+        f"model.path={answering_policy}", "data.quickstart.n_train=16", "trainer.max_steps=2",
+        "trainer.micro_batch_size=2", "trainer.log_every=1", f"hydra.run.dir={tmp_path}",
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["train/completions/max_length"] <= 24 for r in rows)
+    assert (tmp_path / "model" / "model.safetensors").is_file()

@@ -190,9 +190,10 @@ class GRPO:
         return algo.beta != 0.0
 
     def counts(self, window: list[dict]) -> dict[str, int]:
+        # every sampled completion, including those the rollout did not run (zero advantage)
         return {
-            "sequences": sum(b["input_ids"].shape[0] for b in window),
-            "tokens": sum(_targets(b["labels"]) for b in window),
+            "sequences": sum(b["sequences"] for b in window),
+            "tokens": sum(b["completion_tokens"] for b in window),
         }
 
     def __call__(self, policy, batch, counts, algo, reference):

@@ -8,8 +8,10 @@ Sampling goes through the engine layer (`engine=`):
         forward is a collective.
   vllm  a vLLM engine in this process (colocated), loaded from the starting weights; the
         policy's weights are loaded into it before each step's sampling.
-Each process samples its own prompts, so groups never span processes. A step's sampling seed
-is a function of (seed, step, rank): a resumed run samples what the uninterrupted one did.
+Each process samples its own prompts, so groups never span processes. Each micro-batch's
+sampling seed is a function of the run's seed and the micro-batch's global index (the one that
+also picks its prompts): a resumed run samples what the uninterrupted one did, and N processes
+sample what one process accumulating N micro-batches does.
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ def tokenize_prompt(record: dict, tokenizer: Any, room: int, truncation: str) ->
     return {"id": record.get("id", "?"), "prompt_ids": ids, "record": record}
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The sampling seed of one process's rollouts at one step (31 bits, for every engine)."""
-    digest = hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()
+def batch_seed(seed: int, index: int) -> int:
+    """The sampling seed of the index-th micro-batch of the run (31 bits, for every engine)."""
+    digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
     return int.from_bytes(digest[:4], "little") >> 1
 
 
@@ -90,8 +92,11 @@ class Rollouts:
         started = time.perf_counter()
         if self.sync is not None:
             self.sync.load_weights(policy_weights(training))
-        seed = step_seed(training.cfg.seed, step, fabric.global_rank)
-        sampled = self.engine.sample_ids([e["prompt_ids"] for e in prompts], g, seed)
+        sampled = []
+        for a, examples in enumerate(micro):  # its global index, as citrus.train.data counts
+            index = (step * len(micro) + a) * fabric.world_size + fabric.global_rank
+            seed = batch_seed(training.cfg.seed, index)
+            sampled += self.engine.sample_ids([e["prompt_ids"] for e in examples], g, seed)
         seconds = time.perf_counter() - started
         stops = set(stop_ids(training))
         flat = [(e, ids) for e, group in zip(prompts, sampled) for ids in group]
@@ -114,9 +119,8 @@ class Rollouts:
         batches, start = [], 0
         for examples in micro:
             n = len(examples) * g
-            batch = self.collate(rows[start : start + n])
-            batch["advantages"] = advantages[start : start + n]
-            batch["temperature"] = algo.temperature
+            batch = completion_batch(rows[start : start + n], advantages[start : start + n],
+                                     algo, self.collate)  # fmt: skip
             batches.append(fabric.to_device(batch))
             start += n
         if algo.num_iterations > 1:  # the sampling policy's log-probs, for the ratio
@@ -130,6 +134,21 @@ class Rollouts:
         t = self.training.cfg.trainer
         for batch in batches:
             batch["old_logps"] = forward(self.training.model, batch, t.loss_chunk_size).detach()
+
+
+def completion_batch(rows: list[dict], advantages: torch.Tensor, algo: Any, collate: Any) -> dict:
+    """A micro-batch of completions. Without a KL term and on-policy, a completion whose
+    advantage is 0 adds nothing to the loss or its gradient (whole groups that all scored alike):
+    it is counted (`sequences`, `completion_tokens`: the loss's denominators) but not run, unless
+    nothing else is left."""
+    tokens = sum(sum(t != IGNORE for t in r["labels"]) for r in rows)
+    counted = {"sequences": len(rows), "completion_tokens": tokens}
+    if algo.beta == 0.0 and algo.num_iterations == 1:
+        keep = [i for i, a in enumerate(advantages.tolist()) if a != 0.0] or [0]
+        rows, advantages = [rows[i] for i in keep], advantages[keep]
+    batch = collate(rows)
+    batch.update(counted, advantages=advantages, temperature=algo.temperature)
+    return batch
 
 
 def completion_example(prompt_ids: list[int], ids: list[int], masked: bool) -> dict:
