@@ -53,6 +53,9 @@ class RunSummary:
     margins: dict[str, list[tuple[int, float]]] = field(
         default_factory=dict
     )  # stage -> (step, reward margin)
+    rewards: dict[str, list[tuple[int, float]]] = field(
+        default_factory=dict
+    )  # RL stage -> (step, mean reward of its rollouts)
     label: str = ""
 
 
@@ -99,13 +102,16 @@ def load_run(run_dir: Path) -> RunSummary:
                     out.curves.setdefault(stage, []).append((row["step"], value))
                 elif key.endswith("/rewards/margins"):
                     out.margins.setdefault(stage, []).append((row["step"], value))
+                elif key.endswith("/reward"):
+                    out.rewards.setdefault(stage, []).append((row["step"], value))
     return out
 
 
 def report_panels(runs: list[RunSummary]) -> list[dict[str, Any]]:
     """The W&B report's panels, bound to keys the runs logged: mean accuracy after each evaluated
     stage (`base/mean_accuracy`; an evaluate job's `eval/mean_accuracy`), and per trained stage
-    its loss (with validation, where it ran) and reward margins, against that stage's step."""
+    its loss (with validation, where it ran), reward margins (preference) or rollout reward and
+    pass rate (RL), against that stage's step."""
     evaluated = dict.fromkeys("eval" if s == "evaluate" else s for r in runs for s in r.accuracy)
     panels: list[dict[str, Any]] = []
     if evaluated:
@@ -120,6 +126,9 @@ def report_panels(runs: list[RunSummary]) -> list[dict[str, Any]]:
             panels.append(
                 {"kind": "line", "title": f"{stage}: reward margin", "x": x, "y": margins}
             )
+        if any(stage in r.rewards for r in runs):
+            rl = [f"{stage}/reward", f"{stage}/pass_rate"]
+            panels.append({"kind": "line", "title": f"{stage}: rollout reward", "x": x, "y": rl})
     return panels
 
 
@@ -173,8 +182,8 @@ def short(label: str) -> str:
 
 
 def plots(runs: list[RunSummary], out: Path) -> dict[str, Path]:
-    """The runs' accuracy after each stage (with 95% CI error bars), loss curves and reward
-    margins, as PNGs in `out`."""
+    """The runs' accuracy after each stage (with 95% CI error bars), loss curves, reward
+    margins and RL rewards, as PNGs in `out`."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -209,6 +218,7 @@ def plots(runs: list[RunSummary], out: Path) -> dict[str, Path]:
     for kind, title in (
         ("curves", "training loss"),
         ("margins", "preference reward margin (chosen - rejected)"),
+        ("rewards", "RL reward (mean over each step's rollouts)"),
     ):
         curve_stages = list(dict.fromkeys(s for r in runs for s in getattr(r, kind)))
         if not curve_stages:

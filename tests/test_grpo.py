@@ -381,6 +381,11 @@ def test_grpo_trains_from_its_own_rollouts_and_logs_them(answering_policy, tmp_p
     before, after = load_model_weights(answering_policy), exported(tmp_path)
     assert any(not torch.equal(before[k], after[k]) for k in after)
     assert "train/reward" in metrics and "train/pass_rate" in metrics
+    sampled = [json.loads(x) for x in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in sampled] == [1] * 16 + [3] * 16  # 4 prompts x 4, every 2 steps
+    assert {r["letter"] for r in sampled} == {0.0, 1.0} and all(r["tokens"] <= 24 for r in sampled)
+    first = sampled[:4]  # one group: the advantages are its rewards, normalized
+    assert sum(r["advantage"] for r in first) == pytest.approx(0.0, abs=1e-5)
 
 
 def load_model_weights(model_dir):
@@ -401,6 +406,10 @@ def test_grpo_sigkill_then_resume_gives_the_same_weights(answering_policy, tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     kill_and_resume(extra, random.Random("grpo-kill").randint(2, 10), tmp_path / "run")
     assert_same_run(tmp_path / "run", reference)
+    # the resumed run sampled what the uninterrupted one did, each step's completions once
+    assert (tmp_path / "run" / "rollouts.jsonl").read_text() == (
+        reference / "rollouts.jsonl"
+    ).read_text()
 
 
 def test_pipeline_runs_grpo_after_sft(tmp_path):
@@ -428,3 +437,10 @@ def test_pipeline_runs_grpo_after_sft(tmp_path):
     assert "after GRPO" in result.stdout
     card = (run_dir / "rl" / "model" / "README.md").read_text()
     assert "grpo" in card and str(run_dir / "sft" / "model") in card
+    assert "letter_format" in card  # the reward it was trained on
+    from citrus.report import find_runs, report_panels
+
+    panels = report_panels(find_runs([run_dir]))
+    assert {"kind": "line", "title": "rl: rollout reward", "x": "rl/step",
+            "y": ["rl/reward", "rl/pass_rate"]} in panels  # fmt: skip
+    assert (run_dir / "rewards.png").stat().st_size > 0

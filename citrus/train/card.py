@@ -53,6 +53,12 @@ def training_facts(cfg: Any, record: dict[str, Any], stage: str) -> dict[str, An
         "base_model": base,
         "started_from": start,
         "algorithm": OmegaConf.to_container(cfg.algorithm, resolve=True),
+        # what an online (RL) stage's rollouts were scored by
+        **(
+            {"reward": OmegaConf.to_container(cfg.reward, resolve=True)}
+            if cfg.data.format == "prompt"
+            else {}
+        ),  # fmt: skip
         "adapter": cfg.adapter.name,
         "trainer": {k: OmegaConf.to_container(cfg.trainer, resolve=True)[k] for k in HPARAMS},
         "seed": cfg.seed,
@@ -138,6 +144,11 @@ def body(facts: dict[str, Any]) -> str:
         "## Training",
         "",
         f"- algorithm: {algorithm['name']} ({params})",
+        *(
+            [f"- reward: {facts['reward']['name']} ({facts['reward']['weights']})"]
+            if "reward" in facts
+            else []
+        ),  # fmt: skip
         f"- adapter: {facts['adapter']}; seed: {facts['seed']}",
         "- trainer: " + ", ".join(f"{k}={v}" for k, v in facts["trainer"].items()),
         "",

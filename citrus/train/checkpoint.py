@@ -152,7 +152,8 @@ def resume_training(training: Any, out_dir: Path) -> None:
         training.scheduler.load_state_dict(state["scheduler"])
         log.info("resumed from %s at step %d", checkpoint, state["step"])
     if fabric.is_global_zero:  # a fresh start (-1) keeps no row, not even step 0's validation
-        forget_after(out_dir / "train_log.jsonl", state["step"] if checkpoint else -1)
+        for log_name in ("train_log.jsonl", "rollouts.jsonl"):
+            forget_after(out_dir / log_name, state["step"] if checkpoint else -1)
 
 
 def save_training(training: Any, step: int, out_dir: Path, run: Any) -> None:

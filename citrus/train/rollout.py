@@ -19,10 +19,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from citrus.data.schema import append_jsonl
 from citrus.engines import Sampling, WeightSync, build_engine, typed
 from citrus.errors import ConfigError, DataError
 from citrus.train import losses, rewards
@@ -30,6 +32,7 @@ from citrus.train.data import IGNORE, Collator
 from citrus.train.export import unwrapped
 
 log = logging.getLogger(__name__)
+ROLLOUT_LOG = "rollouts.jsonl"  # step (the one it trains), prompt id, completion, rewards
 
 
 def tokenize_prompt(record: dict, tokenizer: Any, room: int, truncation: str) -> dict:
@@ -57,10 +60,12 @@ def batch_seed(seed: int, index: int) -> int:
 
 
 class Rollouts:
-    """A step's rollouts: sample, score, batch. Built once per training run."""
+    """A step's rollouts: sample, score, batch. Built once per training run; every completion
+    of rank 0, with its rewards and advantage, is appended to <run>/rollouts.jsonl."""
 
-    def __init__(self, training: Any):
+    def __init__(self, training: Any, out_dir: Path):
         cfg = training.cfg
+        self.log = out_dir / ROLLOUT_LOG
         self.training, self.algo = training, cfg.algorithm
         self.collate = Collator(training.tokenizer.pad_token_id)
         self.engine, self.sync = rollout_engine(training)
@@ -116,6 +121,13 @@ class Rollouts:
             completion_example(e["prompt_ids"], ids, masked=algo.mask_truncated and c.truncated)
             for (e, ids), c in zip(flat, completions)
         ]
+        if fabric.is_global_zero:  # what the policy wrote and how it scored, for review
+            append_jsonl(self.log, [
+                {"step": step + 1, "id": e["id"], "completion": c.text, "tokens": c.tokens,
+                 "truncated": c.truncated, **{k: v[i] for k, v in scored.items()},
+                 "advantage": float(advantages[i])}
+                for i, ((e, _), c) in enumerate(zip(flat, completions))
+            ])  # fmt: skip
         batches, start = [], 0
         for examples in micro:
             n = len(examples) * g

@@ -11,8 +11,9 @@ run directory ends up with:
                                with trainer.resume=auto (this run dir) or =<checkpoint or run dir>
     model/                     the final model, tokenizer and config (save_pretrained, LoRA merged):
                                load it with `model.path=<run_dir>` or serve it with vLLM
-    train_log.jsonl            every logged step (loss, lr, grad norm, tokens/s, preference metrics)
-                               and every validation (<prefix>val/loss, val/<task>/accuracy)
+    train_log.jsonl            every logged step (loss, lr, grad norm, tokens/s, preference metrics,
+                               rollout rewards) and every validation (<prefix>val/loss, ...)
+    rollouts.jsonl             online objectives (grpo): every completion rank 0 sampled, scored
     metrics.json               final loss, throughput, time
 """
 
@@ -145,7 +146,7 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
     if training.objective.needs_reference(cfg.algorithm):
         training.reference = build_reference(cfg, model, fabric)
     if training.objective.data_format == "prompt":
-        training.rollouts = Rollouts(training)
+        training.rollouts = Rollouts(training, out_dir)
     # the same initial weights everywhere (above), then each process its own dropout draws
     fabric.seed_everything(cfg.seed + fabric.global_rank, verbose=False)
     # losses: each step's, checkpointed, so a resumed run reports the first and final loss of the
