@@ -36,11 +36,12 @@ def test_every_pipeline_preset_runs_under_debug_smoke(preset, tmp_path):
     result = run_cli("pipeline", f"experiment={preset}", "debug=smoke", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    stages = ["base", *(["sft1", "sft2"]), "preference"]
+    last = "rl" if (tmp_path / "rl").is_dir() else "preference"  # quickstart_rl: sft -> rl
+    stages = ["base", *(["sft1", "sft2"]), last]
     assert all(f"{s}/mean_accuracy" in metrics for s in stages), sorted(metrics)
     # each stage's outputs are in run.json, and the next stage started from them
     outputs = json.loads((tmp_path / "run.json").read_text())["outputs"]
-    assert Path(outputs["sft2/model"]).is_dir() and Path(outputs["preference/model"]).is_dir()
+    assert Path(outputs["sft2/model"]).is_dir() and Path(outputs[f"{last}/model"]).is_dir()
     sft2 = yaml.safe_load((tmp_path / "sft2" / "model" / "citrus_config.yaml").read_text())
     assert sft2["model"]["path"] == outputs["sft1/model"]
 

@@ -421,8 +421,9 @@ def test_pipeline_runs_grpo_after_sft(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli(
         "pipeline", *SMOKE, "pipeline.stages=[sft,rl]", "pipeline.rl.reward=letter_format",
-        "pipeline.rl.data_params={quickstart: {n_train: 16}}",
-        "pipeline.rl.algorithm_params={max_new_tokens: 12, num_generations: 2}",
+        "+pipeline.rl.data_params.quickstart={n_train: 16}",
+        "+pipeline.rl.algorithm_params.max_new_tokens=64",  # letter_format's length_cache
+        "+pipeline.rl.algorithm_params.num_generations=2",
         "+pipeline.rl.trainer={max_steps: 2, micro_batch_size: 2, lr: 1.0e-5}",
         f"hydra.run.dir={run_dir}",
     )  # fmt: skip
@@ -433,8 +434,8 @@ def test_pipeline_runs_grpo_after_sft(tmp_path):
     assert metrics["rl/steps"] == 2 and "rl/mean_accuracy" in metrics
     assert {"rl/rewards/letter", "rl/rewards/format", "rl/rewards/length"} <= metrics.keys()
     rows = [json.loads(x) for x in (run_dir / "rl" / "train_log.jsonl").read_text().splitlines()]
-    assert rows[0]["rl/completions/max_length"] <= 12
-    assert "after GRPO" in result.stdout
+    assert rows[0]["rl/completions/max_length"] <= 64
+    assert "after GRPO" in result.stdout + result.stderr  # its column in the table
     card = (run_dir / "rl" / "model" / "README.md").read_text()
     assert "grpo" in card and str(run_dir / "sft" / "model") in card
     assert "letter_format" in card  # the reward it was trained on

@@ -216,9 +216,13 @@ BAD = [
         "a multiple of it",
     ),  # fmt: skip
     (["algorithm=grpo", *GRPO, "data.val_ratio=0.1"], "no validation loss"),
-    (["algorithm=grpo", *GRPO, "reward.weights={exact: 1.0}"], "components from"),
-    (["algorithm=grpo", *GRPO, "engine=replay"], "cannot sample rollouts"),
+    (["algorithm=grpo", *GRPO, "+reward.weights.exact=1.0"], "components from"),
+    (["algorithm=grpo", *GRPO, "engine=openai"], "cannot sample rollouts"),
     (["algorithm=grpo", *GRPO, "data.max_length=200"], "leave no room for"),
+    (
+        ["algorithm=grpo", *GRPO, "reward=letter_format", "algorithm.max_new_tokens=32"],
+        "reward.length_cache=64",
+    ),  # fmt: skip
 ]
 
 

@@ -33,10 +33,15 @@ class HFEngine:
         self._setup(engine_cfg, load_model(model_cfg).to(device).eval(), tokenizer, device)
 
     @classmethod
-    def around(cls, engine_cfg: Any, model: Any, tokenizer: Any, device: Any) -> HFEngine:
-        """An engine over a model already in memory: the one being trained (validation)."""
+    def around(
+        cls, engine_cfg: Any, model: Any, tokenizer: Any, device: Any, synced_gpus: bool = False
+    ) -> HFEngine:
+        """An engine over a model already in memory: the one being trained (validation, GRPO's
+        rollouts). synced_gpus: an FSDP2-sharded model, whose every forward is a collective, so
+        each process keeps generating until all are done."""
         engine = cls.__new__(cls)
         engine._setup(engine_cfg, model, tokenizer, device)
+        engine.synced_gpus = synced_gpus
         return engine
 
     def _setup(self, engine_cfg: Any, model: Any, tokenizer: Any, device: Any) -> None:
@@ -50,6 +55,7 @@ class HFEngine:
             {i for i in [*declared, self.tokenizer.eos_token_id] if i is not None}
         )
         self.stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self.synced_gpus = False
 
     def render(self, conversation: Conversation) -> str:
         return self.tokenizer.apply_chat_template(
@@ -119,8 +125,7 @@ class HFEngine:
     def sample_ids(self, prompts: list[list[int]], n: int, seed: int) -> list[list[list[int]]]:
         """n sampled completions per prompt, as token ids up to and with the first stop token,
         from the full distribution at the engine's temperature (top_k off, top_p as set). The
-        global RNG is left as it was: the samples follow from `seed` alone. Under FSDP2
-        (`synced`) generation runs on until every process is done."""
+        global RNG is left as it was: the samples follow from `seed` alone."""
         was_training = self.model.training
         self.model.eval()
         out: list[list[list[int]]] = []
@@ -154,7 +159,7 @@ class HFEngine:
             num_return_sequences=n,
             eos_token_id=self.eos_ids,
             pad_token_id=pad,
-            synced_gpus=getattr(self, "synced", False),
+            synced_gpus=self.synced_gpus,
         )
         stops = set(self.eos_ids)
         completions = []

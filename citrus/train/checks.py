@@ -103,3 +103,8 @@ def check_online(cfg: Any) -> None:
             "trainer.val_benchmark=true (accuracy on the benchmark group)"
         )
     check_rewards(cfg.reward)
+    if "length" in cfg.reward.weights and not 0 < cfg.reward.length_cache <= a.max_new_tokens:
+        raise ConfigError(
+            f"reward.length_cache={cfg.reward.length_cache}: in (0, algorithm.max_new_tokens="
+            f"{a.max_new_tokens}] (reward={cfg.reward.name})"
+        )

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from citrus.data.schema import append_jsonl
-from citrus.engines import Sampling, WeightSync, build_engine, typed
+from citrus.engines import Sampling, WeightSync, build_engine, engine_class, typed
 from citrus.errors import ConfigError, DataError
 from citrus.train import losses, rewards
 from citrus.train.data import IGNORE, Collator
@@ -214,50 +214,39 @@ def stop_ids(training: Any) -> list[int]:
 
 
 def policy_weights(training: Any):
-    """The policy's full weights by name, as a vLLM model loads them (LoRA merged; FSDP2
-    shards gathered)."""
-    from citrus.train.export import gather_full_state
-
-    cfg = training.cfg
-    if cfg.trainer.strategy == "fsdp2":
-        state = gather_full_state(training.model, cfg.model.dtype)
-    else:
-        model = unwrapped(training.model)
-        if cfg.adapter.name != "none":
-            raise ConfigError("engine=vllm rollouts with adapter=lora: use engine=hf")
-        state = model.state_dict()
-    return state.items()
+    """The policy's full weights by name, as a vLLM model loads them (one process, no adapter:
+    rollout_engine refuses the rest)."""
+    return unwrapped(training.model).state_dict().items()
 
 
 def rollout_engine(training: Any) -> tuple[Sampling, WeightSync | None]:
     """The engine that samples the rollouts, and the one whose weights follow the policy's
     (None: it samples from the policy itself)."""
-    cfg, algo = training.cfg, training.cfg.algorithm
-    settings = {"temperature": algo.temperature, "top_p": algo.top_p,
-                "max_new_tokens": algo.max_new_tokens, "seed": cfg.seed}  # fmt: skip
-    engine_cfg = cfg.engine
-    if engine_cfg is None:
-        raise ConfigError("algorithm=grpo samples through engine=: set engine=hf or engine=vllm")
     from omegaconf import OmegaConf
 
-    merged = OmegaConf.merge(engine_cfg, settings)
-    if merged.name == "hf":
-        from citrus.engines.hf import HFEngine
+    from citrus.engines.hf import HFEngine
 
-        fabric = training.fabric
-        engine = HFEngine.around(typed(merged), unwrapped(training.model), training.tokenizer,
-                                 fabric.device)  # fmt: skip
-        engine.synced = cfg.trainer.strategy == "fsdp2" and fabric.world_size > 1
-        engine.eos_ids = stop_ids(training)
+    cfg, algo, fabric = training.cfg, training.cfg.algorithm, training.fabric
+    if cfg.engine is None:
+        raise ConfigError("algorithm=grpo samples through engine=: set engine=hf or engine=vllm")
+    settings = {"temperature": algo.temperature, "top_p": algo.top_p,
+                "max_new_tokens": algo.max_new_tokens, "seed": cfg.seed}  # fmt: skip
+    merged = OmegaConf.merge(cfg.engine, settings)
+    cls = engine_class(merged)
+    if issubclass(cls, HFEngine):  # the policy samples itself
+        synced = cfg.trainer.strategy == "fsdp2" and fabric.world_size > 1
+        engine = cls.around(typed(merged, cls=cls), unwrapped(training.model),
+                            training.tokenizer, fabric.device, synced_gpus=synced)  # fmt: skip
         return engine, None
-    engine = build_engine(merged, cfg.model)
-    if not isinstance(engine, Sampling) or not isinstance(engine, WeightSync):
+    if not (hasattr(cls, "sample_ids") and hasattr(cls, "load_weights")):
         raise ConfigError(
             f"engine={merged.name} cannot sample rollouts from the policy being trained (it "
-            "neither samples token ids nor loads new weights): use engine=hf or engine=vllm"
+            "does not sample token ids and load new weights): use engine=hf or engine=vllm"
         )
-    if training.fabric.world_size > 1:
+    if fabric.world_size > 1 or cfg.adapter.name != "none":
         raise ConfigError(
-            "engine=vllm rollouts run in one process for now; with several processes use engine=hf"
+            f"engine={merged.name} rollouts run in one process on full weights for now; with "
+            "several processes or adapter=lora use engine=hf"
         )
+    engine = build_engine(merged, cfg.model)
     return engine, engine

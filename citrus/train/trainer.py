@@ -90,7 +90,7 @@ class FitStats:
     losses: list[float] = field(default_factory=list)  # each step's loss
     tokens: int = 0  # real tokens seen by this process
     padded: int = 0  # tokens including padding
-    logged: dict[str, float] = field(default_factory=dict)  # the last logged step's metrics
+    logged: dict[str, float] = field(default_factory=dict)  # each metric's last logged value
     validated: dict[str, float] = field(default_factory=dict)  # the last validation's
     steps: int = 0
     elapsed: float = 0.0
@@ -185,7 +185,8 @@ def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> FitStats:
             if task is not None:
                 bar.update(task, advance=1, info=f"loss {sums['loss']:.3f}")
             if step % t.log_every == 0 or step == steps:
-                stats.logged = log_step(training, step, sums, stats, out_dir, run, prefix)
+                # each key's latest value (a GRPO step reusing its rollout logs no reward)
+                stats.logged.update(log_step(training, step, sums, stats, out_dir, run, prefix))
             if validating(training, step):
                 stats.validated = log_validation(training, step, out_dir, run, prefix)
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < steps:
