@@ -16,7 +16,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import REPO, SMOKE, compose_config, run_cli
 from omegaconf import OmegaConf
 
@@ -313,13 +312,13 @@ def test_likelihood_scoring_through_vllm_agrees_with_transformers(tmp_path, cont
 
 def test_colocated_vllm_samples_token_ids_and_takes_the_policys_weights(answering_policy):
     """GRPO's engine=vllm: token ids sampled reproducibly by seed, ending at the stop token; and
-    after load_weights (the trained policy's tensors by name) vLLM generates what transformers
-    generates with those weights, greedy, token for token."""
+    after load_weights (the trained policy's tensors by name) vLLM scores continuations as
+    transformers does with those weights."""
     from safetensors.torch import load_file
 
     from citrus.data import quickstart
     from citrus.engines import build_engine
-    from citrus.models import load_model, load_tokenizer
+    from citrus.models import load_tokenizer
 
     cfg = compose_config("train", ["engine=vllm", *VLLM_CPU, "engine.max_new_tokens=12"])
     tokenizer = load_tokenizer(cfg.model)
@@ -335,17 +334,19 @@ def test_colocated_vllm_samples_token_ids_and_takes_the_policys_weights(answerin
     assert [len(g) for g in a] == [3, 3, 3] and all(1 <= len(c) <= 12 for g in a for c in g)
     del sampling
 
-    greedy = build_engine(cfg.engine, cfg.model)  # the untrained tiny Llama
-    before = greedy.sample_ids(prompts, 1, seed=0)
-    greedy.load_weights(load_file(answering_policy / "model.safetensors").items())
-    after = greedy.sample_ids(prompts, 1, seed=0)
-    policy = load_model(OmegaConf.merge(cfg.model, {"path": str(answering_policy)}))
-    expected = []
-    for p in prompts:
-        out = policy.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False,
-                              eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-        expected.append([out[0, len(p) :].tolist()])
-    assert after == expected and after != before
+    # after load_weights, vLLM scores continuations as transformers does with those weights
+    served = build_engine(cfg.engine, cfg.model)  # the untrained tiny Llama
+    choices = [[" A", " B", " C", " D", "<think>"]] * len(texts)
+    before = served.loglikelihoods(texts, choices)
+    served.load_weights(load_file(answering_policy / "model.safetensors").items())
+    after = served.loglikelihoods(texts, choices)
+    trained = OmegaConf.merge(cfg.model, {"path": str(answering_policy)})
+    expected = build_engine(compose_config("train", ["engine=hf"]).engine, trained).loglikelihoods(
+        texts, choices
+    )
+    flat = lambda scores: [x for row in scores for x in row]  # noqa: E731
+    assert flat(after) == pytest.approx(flat(expected), abs=1e-3)
+    assert flat(before) != pytest.approx(flat(expected), abs=0.1)
 
 
 def test_grpo_trains_with_colocated_vllm_rollouts(answering_policy, tmp_path):

@@ -45,6 +45,8 @@ class VLLMEngine:
             gpu_memory_utilization=engine_cfg.gpu_memory_utilization,
             seed=engine_cfg.seed,
             trust_remote_code=model_cfg.trust_remote_code,
+            # load_weights' method in every worker process (RL rollouts from a trained policy)
+            worker_extension_cls=f"{__name__}.PolicyWeights",
         )
         self.stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
@@ -112,9 +114,18 @@ class VLLMEngine:
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         """The policy's weights into the model vLLM serves (colocated RL), then its prefix cache
-        dropped: cached prompts were computed with the old weights."""
-        weights = [(name, tensor.detach().cpu()) for name, tensor in weights]
-        self.llm.collective_rpc(_load_weights, args=(weights,))
+        dropped: cached prompts were computed with the old weights. They travel through a
+        safetensors file in a temporary directory (a copy on disk per step: fine for the models
+        one process trains; a 70B policy wants NCCL broadcast, not built yet)."""
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        # through a file the worker processes read: vLLM's RPC does not carry tensors in args
+        with tempfile.TemporaryDirectory(prefix="citrus-policy-") as tmp:
+            path = f"{tmp}/policy.safetensors"
+            save_file({n: t.detach().cpu().contiguous().clone() for n, t in weights}, path)
+            self.llm.collective_rpc("citrus_load_weights", args=(path,))
         self.llm.reset_prefix_cache()
 
     def loglikelihoods(
@@ -174,9 +185,17 @@ class VLLMEngine:
         return scores
 
 
-def _load_weights(worker: Any, weights: list[tuple[str, Any]]) -> None:
-    """Runs in each vLLM worker: load full tensors by name (vLLM shards them itself)."""
-    worker.model_runner.model.load_weights(weights=weights)
+class PolicyWeights:
+    """Mixed into vLLM's worker class (worker_extension_cls): what collective_rpc calls by name,
+    with the tensors vLLM's own serializer carries to each worker process."""
+
+    def citrus_load_weights(self, path: str) -> None:
+        """Full tensors by name (a safetensors file) into this worker's model, through vLLM's
+        in-place reload: it shards them, and redoes what loading does after (the CPU build
+        repacks linear weights, leaving a plain load_weights nothing to write into)."""
+        from safetensors.torch import load_file
+
+        self.reload_weights(weights_iterator=iter(load_file(path).items()))
 
 
 def next_token_scores(out: Any, ids: list[int]) -> list[float]:
