@@ -9,12 +9,11 @@ stage: cluster.train's nodes, one task per GPU, Fabric reading SLURM's ranks), `
 (evaluations and sampling: one node with the GPUs vLLM's tensor parallelism wants) and `data`
 (prepare, label, synthesize: CPU, or an API behind the roles). Each job runs the same
 `citrus pipeline` command into the same run directory with `pipeline.until=<its last stage>`:
-the stage log
-(stages.jsonl) makes it skip every finished stage and run its own, so a failed job is resubmitted
-by running the command again, and a preempted one (submitit's checkpoint/requeue) resumes from
-its newest checkpoint. `cluster.dry_run=true` writes the sbatch scripts with their dependency
-chain (submitit's own) into <run dir>/slurm/ without submitting anything; `pipeline.submit=local`
-runs the jobs one after another through submitit's local executor.
+the stage log (stages.jsonl) makes it skip every finished stage and run its own, so a failed job
+is resubmitted by running the command again, and a preempted one (submitit's checkpoint/requeue)
+resumes from its newest checkpoint. `cluster.dry_run=true` writes the sbatch scripts with their
+dependency chain (submitit's own) into <run dir>/slurm/ without submitting anything;
+`pipeline.submit=local` runs the jobs one after another through submitit's local executor.
 """
 
 from __future__ import annotations

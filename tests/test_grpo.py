@@ -178,6 +178,8 @@ def test_group_advantages_worked_example():
     std = 0.5  # sample std of [1, 0, 0, 0]: sqrt((0.5625 + 3 x 0.0625) / 3)
     assert a[:4].tolist() == pytest.approx([0.75 / (std + 1e-4)] + [-0.25 / (std + 1e-4)] * 3)
     assert a[4:].tolist() == [0.0] * 4  # a solved group teaches nothing
+    alike = torch.full((6,), 1.2)  # 1.2 x 6 / 6 is not 1.2 in float32: still exactly 0
+    assert losses.group_advantages(alike, 6).tolist() == [0.0] * 6
     assert losses.group_advantages(r, 4, "none").tolist() == pytest.approx(
         [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0]
     )

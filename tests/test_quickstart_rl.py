@@ -12,11 +12,11 @@ import time
 import pytest
 from conftest import run_cli
 
-MINUTES = 20  # the README's bound for the whole preset on 2 cores
+MINUTES = 20  # the bound the README states for the whole preset on 2 cores
 
 
 @pytest.mark.long
-def test_grpo_lifts_accuracy_beyond_the_sft_interval(tmp_path):
+def test_quickstart_rl_rewards_rise_and_accuracy_holds(tmp_path):
     started = time.perf_counter()
     result = run_cli(
         "pipeline", "experiment=quickstart_rl", "logger=none", f"hydra.run.dir={tmp_path}",

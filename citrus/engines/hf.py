@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
 
 from citrus.config import EngineConfig
 from citrus.engines import Conversation, OnBatch
@@ -148,17 +149,17 @@ class HFEngine:
         for row, p in enumerate(prompts):  # left padding: every prompt ends where sampling starts
             ids[row, width - len(p) :] = torch.tensor(p)
             mask[row, width - len(p) :] = 1
+        # a fresh config, not the checkpoint's: its repetition penalty or min_p would sample
+        # from another distribution than the one the loss scores
+        sampling = GenerationConfig(
+            do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0,
+            max_new_tokens=self.cfg.max_new_tokens, num_return_sequences=n,
+            eos_token_id=self.eos_ids, pad_token_id=pad,
+        )  # fmt: skip
         out = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
-            max_new_tokens=self.cfg.max_new_tokens,
-            do_sample=True,
-            temperature=self.cfg.temperature,
-            top_p=self.cfg.top_p,
-            top_k=0,
-            num_return_sequences=n,
-            eos_token_id=self.eos_ids,
-            pad_token_id=pad,
+            generation_config=sampling,
             synced_gpus=self.synced_gpus,
         )
         stops = set(self.eos_ids)

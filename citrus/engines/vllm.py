@@ -86,7 +86,8 @@ class VLLMEngine:
 
     def sample_ids(self, prompts: list[list[int]], n: int, seed: int) -> list[list[list[int]]]:
         """n sampled completions per prompt as token ids (vLLM's, the stop token included), at
-        the engine's temperature and top_p with top_k off; each prompt seeded from `seed`."""
+        the engine's temperature and top_p with top_k off. vLLM seeds a request's j-th sample
+        with its seed + j, so prompt i gets seed + i x n: no two samples share a stream."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -97,7 +98,7 @@ class VLLMEngine:
                 top_p=self.cfg.top_p,
                 top_k=0,
                 max_tokens=self.cfg.max_new_tokens,
-                seed=seed + i,
+                seed=seed + i * n,
             )  # fmt: skip
             for i in range(len(prompts))
         ]

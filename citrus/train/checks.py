@@ -22,11 +22,12 @@ def check_config(cfg: Any) -> None:
         )
     if t.packing and objective.data_format != "sft":
         raise ConfigError(
-            f"trainer.packing=true: only sft packs examples; {a.name} scores whole pairs"
+            f"trainer.packing=true: only sft packs examples; {a.name} scores whole replies"
         )
     if a.reference and not objective.needs_reference(a):
         raise ConfigError(
-            f"algorithm.reference is set, but loss {a.loss!r} uses no reference model"
+            f"algorithm.reference is set, but loss {a.loss!r} uses no reference model here "
+            "(grpo: only with algorithm.beta > 0)"
         )
     if t.precision not in PARAM_DTYPES:
         raise ConfigError(f"trainer.precision={t.precision!r}: one of {list(PARAM_DTYPES)}")
@@ -86,8 +87,23 @@ def check_online(cfg: Any) -> None:
             f"algorithm.num_generations={a.num_generations}: a group needs 2 or more completions "
             "to have an advantage"
         )
-    if a.temperature <= 0 or a.max_new_tokens < 1:
-        raise ConfigError("algorithm.temperature must be > 0 and max_new_tokens >= 1 (sampling)")
+    if a.temperature <= 0 or a.max_new_tokens < 1 or not 0 < a.top_p <= 1:
+        raise ConfigError(
+            "algorithm: sampling needs temperature > 0, max_new_tokens >= 1, top_p in (0, 1]"
+        )
+    if not 0 <= a.epsilon < 1 or (a.epsilon_high is not None and a.epsilon_high < 0) or a.beta < 0:
+        raise ConfigError("algorithm: epsilon in [0, 1), epsilon_high >= 0 and beta >= 0")
+    if cfg.data.truncation == "right":
+        raise ConfigError(
+            "data.truncation=right would cut a prompt's end, where its completion starts: "
+            "use left (or error)"
+        )
+    room = (cfg.data.max_length or cfg.model.max_length) - a.max_new_tokens
+    if room < 1:
+        raise ConfigError(
+            f"algorithm.max_new_tokens={a.max_new_tokens} leaves no room for a prompt in the "
+            "record limit (data.max_length, else model.max_length)"
+        )
     if a.loss_type not in ("grpo", "dapo", "dr_grpo"):
         raise ConfigError(f"algorithm.loss_type={a.loss_type!r}: one of grpo, dapo, dr_grpo")
     if a.scale_rewards not in ("group", "batch", "none"):

@@ -253,7 +253,7 @@ def build_dataset(cfg: Any, tokenizer: Any, run: Any) -> TrainData:
 
         room = max_length - cfg.algorithm.max_new_tokens
         prompts = [tokenize_prompt(r, tokenizer, room, data.truncation) for r in records]
-        return TrainData(prompts, list, 0)
+        return TrainData(prompts, list, sum(1 for p in prompts if p.get("truncated")))
     if data.format == "preference":
         tokenize = lambda r: tokenize_pair(  # noqa: E731
             r, tokenizer, max_length, data.truncation, data.max_prompt_length
@@ -304,9 +304,11 @@ def micro_batches(
         epoch, offset = epoch + 1, 0
 
 
-def total_steps(t: Any, n_examples: int, world: int = 1) -> int:
-    """Optimizer steps of the run: max_steps, or max_epochs over the data if that comes first."""
-    steps_per_epoch = max(1, n_examples // (t.micro_batch_size * t.grad_accum_steps * world))
+def total_steps(t: Any, n_examples: int, world: int = 1, repeats: int = 1) -> int:
+    """Optimizer steps of the run: max_steps, or max_epochs over the data if that comes first;
+    `repeats` steps per batch (GRPO's num_iterations)."""
+    batches = max(1, n_examples // (t.micro_batch_size * t.grad_accum_steps * world))
+    steps_per_epoch = batches * repeats
     limits = [t.max_steps] if t.max_steps > 0 else []
     if t.max_epochs:
         limits.append(steps_per_epoch * t.max_epochs)

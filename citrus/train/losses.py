@@ -98,11 +98,13 @@ def apo_zero(chosen: torch.Tensor, rejected: torch.Tensor, algo: Any) -> torch.T
 
 def group_advantages(rewards: torch.Tensor, group: int, scale: str = "group") -> torch.Tensor:
     """GRPO's advantages (Shao et al. 2024, eq. 3 of DeepSeekMath): each reward minus its group's
-    mean, divided by the group's std (scale "group"), the whole batch's ("batch", Liu et al.
-    2025 keep it unbiased) or not at all ("none"); + 1e-4 against a zero std, as TRL. Rows of a
-    group are consecutive; the std is the unbiased one, as torch.std (and TRL)."""
+    mean, divided by the group's std (scale "group"), the whole batch's ("batch": this
+    process's step) or not at all ("none", Dr. GRPO); + 1e-4 against a zero std, as TRL. Rows of
+    a group are consecutive; the std is the unbiased one, as torch.std (and TRL)."""
     grouped = rewards.view(-1, group)
-    centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+    alike = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)
+    # a group that scored alike has no signal: exactly 0, not the mean's rounding error
+    centred = (grouped - grouped.mean(dim=1, keepdim=True)).masked_fill(alike, 0.0).view(-1)
     if scale == "none":
         return centred
     if scale == "group":

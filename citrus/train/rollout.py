@@ -49,7 +49,8 @@ def tokenize_prompt(record: dict, tokenizer: Any, room: int, truncation: str) ->
                 f"algorithm.max_new_tokens within the record limit ({room} left for the prompt); "
                 "raise model.max_length / data.max_length, or set data.truncation=left"
             )
-        ids = ids[-room:] if truncation == "left" else ids[:room]
+        cut = ids[-room:] if truncation == "left" else ids[:room]
+        return {"id": record.get("id", "?"), "prompt_ids": cut, "record": record, "truncated": True}
     return {"id": record.get("id", "?"), "prompt_ids": ids, "record": record}
 
 
@@ -69,14 +70,13 @@ class Rollouts:
         self.training, self.algo = training, cfg.algorithm
         self.collate = Collator(training.tokenizer.pad_token_id)
         self.engine, self.sync = rollout_engine(training)
-        rewards.check_rewards(cfg.reward)
         roles = None
         if "judge" in cfg.reward.weights:
             from citrus.synthesis.common import RoleEngines
 
             roles = RoleEngines(cfg)
         self.ctx = rewards.RewardContext(cfg.reward, self.algo.max_new_tokens, roles)
-        self.cached: tuple[int, list[dict], dict] | None = None  # num_iterations > 1: reused
+        self.cached: tuple[int, list[dict]] | None = None  # num_iterations > 1: reused
 
     def window(self, step: int, micro: list[list[dict]]) -> tuple[list[dict], dict[str, float]]:
         """The micro-batches of optimizer step `step` (from 0), from the prompts of each
@@ -87,8 +87,13 @@ class Rollouts:
             return self.cached[1], {}
         batches, metrics = self.sample(step, micro)
         if mu > 1:
-            self.cached = (step // mu, batches, metrics)
+            self.cached = (step // mu, batches)
         return batches, metrics
+
+    def reuses(self, step: int) -> bool:
+        """Whether step `step` trains on an earlier step's rollout (num_iterations > 1): it
+        takes no prompts of its own."""
+        return step % self.algo.num_iterations != 0
 
     def sample(self, step: int, micro: list[list[dict]]) -> tuple[list[dict], dict[str, float]]:
         training, algo, g = self.training, self.algo, self.algo.num_generations
@@ -149,13 +154,13 @@ class Rollouts:
 
 
 def completion_batch(rows: list[dict], advantages: torch.Tensor, algo: Any, collate: Any) -> dict:
-    """A micro-batch of completions. Without a KL term and on-policy, a completion whose
-    advantage is 0 adds nothing to the loss or its gradient (whole groups that all scored alike):
-    it is counted (`sequences`, `completion_tokens`: the loss's denominators) but not run, unless
+    """A micro-batch of completions. Without a KL term, a completion whose advantage is 0 adds
+    nothing to the loss or its gradient, whatever its ratio (whole groups that scored alike): it
+    is counted (`sequences`, `completion_tokens`: the loss's denominators) but not run, unless
     nothing else is left."""
     tokens = sum(sum(t != IGNORE for t in r["labels"]) for r in rows)
     counted = {"sequences": len(rows), "completion_tokens": tokens}
-    if algo.beta == 0.0 and algo.num_iterations == 1:
+    if algo.beta == 0.0:
         keep = [i for i, a in enumerate(advantages.tolist()) if a != 0.0] or [0]
         rows, advantages = [rows[i] for i in keep], advantages[keep]
     batch = collate(rows)
@@ -180,7 +185,7 @@ def rollout_metrics(
         "reward_std": float(reward.std()) if reward.numel() > 1 else 0.0,
         **{f"rewards/{k}": sum(v) / len(v) for k, v in scored.items() if k != "reward"},
         # groups whose completions all scored alike teach nothing (zero advantage)
-        "groups/zero_std": float((reward.std(dim=1) == 0).float().mean()) if g > 1 else 1.0,
+        "groups/zero_std": float((reward.amax(dim=1) == reward.amin(dim=1)).float().mean()),
     }
     passed = correct(scored)
     if passed is not None:

@@ -126,7 +126,7 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
     tokenizer = load_tokenizer(cfg.model)
     data = build_dataset(cfg, tokenizer, run)
     dataset, collate, truncated = data.examples, data.collate, data.truncated
-    steps = total_steps(t, len(dataset), fabric.world_size)
+    steps = total_steps(t, len(dataset), fabric.world_size, repeats(cfg))
     warmup = int(t.warmup_ratio * steps)
 
     base, model = build_policy(cfg)
@@ -167,7 +167,8 @@ def fit(training: Training, out_dir: Path, run: Any, prefix: str) -> FitStats:
         "process(es) (%s)", cfg.algorithm.name, cfg.model.name, len(training.dataset), step,
         steps, t.grad_accum_steps, t.micro_batch_size, fabric.world_size, fabric.device,
     )  # fmt: skip
-    first = step * t.grad_accum_steps
+    # GRPO with num_iterations mu: one step in mu draws prompts, the others reuse its rollout
+    first = (step // repeats(cfg)) * t.grad_accum_steps
     rank, world = fabric.global_rank, fabric.world_size
     batches = micro_batches(len(training.dataset), t, cfg.seed, world, rank, first)
     training.model.train()
@@ -200,7 +201,10 @@ def train_step(training: Training, batches: Any, stats: FitStats, step: int) -> 
     metrics, summed over micro-batches and processes."""
     fabric, model, t = training.fabric, training.model, training.cfg.trainer
     objective = training.objective
-    examples = [[training.dataset[i] for i in next(batches)] for _ in range(t.grad_accum_steps)]
+    reused = training.rollouts is not None and training.rollouts.reuses(step)
+    examples = [] if reused else [
+        [training.dataset[i] for i in next(batches)] for _ in range(t.grad_accum_steps)
+    ]  # fmt: skip
     sums: dict[str, float] = {}
     if training.rollouts is not None:  # online: this step's completions, sampled now
         window, rolled = training.rollouts.window(step, examples)
@@ -237,6 +241,11 @@ def train_step(training: Training, batches: Any, stats: FitStats, step: int) -> 
     training.optimizer.zero_grad(set_to_none=True)
     training.scheduler.step()
     return sums
+
+
+def repeats(cfg: Any) -> int:
+    """Optimizer steps per batch of prompts: GRPO's num_iterations, else 1."""
+    return cfg.algorithm.num_iterations if cfg.data.format == "prompt" else 1
 
 
 def validating(training: Training, step: int) -> bool:
