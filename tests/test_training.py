@@ -218,7 +218,8 @@ BAD = [
     (["algorithm=grpo", *GRPO, "data.val_ratio=0.1"], "no validation loss"),
     (["algorithm=grpo", *GRPO, "+reward.weights.exact=1.0"], "components from"),
     (["algorithm=grpo", *GRPO, "engine=openai"], "cannot sample rollouts"),
-    (["algorithm=grpo", *GRPO, "data.max_length=200"], "leave no room for"),
+    (["algorithm=grpo", *GRPO, "data.max_length=200"], "leaves no room for a prompt"),
+    (["algorithm=grpo", *GRPO, "data.max_length=300"], "tokens leave no room for"),
     (
         ["algorithm=grpo", *GRPO, "reward=letter_format", "algorithm.max_new_tokens=32"],
         "reward.length_cache=64",
