@@ -25,6 +25,15 @@ class HFSettings(EngineConfig):
     add_bos_token: bool | None = None
 
 
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's end-of-turn and every eos the checkpoint declares (Llama-3.1 instruct
+    lists <|end_of_text|>, <|eom_id|> and <|eot_id|>): where a generation stops."""
+    config = getattr(model, "generation_config", None)
+    declared = config.eos_token_id if config is not None else None
+    declared = declared if isinstance(declared, list) else [declared]
+    return sorted({i for i in [*declared, tokenizer.eos_token_id] if i is not None})
+
+
 class HFEngine:
     Settings = HFSettings
 
@@ -48,13 +57,7 @@ class HFEngine:
     def _setup(self, engine_cfg: Any, model: Any, tokenizer: Any, device: Any) -> None:
         self.cfg, self.model, self.tokenizer, self.device = engine_cfg, model, tokenizer, device
         self.max_length = getattr(self.model.config, "max_position_embeddings", None)
-        # Stop at the tokenizer's end-of-turn and at every eos the checkpoint declares
-        # (Llama-3.1 instruct lists <|end_of_text|>, <|eom_id|> and <|eot_id|>).
-        declared = self.model.generation_config.eos_token_id
-        declared = declared if isinstance(declared, list) else [declared]
-        self.eos_ids = sorted(
-            {i for i in [*declared, self.tokenizer.eos_token_id] if i is not None}
-        )
+        self.eos_ids = stop_ids(model, tokenizer)
         self.stats = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
         self.synced_gpus = False
 

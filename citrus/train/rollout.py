@@ -28,6 +28,7 @@ import torch
 
 from citrus.data.schema import append_jsonl
 from citrus.engines import Sampling, WeightSync, build_engine, engine_class, typed
+from citrus.engines.hf import stop_ids
 from citrus.errors import ConfigError, DataError
 from citrus.train import losses, rewards
 from citrus.train.data import IGNORE, Collator
@@ -110,7 +111,7 @@ class Rollouts:
             seed = batch_seed(training.cfg.seed, index)
             sampled += self.engine.sample_ids([e["prompt_ids"] for e in examples], g, seed)
         seconds = time.perf_counter() - started
-        stops = set(stop_ids(training))
+        stops = set(stop_ids(unwrapped(training.model), training.tokenizer))
         flat = [(e, ids) for e, group in zip(prompts, sampled) for ids in group]
         completions = [
             rewards.Completion(
@@ -211,13 +212,6 @@ def correct(scored: dict[str, list[float]]) -> torch.Tensor | None:
     if "judge" in scored:
         return torch.tensor(scored["judge"]) >= 0.5
     return None
-
-
-def stop_ids(training: Any) -> list[int]:
-    tokenizer, config = training.tokenizer, unwrapped(training.model).generation_config
-    declared = config.eos_token_id if config is not None else None
-    declared = declared if isinstance(declared, list) else [declared]
-    return sorted({i for i in [*declared, tokenizer.eos_token_id] if i is not None})
 
 
 def policy_weights(training: Any):
