@@ -16,6 +16,32 @@ from citrus.config import CONF_DIR, register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The suite sets the environment it needs: a user's shell (a cluster's, often) may carry any of
+# these, and each would change what the tests exercise (an offline hub, a real W&B project, a GPU).
+for _var in (
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT", "HF_TOKEN",
+    "WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR",
+    "CUDA_VISIBLE_DEVICES", "OPENAI_API_KEY", "OPENAI_BASE_URL", "VLLM_API_KEY",
+    "CITRUS_CACHE", "ATEN_CPU_CAPABILITY",
+):  # fmt: skip
+    os.environ.pop(_var, None)
+if "huggingface_hub" in sys.modules:  # imported before this file (a plugin): constants are read
+    sys.modules["huggingface_hub"].constants.HF_HUB_OFFLINE = False
+
+# The benchmark files (../shared/benchmarks, or $CITRUS_BENCHMARKS). Absent, their tests skip on
+# a developer's machine; in CI (CI=true) the run stops at once: a missing data root is a failure.
+BENCHMARKS = Path(os.environ.get("CITRUS_BENCHMARKS", REPO.parent / "shared" / "benchmarks"))
+ROOT = BENCHMARKS / "citrus-repo"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true")
+needs_files = pytest.mark.skipif(
+    not ROOT.is_dir(), reason=f"benchmark files not found at {ROOT} (set CITRUS_BENCHMARKS)"
+)
+
+
+def pytest_sessionstart(session) -> None:
+    if IN_CI and not ROOT.is_dir():
+        pytest.exit(f"CI=true and no benchmark files at {ROOT} (set CITRUS_BENCHMARKS)", 1)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory) -> Path:

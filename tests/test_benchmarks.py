@@ -12,18 +12,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose_config
+from conftest import ROOT, compose_config, needs_files
 
 from citrus.data.benchmarks import load_task
 from citrus.data.schema import DataError
 from citrus.record import md5sum
-
-ROOT = Path(
-    os.environ.get("CITRUS_BENCHMARKS", REPO.parent / "shared" / "benchmarks" / "citrus-repo")
-)
-needs_files = pytest.mark.skipif(
-    not ROOT.is_dir(), reason=f"benchmark files not found at {ROOT} (set CITRUS_BENCHMARKS)"
-)
 
 # verified record counts (../shared/benchmarks/SOURCES.md) and option counts
 COUNTS = {

@@ -1,5 +1,6 @@
-"""GRPO: the loss against TRL's GRPOTrainer on the same model, batch, log-probs and advantages;
-advantages, the k3 KL and the rewards on worked cases; the rollout's token ids and batches."""
+"""GRPO: the loss against TRL's GRPOTrainer on the same model, rollout and rewards, each side
+padding, scoring and normalizing them its own way; advantages, the k3 KL and the rewards on
+worked cases; the rollout's token ids and batches."""
 
 from __future__ import annotations
 
@@ -31,36 +32,37 @@ def tiny():
     return cfg, load_tokenizer(cfg.model)
 
 
-def rollout_batch(tokenizer, seed=0):
-    """Two prompts of the same length (TRL left-pads prompts, citrus right-pads whole rows: with
-    no prompt padding the two layouts agree), G completions each of varied lengths, the last
-    token an end-of-turn where the completion stopped."""
+PROMPT_LENGTHS = (17, 29)  # unequal: TRL left-pads the shorter prompt, citrus right-pads rows
+
+
+def rollout_batch(tokenizer, max_new, seed=0):
+    """Two prompts of different lengths, G completions each of varied lengths up to max_new, the
+    last token an end-of-turn where the completion stopped."""
     g = torch.Generator().manual_seed(seed)
     vocab, eos = tokenizer.vocab_size, tokenizer.eos_token_id
-    prompts = [torch.randint(5, vocab, (23,), generator=g).tolist() for _ in range(2)]
+    prompts = [torch.randint(5, vocab, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
     completions = []
     for i in range(2 * G):
-        n = int(torch.randint(3, 17, (1,), generator=g))
+        n = int(torch.randint(3, max_new, (1,), generator=g))
         ids = torch.randint(5, vocab, (n,), generator=g).tolist()
         completions.append(ids + [eos] if i % 3 else ids)  # every third one truncated
     return prompts, completions
 
 
-def trl_inputs(prompts, completions, pad):
-    width = max(len(c) for c in completions)
-    prompt_ids = torch.tensor([p for p in prompts for _ in range(G)])
-    completion_ids = torch.full((len(completions), width), pad)
-    completion_mask = torch.zeros((len(completions), width), dtype=torch.long)
-    for i, c in enumerate(completions):
-        completion_ids[i, : len(c)] = torch.tensor(c)
-        completion_mask[i, : len(c)] = 1
-    return {
-        "prompt_ids": prompt_ids,
-        "prompt_mask": torch.ones_like(prompt_ids),
-        "completion_ids": completion_ids,
-        "completion_mask": completion_mask,
-        "num_items_in_batch": completion_mask.sum(),
-    }
+def trl_rollout(prompts, completions):
+    """A TRL rollout_func that 'samples' these completions: TRL then pads the prompts (left) and
+    the completions (right), scores the old policy and the reference, and turns the rewards into
+    advantages itself. Each example's prompt text is its prompt's index."""
+
+    def rollout(texts, trainer):
+        ids = [prompts[int(t)] for t in texts]
+        return {"prompt_ids": ids, "completion_ids": completions, "logprobs": None}
+
+    return rollout
+
+
+def given_reward(completions, reward, **kwargs):  # the example's "reward" column
+    return reward
 
 
 def citrus_batch(prompts, completions, pad, advantages, temperature, drop):
@@ -72,9 +74,26 @@ def citrus_batch(prompts, completions, pad, advantages, temperature, drop):
     return completion_batch(rows, advantages, algo, Collator(pad))
 
 
-def completion_logps(logps, prompt_len, width):
-    """citrus's (rows, T - 1) next-token log-probs at TRL's completion positions."""
-    return logps[:, prompt_len - 1 : prompt_len - 1 + width]
+def completion_logps(logps, prompts, completions):
+    """citrus's (rows, T - 1) next-token log-probs laid out as TRL's (rows, longest completion),
+    0 past each completion as TRL's: row i's completion starts after its own prompt."""
+    out = torch.zeros(len(completions), max(map(len, completions)))
+    for i, c in enumerate(completions):
+        start = len(prompts[i // G]) - 1  # the log-prob of token t sits at t - 1
+        out[i, : len(c)] = logps[i, start : start + len(c)]
+    return out
+
+
+def same_logps(ours, trl, prompts, completions):
+    """Each side's log-probs of the same tokens on its own layout agree, to float32 rounding: the
+    left-padded rows sit at shifted positions in TRL's layout (no position ids), and RoPE sees
+    only relative ones (measured: under 2e-6)."""
+    diff = (completion_logps(ours, prompts, completions) - trl).abs().max()
+    assert diff < 1e-5, diff
+
+
+def masked_mean(x, mask):
+    return float((x * mask).sum() / mask.sum())
 
 
 def moved(model, scale, seed):
@@ -98,66 +117,86 @@ CASES = [  # loss_type, beta, temperature, old policy moved by, epsilon_high, KL
 
 @pytest.mark.parametrize("loss_type,beta,temperature,old_scale,eps_high,corrected", CASES)
 def test_grpo_loss_matches_trl(
-    tiny, tmp_path, loss_type, beta, temperature, old_scale, eps_high, corrected
+    tiny, tmp_path, monkeypatch, loss_type, beta, temperature, old_scale, eps_high, corrected
 ):
-    """The loss and its gradient equal TRL GRPOTrainer._compute_loss's on the same batch, with
-    the same old-policy and reference log-probs and advantages: per sequence (grpo), per token
-    (dapo), Dr. GRPO's constant; with and without the k3 KL; ratios away from 1, so the clip
+    """The loss and its gradient equal TRL GRPOTrainer._compute_loss's on the same rollout, each
+    side laying it out (TRL left-pads prompts, citrus right-pads rows), scoring the old policy and
+    the reference, and turning the rewards into advantages its own way: per sequence (grpo), per
+    token (dapo), Dr. GRPO's constant; with and without the k3 KL; ratios away from 1, so the clip
     acts; at a sampling temperature other than 1."""
     from trl import GRPOConfig, GRPOTrainer
 
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL
     cfg, tokenizer = tiny
     max_new = 16
     torch.manual_seed(0)
     policy = load_model(cfg.model).to(torch.float32)
     theirs = copy.deepcopy(policy)
+    prompts, completions = rollout_batch(tokenizer, max_new)
     args = GRPOConfig(
         output_dir=str(tmp_path), per_device_train_batch_size=2 * G, num_generations=G,
         max_completion_length=max_new, beta=beta, loss_type=loss_type, epsilon=0.2,
         epsilon_high=eps_high, temperature=temperature, use_bias_correction_kl=corrected,
+        # TRL scores the old policy only when it reuses a rollout (num_iterations > 1)
+        num_iterations=2 if old_scale else 1,
         report_to=[], use_cpu=True, bf16=False,  # TRL's default bf16 autocasts on CPU too
     )  # fmt: skip
     trainer = GRPOTrainer(
         model=theirs,
-        reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+        reward_funcs=[given_reward],
         args=args,
-        train_dataset=Dataset.from_dict({"prompt": ["a", "b"]}),
+        train_dataset=Dataset.from_dict({"prompt": ["0", "1"]}),
         processing_class=tokenizer,
+        rollout_func=trl_rollout(prompts, completions),
     )
     trainer.current_gradient_accumulation_steps = 1
-    pad = tokenizer.pad_token_id
-    prompts, completions = rollout_batch(tokenizer)
+    mode = "train" if theirs.training else "eval"
+
     drawn = torch.randn(2 * G, generator=torch.Generator().manual_seed(1))
     dropping = beta == 0.0 and not old_scale
     if dropping:  # a solved group (zero advantages): the rollout leaves it out of the batch
         drawn[G:] = 1.0
+    reference = moved(policy, 0.03, seed=2)
+    old_policy = moved(policy, old_scale, seed=3) if old_scale else policy
+
+    # TRL: its rollout step, run while the policy still has the old weights (it scores the old
+    # policy with its own model), then the loss after the "update" back to the policy's weights
+    if beta:
+        trainer.ref_model.load_state_dict(reference.state_dict())
+    theirs.load_state_dict(old_policy.state_dict())
+    examples = [{"prompt": str(i // G), "reward": float(r)} for i, r in enumerate(drawn)]
+    inputs = trainer._generate_and_score_completions(examples)
+    theirs.load_state_dict(policy.state_dict())
+    pad_left = PROMPT_LENGTHS[1] - PROMPT_LENGTHS[0]
+    assert inputs["prompt_mask"][:G, :pad_left].sum() == 0  # the short prompt is left-padded
+    assert inputs["prompt_mask"][:G, pad_left:].all() and inputs["prompt_mask"][G:].all()
+    assert ("old_per_token_logps" in inputs) == bool(old_scale)
+    trl_loss = trainer._compute_loss(theirs, inputs)
+    logged = trainer._metrics[mode]
+
+    # citrus: its rollout's batch, advantages and log-probs
     advantages = losses.group_advantages(drawn, G)
+    assert torch.allclose(inputs["advantages"], advantages, atol=1e-6)
+    pad = tokenizer.pad_token_id
     batch = citrus_batch(prompts, completions, pad, advantages, temperature, dropping)
     assert batch["input_ids"].shape[0] == (G if dropping else 2 * G)
-    inputs = {**trl_inputs(prompts, completions, pad), "advantages": advantages}
-    width, plen = inputs["completion_ids"].shape[1], len(prompts[0])
-
     algo = OmegaConf.merge(
         cfg.algorithm,
         {"loss_type": loss_type, "beta": beta, "temperature": temperature,
          "max_new_tokens": max_new, "epsilon_high": eps_high, "kl_ratio_correction": corrected},
     )  # fmt: skip
-    reference = moved(policy, 0.03, seed=2)
     ref_scorer = lambda b: forward(reference, b)  # noqa: E731
+    scorer = lambda b: forward(policy, b, chunk_size=CHUNK)  # noqa: E731
     with torch.no_grad():
         if old_scale:
-            old = forward(moved(policy, old_scale, seed=3), batch)
-            batch["old_logps"] = old
-            inputs["old_per_token_logps"] = completion_logps(old, plen, width)
+            batch["old_logps"] = forward(old_policy, batch)
+            same_logps(batch["old_logps"], inputs["old_per_token_logps"], prompts, completions)
         if beta:
-            inputs["ref_per_token_logps"] = completion_logps(ref_scorer(batch), plen, width)
-
+            same_logps(ref_scorer(batch), inputs["ref_per_token_logps"], prompts, completions)
     objective = OBJECTIVES["grpo"]
-    scorer = lambda b: forward(policy, b, chunk_size=CHUNK)  # noqa: E731
     loss, metrics = objective(scorer, batch, objective.counts([batch]), algo, ref_scorer)
-    trl_loss = trainer._compute_loss(theirs, inputs)
+
     assert loss.item() == pytest.approx(trl_loss.item(), abs=TOL)
-    logged = trainer._metrics["train" if theirs.training else "eval"]
     loss.backward()
     trl_loss.backward()
     for (name, p), q in zip(policy.named_parameters(), theirs.parameters()):
@@ -167,8 +206,15 @@ def test_grpo_loss_matches_trl(
         assert metrics["clip_ratio"] == pytest.approx(
             logged["clip_ratio/region_mean"][-1], abs=1e-6
         )
-    if beta and not (corrected and old_scale):  # TRL logs the corrected KL times the ratio
-        assert metrics["kl"] == pytest.approx(logged["kl"][-1], rel=1e-5)
+    if beta:  # citrus logs the k3 KL; TRL logs the one in its loss: times the ratio if corrected
+        with torch.no_grad():
+            logps = scorer(batch)
+            kl = losses.k3_kl(logps, ref_scorer(batch))
+            ratio = torch.exp(logps - batch.get("old_logps", logps))
+        mask = batch["labels"][:, 1:] != IGNORE
+        assert metrics["kl"] == pytest.approx(masked_mean(kl, mask), rel=1e-6)
+        in_loss = kl * ratio if corrected else kl
+        assert logged["kl"][-1] == pytest.approx(masked_mean(in_loss, mask), rel=1e-5)
 
 
 def test_group_advantages_worked_example():

@@ -8,8 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import compose_config, run_cli
-from test_benchmarks import ROOT, needs_files
+from conftest import ROOT, compose_config, needs_files, run_cli
 
 from citrus.data.benchmarks import load_task
 from citrus.data.layouts import hub_file, to_mc_question, to_preference_record, to_sft_record

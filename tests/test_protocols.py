@@ -5,13 +5,11 @@ and the report that puts them side by side."""
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 from chat_server import ChatServer
-from conftest import REPO, SMOKE, compose_config, run_cli
+from conftest import REPO, ROOT, SMOKE, compose_config, needs_files, run_cli
 
 from citrus.data import quickstart
 from citrus.data.benchmarks import load_task
@@ -20,10 +18,6 @@ from citrus.evaluate.evaluator import prediction_row, with_variant
 from citrus.evaluate.extractors import EXTRACTORS
 from citrus.prompts import build_messages
 
-ROOT = Path(
-    os.environ.get("CITRUS_BENCHMARKS", REPO.parent / "shared" / "benchmarks" / "citrus-repo")
-)
-needs_files = pytest.mark.skipif(not ROOT.is_dir(), reason=f"benchmark files not found at {ROOT}")
 PROTOCOLS = sorted(p.stem for p in (REPO / "conf" / "protocol").glob("*.yaml"))
 SOURCES = {
     "default": "citrus/config/groups.py",

@@ -5,13 +5,12 @@ likelihood scores are held against lm-evaluation-harness's HF backend on real Me
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_config
+from conftest import ROOT, compose_config
 
 from citrus.data.benchmarks import load_task
 from citrus.engines.hf import HFEngine
@@ -20,9 +19,6 @@ from citrus.models import load_tokenizer, resolve_path
 from citrus.models.packaged import STAMP, file_md5, gguf_file
 from citrus.prompts import build_text
 
-ROOT = Path(
-    os.environ.get("CITRUS_BENCHMARKS", REPO.parent / "shared" / "benchmarks" / "citrus-repo")
-)
 SMOL = "model=smollm2-135m-instruct"
 
 

@@ -50,4 +50,3 @@ def test_the_citrus_journey_runs_on_smollm2_with_real_data(tmp_path):
     assert metrics["sample/done"] == 8
     cpo_rows = log_rows(tmp_path / "preference")
     assert cpo_rows[-1]["step"] == 6 and "preference/rewards/accuracies" in cpo_rows[-1]
-    assert elapsed < 30 * 60, f"the journey took {elapsed:.0f} s"

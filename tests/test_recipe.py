@@ -10,8 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from chat_server import ChatServer
-from conftest import REPO, compose_config
-from test_benchmarks import ROOT
+from conftest import REPO, ROOT, compose_config
 from test_synthesis import LIMIT, ScriptedClinician, job, lines, over_http
 
 from citrus.data.layouts import read_questions, to_preference_record

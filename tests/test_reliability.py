@@ -285,7 +285,7 @@ def test_a_flaky_api_at_30_percent_faults_loses_no_question(tiny_server_engine, 
     assert sorted(prediction_ids(tmp_path / "run")) == sorted(
         q.id for q in quickstart.generate("test", n)
     )
-    assert metrics["mean_accuracy"] >= 0.0 and server.seen["ok"] == n
+    assert server.seen["ok"] == n and "mean_accuracy" in metrics
     assert server.injected() >= 4 and len({t for t in server.seen if t != "ok"}) >= 3, server.seen
     print(
         f"flaky API: {server.injected()} faults injected {dict(server.seen)}, {n} questions, 0 lost"

@@ -14,9 +14,8 @@ import re
 
 import pytest
 from chat_server import ChatServer
-from conftest import compose_config
+from conftest import ROOT, compose_config, needs_files
 from datasets import load_dataset
-from test_benchmarks import ROOT
 
 from citrus.data import quickstart
 from citrus.data.benchmarks import load_task
@@ -340,9 +339,8 @@ def test_the_tiny_model_plays_every_role(name, log, tmp_path):
     assert all(v == 0 for k, v in again.items() if k.endswith("/requests"))
 
 
+@needs_files
 def test_decontamination_flags_copied_benchmark_questions(tmp_path):
-    if not ROOT.is_dir():
-        pytest.skip(f"benchmark files not found at {ROOT} (set CITRUS_BENCHMARKS)")
     medqa = compose_config("evaluate", ["benchmark=medqa", f"benchmark.data_root={ROOT}"])
     leaked = load_task(
         "medqa", medqa.benchmark.tasks.medqa, medqa.benchmark, medqa.paths.data_dir

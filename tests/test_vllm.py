@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SMOKE, compose_config, run_cli
+from conftest import ROOT, SMOKE, compose_config, needs_files, run_cli
 from omegaconf import OmegaConf
 
 from citrus.jobs import execute
@@ -27,12 +27,8 @@ pytest.importorskip(
 )
 from citrus.engines.vllm import VLLMEngine  # noqa: E402  (after the skip)
 
-BENCHMARKS = Path(
-    os.environ.get("CITRUS_BENCHMARKS", REPO.parent / "shared" / "benchmarks" / "citrus-repo")
-)
-needs_benchmarks = pytest.mark.skipif(
-    not BENCHMARKS.is_dir(), reason=f"benchmark files not found at {BENCHMARKS}"
-)
+BENCHMARKS = ROOT
+needs_benchmarks = needs_files
 EVAL = [*SMOKE, "benchmark.tasks.quickstart.limit=8", "engine.max_new_tokens=16"]
 VLLM_CPU = [
     "engine.gpu_memory_utilization=0.3",

