@@ -2,7 +2,7 @@
 HF_ENDPOINT names).
 
     citrus push hub.run=outputs/pipeline/<date>/<time> hub.repo_id=me/citrus-quickstart
-    citrus download model=llama3-70b-instruct        # once per node, before the training job
+    citrus download model=llama-3.1-70b-instruct    # once per node, before the training job
 
 push uploads a run's newest export (or hub.stage's) with its model card; download fetches a hub
 model's files into the hub cache every loader reads (HF_HOME / HF_HUB_CACHE; on a cluster, a

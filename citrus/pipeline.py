@@ -6,12 +6,12 @@
 
 pipeline.stages picks and orders the stages (label, synthesize, sft, sample, preference, rl). Each
 stage writes what its own job would (labeled.jsonl, pathways.jsonl, model/, samples.jsonl,
-pairs.jsonl, ...) and hands its output to the next: labeled questions are what synthesize works
-on, synthesized traces join the first SFT data, each SFT stage of pipeline.sft_data starts from
-the previous one's export (Citrus S1 -> S2 -> S3), the last export is the policy that `sample`
-asks, its pairs train the preference stage, which starts from that export; the rl stage
-(GRPO on pipeline.rl's prompts, sampling from the policy as it trains) starts from the last
-export before it.
+pairs.jsonl, ...) and hands its output to the next: labeled questions are what synthesize works on,
+synthesized traces join the SFT data of stage `pipeline.synthesized_stage` (the last by default),
+each SFT stage of pipeline.sft_data starts from the previous one's export (Citrus S1 -> S2 -> S3),
+the last export is the policy that `sample` asks, its pairs train the preference stage, which starts
+from that export; the rl stage (GRPO on pipeline.rl's prompts, sampling from the policy as it
+trains) starts from the last export before it.
 """
 
 from __future__ import annotations

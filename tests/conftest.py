@@ -28,10 +28,12 @@ for _var in (
 if "huggingface_hub" in sys.modules:  # imported before this file (a plugin): constants are read
     sys.modules["huggingface_hub"].constants.HF_HUB_OFFLINE = False
 
-# The benchmark files (../shared/benchmarks, or $CITRUS_BENCHMARKS). Absent, their tests skip on
-# a developer's machine; in CI (CI=true) the run stops at once: a missing data root is a failure.
-BENCHMARKS = Path(os.environ.get("CITRUS_BENCHMARKS", REPO.parent / "shared" / "benchmarks"))
-ROOT = BENCHMARKS / "citrus-repo"
+# The benchmark files ($CITRUS_BENCHMARKS, else ../shared/benchmarks/citrus-repo, as the presets
+# read them). Absent, their tests skip on a developer's machine; in CI (CI=true) the run stops at
+# once: a missing data root is a failure.
+ROOT = Path(
+    os.environ.get("CITRUS_BENCHMARKS", REPO.parent / "shared" / "benchmarks" / "citrus-repo")
+)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true")
 needs_files = pytest.mark.skipif(
     not ROOT.is_dir(), reason=f"benchmark files not found at {ROOT} (set CITRUS_BENCHMARKS)"

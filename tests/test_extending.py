@@ -1,4 +1,4 @@
-"""The two worked examples of the README's "Extending citrus" section, each end to end: a
+"""The two worked examples of docs/extending.md, each end to end: a
 preference loss added as one function + one registry line + one YAML (APO-zero), and an engine
 added as one module + one YAML (replay)."""
 

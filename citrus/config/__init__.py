@@ -4,7 +4,7 @@ Where each default lives (one place each):
 - a node with a config group (model, data, algorithm, trainer, engine, ...): the group's YAML
   options in conf/ hold the values; the dataclasses in groups.py hold the shape;
 - a node without a group (pipeline, serve, chat, report, synthesis, paths): its dataclass in
-  jobs.py holds the defaults, and conf/config.yaml does not repeat them.
+  nodes.py holds the defaults, and conf/config.yaml does not repeat them.
 
 Because the root config starts from `citrus_schema`, every composed config is a structured
 config: a misspelled key (`trainer.max_stepz=5`) or a wrong type (`trainer.max_steps=ten`) fails at
