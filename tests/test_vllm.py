@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, SMOKE, compose_config, needs_files, run_cli
 from omegaconf import OmegaConf
 
@@ -41,6 +42,39 @@ def predictions(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
 
 
+TIE = 1e-3  # logits this close are a tie that float32 kernels may break either way
+
+
+def unexplained_differences(model_dir: str, rows: list[dict], reference: dict[str, str]) -> dict:
+    """The replies that differ from transformers' greedy ones for any cause but a near-tie.
+
+    Two greedy decoders on one model part only where two tokens' logits tie within float32
+    noise (other kernels, batch padding). For each differing reply: the first token where they
+    part, and under transformers, unpadded, the gap between the two tokens chosen there (the end
+    of the reply where one of them stopped). A gap over TIE is a real difference."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    found = {}
+    for row in rows:
+        ours, theirs = row["response"], reference[row["id"]]
+        if ours == theirs:
+            continue
+        a, b = (tok(t, add_special_tokens=False).input_ids for t in (ours, theirs))
+        k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        ids = tok(prompt, add_special_tokens=False).input_ids + a[:k]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1]
+        x, y = (t[k] if k < len(t) else tok.eos_token_id for t in (a, b))
+        gap = abs(float(logits[x] - logits[y]))
+        if gap > TIE:
+            parted = f"{tok.decode([x])!r} vs {tok.decode([y])!r}"
+            found[row["id"]] = f"token {k}: {parted}, logit gap {gap:.2e}"
+    return found
+
+
 @pytest.fixture(scope="module")
 def hf_reference(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("hf")
@@ -56,8 +90,8 @@ def test_offline_vllm_engine_matches_transformers_greedy(hf_reference, tmp_path)
     rows = predictions(tmp_path)
     assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in hf_reference)
     by_id = {r["id"]: r["response"] for r in hf_reference}
-    same = sum(r["response"] == by_id[r["id"]] for r in rows)
-    assert same >= 6, f"only {same}/8 greedy replies agree between vLLM and transformers"
+    model_dir = resolve_path(compose_config("evaluate", EVAL).model)
+    assert not unexplained_differences(model_dir, rows, by_id)  # 8/8 equal, or parted at a tie
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["sampling"]["name"] == "vllm" and metrics["tasks"]["quickstart"]["n"] == 8
 
@@ -120,7 +154,7 @@ def test_openai_engine_against_a_real_vllm_server(hf_reference, tmp_path):
         server.wait(timeout=60)
     rows = predictions(tmp_path / "run")
     by_id = {r["id"]: r["response"] for r in hf_reference}
-    assert len(rows) == 8 and sum(r["response"] == by_id[r["id"]] for r in rows) >= 6
+    assert len(rows) == 8 and not unexplained_differences(model_dir, rows, by_id)
     deadline = time.time() + 60  # the engine-core workers exit a few seconds after the API server
     while leftovers := subprocess.run(
         ["pgrep", "-g", str(server.pid)], capture_output=True, text=True
@@ -206,6 +240,25 @@ def test_citrus_serve_requires_its_key_answers_chat_and_stops_cleanly(tmp_path):
         finally:
             del os.environ["CITRUS_SERVE_API_KEY"]
         assert isinstance(reply, str) and reply
+        # `citrus chat` streams from the real server what a plain request returns, greedy
+        chat = [
+            *SMOKE,
+            "engine=openai",
+            f"engine.base_url={info['base_url']}",
+            f"engine.served_model={info['served_model']}",
+            "engine.api_key_env=CITRUS_SERVE_API_KEY",
+            "engine.max_new_tokens=24",
+            "chat.prompt=Fever and flank pain?",
+        ]
+        os.environ["CITRUS_SERVE_API_KEY"] = SERVE_KEY
+        try:
+            done = execute("chat", compose_config("chat", chat), tmp_path / "chat", chat)
+            cfg = compose_config("chat", chat)
+            turn = json.loads((tmp_path / "chat" / "chat.jsonl").read_text())
+            whole = build_engine(cfg.engine, cfg.model).generate([turn["messages"]])[0]
+        finally:
+            del os.environ["CITRUS_SERVE_API_KEY"]
+        assert done.metrics["chat/turns"] == 1 and turn["reply"] == whole and whole
     assert citrus.returncode == 0, citrus.out[-3000:]
     assert (
         f"engine=openai engine.base_url={info['base_url']} engine.served_model=tiny_llama "
@@ -243,6 +296,10 @@ def smol_hf(tmp_path_factory):
     return {r["id"]: r["response"] for r in predictions(run_dir)}
 
 
+def smol_dir() -> str:
+    return resolve_path(compose_config("evaluate", SMOL).model)
+
+
 def agreeing(rows: list[dict], reference: dict[str, str]) -> int:
     assert sorted(r["id"] for r in rows) == sorted(reference)
     return sum(r["response"] == reference[r["id"]] for r in rows)
@@ -261,9 +318,9 @@ def test_a_real_model_through_offline_vllm_matches_transformers(smol_hf, tmp_pat
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    same = agreeing(predictions(tmp_path), smol_hf)
-    print(f"SmolLM2 greedy replies equal to transformers': {same}/8 (offline vLLM)")
-    assert same >= 6, f"only {same}/8 greedy SmolLM2 replies agree between vLLM and transformers"
+    rows = predictions(tmp_path)
+    print(f"SmolLM2 greedy replies equal to transformers': {agreeing(rows, smol_hf)}/8 (vLLM)")
+    assert not unexplained_differences(smol_dir(), rows, smol_hf)
 
 
 @needs_benchmarks
@@ -277,9 +334,9 @@ def test_a_real_model_served_by_citrus_serve_matches_transformers(smol_hf, tmp_p
             f"engine.cache_path={tmp_path / 'cache.jsonl'}",
         ]
         execute("evaluate", compose_config("evaluate", overrides), tmp_path / "run", overrides)
-    same = agreeing(predictions(tmp_path / "run"), smol_hf)
-    print(f"SmolLM2 greedy replies equal to transformers': {same}/8 (citrus serve + openai)")
-    assert same >= 6, f"only {same}/8 greedy SmolLM2 replies agree between the server and hf"
+    rows = predictions(tmp_path / "run")
+    print(f"SmolLM2 greedy replies equal to transformers': {agreeing(rows, smol_hf)}/8 (served)")
+    assert not unexplained_differences(smol_dir(), rows, smol_hf)
 
 
 @needs_benchmarks
