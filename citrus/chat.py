@@ -18,8 +18,8 @@ from rich.live import Live
 from rich.text import Text
 
 from citrus.engines import Streaming, build_engine
-from citrus.jobs import JobResult
 from citrus.prompts import load_prompt
+from citrus.result import JobResult
 from citrus.tracking import console
 
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.S)

@@ -29,7 +29,7 @@ from submitit.slurm.slurm import SlurmExecutor
 
 from citrus.data.schema import whole_records
 from citrus.errors import ConfigError
-from citrus.jobs import JobResult
+from citrus.result import JobResult
 
 log = logging.getLogger(__name__)
 

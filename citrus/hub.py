@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from citrus.errors import CitrusError, ConfigError, MissingFileError
-from citrus.jobs import JobResult
-from citrus.train import card
+from citrus.models import card
+from citrus.result import JobResult
 
 log = logging.getLogger(__name__)
 

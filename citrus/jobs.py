@@ -12,11 +12,11 @@ import importlib
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from citrus.errors import CitrusError, ConfigError, StorageError
+from citrus.result import JobResult, Run
 
 log = logging.getLogger("citrus")
 
@@ -39,25 +39,6 @@ JOBS: dict[str, tuple[str, str]] = {
     "push": ("citrus.hub:push", "upload a run's model with its card: hub.run=... hub.repo_id=..."),
     "download": ("citrus.hub:download", "fetch model='s hub weights into the cache, once per node"),
 }
-
-
-@dataclass
-class JobResult:
-    metrics: dict[str, Any]
-    outputs: dict[str, Path] = field(default_factory=dict)  # e.g. {"model": <run dir>/model}
-    # run.json's; a pipeline handed to cluster jobs: submitted; one stopped at pipeline.until:
-    # paused (the next job resumes it)
-    status: str = "completed"
-
-
-@dataclass
-class Run:
-    """What a job writes to: its directory, its run.json, its tracker."""
-
-    dir: Path
-    record: Any
-    tracker: Any
-    rank: int = 0  # of the processes srun or torchrun started for this job: only 0 records
 
 
 def execute(

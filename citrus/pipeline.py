@@ -32,7 +32,7 @@ from citrus.data import prepare
 from citrus.data.schema import append_jsonl, load_records, whole_records, write_jsonl_atomic
 from citrus.errors import ConfigError, DataError
 from citrus.evaluate.evaluator import evaluate, results_table
-from citrus.jobs import JobResult
+from citrus.result import JobResult
 from citrus.synthesis import label, pathways, sample
 from citrus.tracking import console
 from citrus.train import trainer

@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 
 from citrus.data.schema import whole_records
 from citrus.errors import MissingFileError
-from citrus.jobs import JobResult
+from citrus.result import JobResult
 from citrus.tracking import wandb_report
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ import urllib.request
 from typing import Any
 
 from citrus.errors import ConfigError
-from citrus.jobs import JobResult
 from citrus.models import resolve_path
+from citrus.result import JobResult
 from citrus.tracking import console
 
 log = logging.getLogger(__name__)

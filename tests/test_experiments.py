@@ -155,7 +155,8 @@ def test_optuna_search_returns_the_metric_and_reports(tmp_path):
 
 
 def test_objective_is_nan_for_a_failed_job_and_names_a_missing_metric():
-    from citrus.jobs import JobResult, objective
+    from citrus.jobs import objective
+    from citrus.result import JobResult
 
     result = JobResult({"sft/mean_accuracy": 0.5})
     assert math.isnan(objective(None, "preference/mean_accuracy"))

@@ -17,7 +17,8 @@ from omegaconf import OmegaConf, open_dict
 from citrus.data import quickstart
 from citrus.models import load_model, load_tokenizer
 from citrus.train import losses, rewards
-from citrus.train.data import IGNORE, Collator
+from citrus.train.data import Collator
+from citrus.train.losses import IGNORE
 from citrus.train.objectives import OBJECTIVES, forward
 from citrus.train.rollout import batch_seed, completion_batch, completion_example
 

@@ -14,8 +14,7 @@ import pytest
 from conftest import REPO, SMOKE, compose_config, run_cli
 from hub_server import HubServer
 
-from citrus.models import resolve_path
-from citrus.train import card
+from citrus.models import card, resolve_path
 
 SECRET = "hf_citrus_test_token_do_not_log_8c1f"
 

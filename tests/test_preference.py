@@ -20,8 +20,10 @@ from omegaconf import OmegaConf
 
 from citrus.data import quickstart
 from citrus.models import load_model, load_tokenizer
-from citrus.train.data import IGNORE, PairCollator, tokenize_pair
+from citrus.train.data import PairCollator
+from citrus.train.losses import IGNORE
 from citrus.train.objectives import OBJECTIVES, forward
+from citrus.train.tokenize import tokenize_pair
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 N = 4

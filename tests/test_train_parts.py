@@ -11,10 +11,11 @@ from conftest import compose_config, train_run
 from citrus.data import quickstart
 from citrus.data.schema import DataError
 from citrus.models import load_model, load_tokenizer
-from citrus.train.data import IGNORE, Collator, tokenize_sft
-from citrus.train.losses import next_token_logps, token_nll_sum
+from citrus.train.data import Collator
+from citrus.train.losses import IGNORE, next_token_logps, token_nll_sum
 from citrus.train.objectives import forward
 from citrus.train.schedule import warmup_cosine
+from citrus.train.tokenize import tokenize_sft
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ from conftest import compose_config, exported, log_rows, train_run
 from citrus.data import quickstart
 from citrus.jobs import execute
 from citrus.models import load_model, load_tokenizer
-from citrus.train.data import PackedCollator, pack, tokenize_sft
+from citrus.train.data import PackedCollator, pack
 from citrus.train.losses import token_nll_sum
 from citrus.train.objectives import forward
+from citrus.train.tokenize import tokenize_sft
 
 TINY = (
     "experiment=quickstart",

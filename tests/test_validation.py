@@ -12,7 +12,8 @@ import torch
 from conftest import compose_config, log_rows, run_cli, train_run
 
 from citrus.data.schema import DataError, load_records
-from citrus.train.data import held_out, tokenize_sft
+from citrus.train.data import held_out
+from citrus.train.tokenize import tokenize_sft
 
 BASE = (
     "experiment=quickstart",

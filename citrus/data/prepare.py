@@ -13,7 +13,7 @@ from citrus.data import quickstart
 from citrus.data.benchmarks import load_task
 from citrus.data.layouts import TRAINING_CONVERTERS, hub_file, load_rows
 from citrus.data.schema import DataError, load_records, write_jsonl_atomic
-from citrus.jobs import JobResult
+from citrus.result import JobResult
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from citrus.evaluate.answer_check import check_answers, unread
 from citrus.evaluate.extract import EXTRACTOR_VERSION
 from citrus.evaluate.extractors import EXTRACTORS, LADDER, Extractor
 from citrus.evaluate.metrics import majority_vote, summarize
-from citrus.jobs import JobResult
+from citrus.models import card
 from citrus.prompts import build_messages, build_text
+from citrus.result import JobResult
 from citrus.tracking import console, progress_bar
-from citrus.train import card
 
 log = logging.getLogger(__name__)
 TABLE_COLUMNS = ["task", "id", "gold", "pred", "rule", "response"]  # W&B predictions table

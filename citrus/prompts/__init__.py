@@ -25,9 +25,12 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from citrus.data.schema import MCQuestion
 from citrus.errors import ConfigError, MissingFileError
+
+if TYPE_CHECKING:  # prompts sit below data: the question type is an annotation here
+    from citrus.data.schema import MCQuestion
 
 PROMPT_DIR = Path(__file__).resolve().parent
 # the slots that carry what a prompt is about: the question (all of it, or its parts for prompts

@@ -17,7 +17,7 @@ from typing import Any
 from citrus.data.benchmarks import load_task
 from citrus.data.prepare import training_file
 from citrus.data.schema import load_records, write_jsonl_atomic
-from citrus.jobs import JobResult
+from citrus.result import JobResult
 
 WORD = re.compile(r"[a-z0-9]+")
 

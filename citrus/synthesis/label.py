@@ -20,8 +20,8 @@ from typing import Any
 
 from citrus.data.schema import write_jsonl_atomic
 from citrus.evaluate.extract import extract_answer
-from citrus.jobs import JobResult
 from citrus.prompts import build_messages
+from citrus.result import JobResult
 from citrus.synthesis.common import RoleEngines, run_chunks
 from citrus.synthesis.parsers import parse_open_question
 

@@ -29,8 +29,8 @@ from typing import Any
 from citrus.data.schema import write_jsonl_atomic
 from citrus.errors import ConfigError
 from citrus.evaluate.extract import ANSWER_TAG, extract_answer
-from citrus.jobs import JobResult
 from citrus.prompts import build_messages
+from citrus.result import JobResult
 from citrus.synthesis.common import RoleEngines, gold, open_question, run_chunks
 from citrus.synthesis.parsers import parse_rating, parse_step, parse_verdict, rewrapped
 

@@ -35,8 +35,8 @@ from citrus.data.schema import write_jsonl_atomic
 from citrus.errors import ConfigError
 from citrus.evaluate.answer_check import check_answers
 from citrus.evaluate.evaluator import sampled_row
-from citrus.jobs import JobResult
 from citrus.prompts import build_messages
+from citrus.result import JobResult
 from citrus.synthesis.common import RoleEngines, open_question, run_chunks
 from citrus.synthesis.parsers import parse_pairwise, parse_score, rewrapped, split_reply
 

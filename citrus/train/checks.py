@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from citrus.errors import ConfigError
-from citrus.train.data import TRUNCATION
 from citrus.train.objectives import OBJECTIVES
 from citrus.train.strategy import PARAM_DTYPES, STRATEGIES
+from citrus.train.tokenize import TRUNCATION
 
 
 def check_config(cfg: Any) -> None:

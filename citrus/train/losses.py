@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from citrus.train.data import IGNORE
+IGNORE = -100  # the label value cross-entropy skips (PyTorch's ignore_index)
 
 
 def next_token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

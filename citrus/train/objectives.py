@@ -19,8 +19,8 @@ from typing import Any, Literal, Protocol
 import torch
 
 from citrus.train import losses
-from citrus.train.data import IGNORE
 from citrus.train.head import next_token_logps
+from citrus.train.losses import IGNORE
 
 # batch -> (rows, T - 1) log-probs of each next token, under a model: the policy, or the frozen
 # reference of the losses that have one

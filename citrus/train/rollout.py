@@ -29,32 +29,14 @@ import torch
 from citrus.data.schema import append_jsonl
 from citrus.engines import Sampling, WeightSync, build_engine, engine_class, typed
 from citrus.engines.hf import stop_ids
-from citrus.errors import ConfigError, DataError
+from citrus.errors import ConfigError
 from citrus.train import losses, rewards
-from citrus.train.data import IGNORE, Collator
+from citrus.train.data import Collator
 from citrus.train.export import unwrapped
+from citrus.train.losses import IGNORE
 
 log = logging.getLogger(__name__)
 ROLLOUT_LOG = "rollouts.jsonl"  # step (the one it trains), prompt id, completion, rewards
-
-
-def tokenize_prompt(record: dict, tokenizer: Any, room: int, truncation: str) -> dict:
-    """A prompt record's ids with the generation prompt; at most `room` tokens (the record
-    limit less algorithm.max_new_tokens), else an error or a cut on the `truncation` side."""
-    text = tokenizer.apply_chat_template(
-        record["messages"], tokenize=False, add_generation_prompt=True
-    )
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) > room:
-        if truncation == "error":
-            raise DataError(
-                f"prompt record {record.get('id', '?')!r}: {len(ids)} tokens leave no room for "
-                f"algorithm.max_new_tokens within the record limit ({room} left for the prompt); "
-                "raise model.max_length / data.max_length, or set data.truncation=left"
-            )
-        cut = ids[-room:] if truncation == "left" else ids[:room]
-        return {"id": record.get("id", "?"), "prompt_ids": cut, "record": record, "truncated": True}
-    return {"id": record.get("id", "?"), "prompt_ids": ids, "record": record}
 
 
 def batch_seed(seed: int, index: int) -> int:

@@ -33,10 +33,10 @@ import lightning as L
 import torch
 
 from citrus.data.schema import append_jsonl
-from citrus.jobs import JobResult
-from citrus.models import load_tokenizer
+from citrus.models import card, load_tokenizer
+from citrus.result import JobResult
 from citrus.tracking import progress_bar
-from citrus.train import card, packed_attention
+from citrus.train import packed_attention
 from citrus.train.checkpoint import resume_training, rng_states, save_training
 from citrus.train.checks import check_config
 from citrus.train.data import build_dataset, micro_batches, total_steps
