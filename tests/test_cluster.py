@@ -51,7 +51,7 @@ def srun_env(rank: int, ntasks: int, port: int) -> dict[str, str]:
     }
 
 
-@pytest.mark.slow  # two processes through three trainings' worth of stages: ~1.5 min
+@pytest.mark.long  # two processes through three trainings' worth of stages: ~1.5 min
 def test_two_srun_tasks_make_one_record_one_wandb_run_and_train_together(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -161,11 +161,11 @@ def test_the_70b_preset_writes_its_sbatch_chain_without_submitting(tmp_path):
         assert job["command"][:2] == ["pipeline", "experiment=citrus_llama70b"]
         assert f"pipeline.until={job['stages'][-1]}" in job["command"]
         assert f"hydra.run.dir={tmp_path.resolve()}" in job["command"]
-        assert "srun" in script and "export NCCL_ASYNC_ERROR_HANDLING=1" in script
+        assert "srun" in script and "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in script
     assert not (tmp_path / "stages.jsonl").exists()  # nothing ran
 
 
-@pytest.mark.slow  # six submitit jobs of a smoke pipeline: ~2 min
+@pytest.mark.long  # six submitit jobs of a smoke pipeline: ~2 min
 def test_the_jobs_run_through_submitits_local_executor_into_one_run(tmp_path):
     args = [*PIPELINE, "trainer=single", "trainer.devices=1", "cluster.train.gpus_per_node=0",
             "cluster.evaluate.gpus_per_node=0"]  # fmt: skip
@@ -185,7 +185,7 @@ def test_the_jobs_run_through_submitits_local_executor_into_one_run(tmp_path):
     assert len(list(tmp_path.glob("wandb/offline-run-*"))) == len(jobs) + 1  # one run id
 
 
-@pytest.mark.slow  # a training job, preempted and requeued: ~1 min
+@pytest.mark.long  # a training job, preempted and requeued: ~1 min
 def test_a_preempted_training_job_is_requeued_and_resumes_from_its_newest_checkpoint(tmp_path):
     """submitit's local executor runs the job as SLURM would; SIGUSR2 to its task is SLURM's
     warning before a preemption or the time limit: StageJob.checkpoint requeues it, and

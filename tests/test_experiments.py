@@ -26,11 +26,11 @@ def records(sweep_dir: Path) -> list[dict]:
 
 
 # citrus_llama70b in the default suite; the others (a minute each at most) in the slow set
-SLOW = pytest.mark.slow
+LONG = pytest.mark.long
 
 
 @pytest.mark.parametrize(
-    "preset", [p if p == "citrus_llama70b" else pytest.param(p, marks=SLOW) for p in PRESETS]
+    "preset", [p if p == "citrus_llama70b" else pytest.param(p, marks=LONG) for p in PRESETS]
 )
 def test_every_pipeline_preset_runs_under_debug_smoke(preset, tmp_path):
     result = run_cli("pipeline", f"experiment={preset}", "debug=smoke", f"hydra.run.dir={tmp_path}")
@@ -71,7 +71,7 @@ def test_eval_matrix_runs_every_cell_and_reports_it(tmp_path):
     )
 
 
-@pytest.mark.slow  # eight pipeline jobs: ~4 min
+@pytest.mark.long  # eight pipeline jobs: ~4 min
 def test_cpo_grid_sweep_survives_failing_jobs_and_reports_them_all(tmp_path):
     # the 2x2 lr x beta grid, twice: with trainer.max_steps=0 the SFT stage refuses to start,
     # so four of the eight jobs fail and the sweep goes on
@@ -121,7 +121,7 @@ def test_cpo_grid_sweep_survives_failing_jobs_and_reports_them_all(tmp_path):
     assert "<h1>grid</h1>" in (tmp_path / "review" / "report.html").read_text()
 
 
-@pytest.mark.slow  # ~2 min
+@pytest.mark.long  # ~2 min
 def test_optuna_search_returns_the_metric_and_reports(tmp_path):
     result = run_cli(
         "pipeline",

@@ -210,7 +210,7 @@ def test_citrus_answer_check_sees_the_answer_text_and_its_reply_is_the_answer(tm
     ]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_sweep_over_protocols_reports_them_side_by_side(tmp_path):
     result = run_cli(
         "evaluate",

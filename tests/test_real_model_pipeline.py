@@ -12,7 +12,7 @@ import pytest
 from conftest import log_rows, run_cli
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_the_citrus_journey_runs_on_smollm2_with_real_data(tmp_path):
     started = time.perf_counter()
     result = run_cli(

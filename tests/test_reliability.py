@@ -136,8 +136,8 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
     "kind",
     [
         "sft",
-        pytest.param("cpo", marks=pytest.mark.slow),
-        pytest.param("lora", marks=pytest.mark.slow),
+        pytest.param("cpo", marks=pytest.mark.long),
+        pytest.param("lora", marks=pytest.mark.long),
     ],
 )  # cpo and lora: ~40-60 s each, in the slow set
 def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights(kind, uninterrupted, tmp_path):
@@ -146,7 +146,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights(kind, unint
     assert_same_run(tmp_path / "run", uninterrupted(kind))
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("seed", range(4))
 def test_repeated_random_kills_of_sft_lose_nothing(seed, uninterrupted, tmp_path):
     rng = random.Random(seed)
@@ -160,7 +160,7 @@ def test_repeated_random_kills_of_sft_lose_nothing(seed, uninterrupted, tmp_path
     assert_same_run(run_dir, uninterrupted("sft"))
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_sigkill_of_two_process_fsdp2_then_resume_gives_the_same_weights(uninterrupted, tmp_path):
     kill_and_resume("fsdp2", random.Random("fsdp2-kill").randint(2, 10), tmp_path / "run")
     assert_same_run(tmp_path / "run", uninterrupted("fsdp2"))

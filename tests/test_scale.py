@@ -135,7 +135,7 @@ def test_lora_dropout_under_ddp_resumes_bit_for_bit(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_two_process_fsdp2_load_holds_no_full_copy_per_process(tmp_path):
     """A ~570 MB float32 model loaded by two FSDP2 processes: each reads only its shards, so
     together they grow by about one copy; loaded whole per process, by two at least."""
@@ -215,7 +215,7 @@ def test_safetensors_rows_read_as_safetensors_loads_them(bf16_model, tmp_path):
     assert len(set(weight_files(tmp_path).values())) > 1  # really sharded
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("loss", sorted(OBJECTIVES))
 def test_every_objective_trains_alike_on_one_two_ddp_and_two_fsdp2_processes(
     tmp_path, loss, request

@@ -76,7 +76,7 @@ def test_held_out_records_leave_training_and_the_loss_is_the_exported_models(tmp
     assert val[2]["train/val/loss"] != val[4]["train/val/loss"]
 
 
-@pytest.mark.slow  # two processes twice: ~30 s
+@pytest.mark.long  # two processes twice: ~30 s
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_two_processes_log_the_loss_one_process_does(tmp_path, strategy):
     # 12 of 44 records held out, in micro-batches of 4: three batches over two ranks, one rank

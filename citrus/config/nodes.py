@@ -181,7 +181,7 @@ class ClusterConfig:
     account: str | None = None
     setup: list[str] = field(  # shell lines run in the allocation before the job
         default_factory=lambda: [
-            "export NCCL_ASYNC_ERROR_HANDLING=1",
+            "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1",
             "export TOKENIZERS_PARALLELISM=false",
         ]
     )
