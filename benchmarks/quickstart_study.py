@@ -53,6 +53,7 @@ def one_run(seed: int, kernel: str, out: Path, overrides: list[str]) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     shutil.rmtree(cache, ignore_errors=True)
     run = {"seed": seed, "kernel": kernel, "seconds": round(seconds, 1), "overrides": overrides}
+    run["commit"] = commit()
     run |= {"base": metrics["base/mean_accuracy"], "sft": metrics["sft/mean_accuracy"]}
     log = run_dir / "preference" / "train_log.jsonl"
     if log.is_file():  # (a study of the SFT stage alone has none)
@@ -129,8 +130,8 @@ def main() -> None:
     runs = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     for kernel in args.kernels:
         for seed in args.seeds:
-            key = (seed, kernel, overrides)
-            if any((r["seed"], r["kernel"], r["overrides"]) == key for r in runs):
+            key = (seed, kernel, overrides, commit())
+            if any((r["seed"], r["kernel"], r["overrides"], r.get("commit")) == key for r in runs):
                 continue
             run = one_run(seed, kernel, args.out, overrides)
             print(json.dumps(run), flush=True)
@@ -138,7 +139,7 @@ def main() -> None:
                 f.write(json.dumps(run) + "\n")
             runs.append(run)
     picked = [r for r in runs if r["seed"] in args.seeds and r["kernel"] in args.kernels
-              and r["overrides"] == overrides]  # fmt: skip
+              and r["overrides"] == overrides and r.get("commit") == commit()]  # fmt: skip
     table = summary(picked)
     print(table)
     if args.write:

@@ -1,7 +1,7 @@
 """What a job returns and what it writes to: the two types every job and stage share.
 
-They live below every layer (see docs/extending.md, "Layers") so that a data, evaluation or
-training job can return a JobResult without importing the job runner that calls it.
+They live below every layer but the core (docs/extending.md, "Layers"), so that a data,
+evaluation or training job returns a JobResult without importing the runner that calls it.
 """
 
 from __future__ import annotations

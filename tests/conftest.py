@@ -18,13 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The suite sets the environment it needs: a user's shell (a cluster's, often) may carry any of
 # these, and each would change what the tests exercise (an offline hub, a real W&B project, a GPU).
-for _var in (
-    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT", "HF_TOKEN",
-    "WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR",
-    "CUDA_VISIBLE_DEVICES", "OPENAI_API_KEY", "OPENAI_BASE_URL", "VLLM_API_KEY",
-    "CITRUS_CACHE", "ATEN_CPU_CAPABILITY",
-):  # fmt: skip
-    os.environ.pop(_var, None)
+_FOREIGN = (
+    "TRANSFORMERS_OFFLINE", "CUDA_VISIBLE_DEVICES", "OPENAI_API_KEY", "OPENAI_BASE_URL",
+    "VLLM_API_KEY", "CITRUS_CACHE", "CITRUS_OUTPUTS", "CITRUS_PROGRESS", "ATEN_CPU_CAPABILITY",
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+)  # fmt: skip
+for _var in list(os.environ):
+    if _var in _FOREIGN or _var.startswith(("HF_", "WANDB_", "SLURM_")):
+        os.environ.pop(_var)
 if "huggingface_hub" in sys.modules:  # imported before this file (a plugin): constants are read
     sys.modules["huggingface_hub"].constants.HF_HUB_OFFLINE = False
 

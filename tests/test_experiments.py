@@ -25,7 +25,7 @@ def records(sweep_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/run.json"))]
 
 
-# citrus_llama70b in the default suite; the others (a minute each at most) in the slow set
+# citrus_llama70b in the default suite; the others (a minute each at most) in the long set
 LONG = pytest.mark.long
 
 

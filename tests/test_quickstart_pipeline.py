@@ -1,7 +1,7 @@
-"""The README's quickstart, end to end (label -> synthesize -> SFT -> sample -> CPO -> evaluate)
-in under 10 minutes: accuracy must rise well above chance after SFT, the preference stage moves
-the reward margin and accuracy on held-out pairs of the policy's own answers while test accuracy
-stays within its interval, and the report shows accuracy after each stage."""
+"""The README's quickstart, end to end (label -> synthesize -> SFT -> sample -> CPO -> evaluate):
+accuracy must rise well above chance after SFT, the preference stage moves the reward margin and
+accuracy on held-out pairs of the policy's own answers while test accuracy stays within its
+interval, and the report shows accuracy after each stage."""
 
 from __future__ import annotations
 

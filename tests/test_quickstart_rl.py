@@ -1,5 +1,5 @@
 """The quickstart_rl preset end to end (SFT -> GRPO on the policy's own samples -> evaluate): a
-preset-scale run, by hand (`pytest -m long tests/test_quickstart_rl.py`), not in CI's slow set.
+preset-scale run, by hand (`pytest -m long tests/test_quickstart_rl.py`), not in CI.
 The rollouts' reward must rise over the RL stage and test accuracy must not fall below the SFT
 model's 95% interval (docs/results.md, "Online RL on the quickstart")."""
 

@@ -18,7 +18,7 @@ def test_the_citrus_journey_runs_on_smollm2_with_real_data(tmp_path):
     result = run_cli(
         "pipeline", "experiment=smollm2_citrus", "logger=none", f"hydra.run.dir={tmp_path}",
         # 8 questions labeled and synthesized instead of the preset's 24: the same journey in
-        # two thirds of the time, for CI's budget (docs/results.md's table is the whole preset's)
+        # two thirds of the time, to keep the by-hand run short (docs/results.md: the whole preset)
         "pipeline.synthesis_limit=8",
         timeout=2400,
     )  # fmt: skip

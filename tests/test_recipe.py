@@ -19,7 +19,7 @@ from citrus.prompts import build_messages
 from citrus.synthesis.parsers import parse_open_question
 from citrus.synthesis.sample import pair_records, pair_stands, pick, rejection
 
-ORIGINAL = ROOT.parent / "citrus-repo"  # the original repository's files (../shared/benchmarks)
+ORIGINAL = ROOT  # the original repository's files (../shared/benchmarks/citrus-repo)
 POOL = ORIGINAL / "origin_files/origin_files_w_data_label/medqa_train_small.jsonl"
 EXAMPLES = ORIGINAL / "model_train/example_data_for_train"
 needs_original = pytest.mark.skipif(not POOL.is_file(), reason=f"no {POOL}")

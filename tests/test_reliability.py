@@ -139,7 +139,7 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
         pytest.param("cpo", marks=pytest.mark.long),
         pytest.param("lora", marks=pytest.mark.long),
     ],
-)  # cpo and lora: ~40-60 s each, in the slow set
+)  # cpo and lora: ~40-60 s each, in the long set
 def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights(kind, uninterrupted, tmp_path):
     step = random.Random(f"{kind}-kill").randint(2, 10)
     kill_and_resume(kind, step, tmp_path / "run")

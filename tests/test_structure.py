@@ -15,7 +15,8 @@ from conftest import REPO
 
 MAX_LINES = 300
 # Modules over MAX_LINES, each at most its size here: the list may only shrink (a split module
-# leaves it; one that grows fails). train/trainer.py has a tighter bound of its own.
+# leaves it; one that grows fails). train/trainer.py's own goal is 250 lines: the loop, not its
+# parts.
 OVERSIZED = {
     "citrus/evaluate/extract.py": 782,
     "citrus/pipeline.py": 401,
@@ -25,7 +26,6 @@ OVERSIZED = {
     "citrus/train/trainer.py": 329,
     "citrus/data/layouts.py": 301,
 }
-TRAINER_GOAL = 250  # train/trainer.py: the loop, not its parts
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,7 @@ def part(module: str) -> str:
 
 def test_the_layers_contract_holds():
     lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert lint, "lint-imports is not installed (the dev extra's import-linter)"
     done = subprocess.run([lint], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
     assert "1 kept, 0 broken" in done.stdout
@@ -108,5 +109,3 @@ def test_no_module_over_its_size():
     assert not over, f"over {MAX_LINES} lines (or over their OVERSIZED bound): {over}"
     split = [p for p in OVERSIZED if sizes.get(p, 0) <= MAX_LINES]
     assert not split, f"{split}: within {MAX_LINES} lines now, so out of OVERSIZED"
-    trainer = sizes["citrus/train/trainer.py"]
-    assert trainer <= max(TRAINER_GOAL, OVERSIZED.get("citrus/train/trainer.py", 0))

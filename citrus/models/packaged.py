@@ -104,6 +104,8 @@ def check_converted(path: Path, source: Any) -> None:
     if not stamp_file.is_file():
         return  # not a conversion (an exported fine-tuned model): used as it is
     stamp = json.loads(stamp_file.read_text())
+    if source.md5 is not None and stamp.get("md5") == source.md5:
+        return  # the pinned file's conversion: no need to fetch the file again to compare
     if stamp.get("md5") != file_md5(gguf_file(source, gguf_cache(path))):
         raise FileExistsError(
             f"{path} was converted from another {source.file} (see {stamp_file}); "
