@@ -64,14 +64,14 @@ def test_reasoning_trace_walks_findings_differential_elimination_answer():
         assert lines[0].startswith("Key findings:")
         assert lines[1] == "Differential:"
         assert lines[2 : 2 + k] == [
-            f"- {text} ({x})" for x, text in q.options.items()
-        ]  # in the question's order, each name before its letter
+            f"{x}. {text}" for x, text in q.options.items()
+        ]  # as the question shows them
         assert lines[2 + k] == "Elimination:"
         for (x, text), verdict in zip(q.options.items(), lines[3 + k : 3 + 2 * k]):
-            assert verdict.startswith(f"- {text} ({x}) ")
+            assert verdict.startswith(f"{x}. {text} ")
             assert ("explains" in verdict) == (x == q.answer)
         assert (
-            lines[-1] == f"Conclusion: {q.answer_text} ({q.answer}) accounts for all the findings."
+            lines[-1] == f"Conclusion: {q.answer}. {q.answer_text} accounts for all the findings."
         )
         for finding in lines[0].removeprefix("Key findings: ").rstrip(".").split("; ")[1:]:
             assert finding in q.question

@@ -61,7 +61,6 @@ TEMPLATES = (
     "Which diagnosis best explains this presentation?",
 )
 DURATIONS = ("6 hours", "1 day", "2 days", "3 days", "1 week", "2 weeks")
-TRACE_VERSION = 2  # in the training files' names: a cache of older traces is not reused
 TEST_BUCKETS = 1  # content hashes fall in 5 buckets; this many go to test (20%)
 
 
@@ -83,27 +82,25 @@ def reasoning_trace(
 ) -> str:
     """Findings -> differential -> elimination -> answer, as a clinician would write it.
 
-    Each option is named before its letter ("acute pericarditis (C)"): a later mention of a
-    disease then ends in its letter by plain copying of what followed that name the first time,
-    which a small model learns early and reliably, where a letter written before its name would
-    have to be looked up."""
+    Options are restated one per line exactly as the question shows them ("C. name"), so each
+    later reference to an option repeats the tokens of the question."""
     lines = [f"Key findings: {patient}; " + "; ".join(shown) + ".", "Differential:"]
-    lines += [f"- {d.name} ({letter})" for letter, d in options.items()]
+    lines += [f"{letter}. {d.name}" for letter, d in options.items()]
     lines.append("Elimination:")
     for letter, d in options.items():
         if letter == answer:
-            lines.append(f"- {d.name} ({letter}) explains {_join(shown)}.")
+            lines.append(f"{letter}. {d.name} explains {_join(shown)}.")
         else:
             # the true disease explains everything; a wrong trace that rejects it has to misread
             # a finding
             unexplained = [f for f in shown if f not in _findings(d)] or shown[-1:]
             typical = [d.symptoms[0], d.signs[0]]
             lines.append(
-                f"- {d.name} ({letter}) would show {_join(typical)}; "
+                f"{letter}. {d.name} would show {_join(typical)}; "
                 f"it does not explain {_join(unexplained[:2])}."
             )
-    lines.append(f"Conclusion: {options[answer].name} ({answer}) accounts for all the findings.")
     winner = f"{answer}. {options[answer].name}"
+    lines.append(f"Conclusion: {winner} accounts for all the findings.")
     return "<think>\n" + "\n".join(lines) + f"\n</think>\n<answer>{winner}</answer>"
 
 
@@ -236,8 +233,7 @@ def write_train_split(
 ) -> Path:
     """The training records (`format` sft, preference or prompt) of the train split as JSONL, reused
     when already generated."""
-    name = f"quickstart-t{TRACE_VERSION}-seed{seed}-n{n}-o{n_options}-{prompt}.{format}.jsonl"
-    path = Path(out_dir) / name
+    path = Path(out_dir) / f"quickstart-seed{seed}-n{n}-o{n_options}-{prompt}.{format}.jsonl"
     if not path.is_file():
         items = generate("train", n, seed, n_options)
         write_jsonl_atomic(path, (RECORD_MAKERS[format](q, prompt) for q in items))
