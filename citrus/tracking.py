@@ -26,6 +26,7 @@ from rich.progress import (
 )
 
 from citrus.errors import ConfigError
+from citrus.plugins import lookup
 from citrus.record import redact
 
 log = logging.getLogger(__name__)
@@ -335,9 +336,8 @@ def open_tracker(
     sweep: dict | None = None,
     resume: str | None = None,
 ) -> Tracker:
-    if logger_cfg.name not in LOGGERS:
-        raise ConfigError(f"logger.name: unknown {logger_cfg.name!r}; one of {sorted(LOGGERS)}")
-    return LOGGERS[logger_cfg.name](logger_cfg, config, run_dir, job, name, sweep, resume)
+    open_logger = lookup(LOGGERS, logger_cfg.name, "logger.name")
+    return open_logger(logger_cfg, config, run_dir, job, name, sweep, resume)
 
 
 def wandb_report(

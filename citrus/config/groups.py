@@ -116,6 +116,7 @@ class DataConfig:
 class AlgorithmConfig:
     name: str = "sft"  # what runs are tagged with (cpo_simpo, simpo, ...)
     # the training loss: a key of citrus.train.objectives.OBJECTIVES (sft, cpo, simpo, dpo, ...)
+    # or your objective's import path, module:attribute (citrus/plugins.py)
     loss: str = "sft"
     completion_only_loss: bool = True  # sft: loss on the assistant's reply only, not the prompt
     beta: float = 0.1
@@ -143,6 +144,7 @@ class AlgorithmConfig:
     # unbiased reverse-KL gradient, on-policy too (the ratio is 1 in value, not in gradient)
     kl_ratio_correction: bool = True
     mask_truncated: bool = False  # completions cut at max_new_tokens get no loss (DAPO)
+    params: dict[str, Any] = field(default_factory=dict)  # your objective's own settings
 
 
 @dataclass
@@ -158,6 +160,7 @@ class RewardConfig:
     length_cache: int = 64
     judge_role: str = "judge"  # judge: the role (conf/role/) that scores open answers 0..100
     judge_prompt: str = "rl_judge"
+    params: dict[str, Any] = field(default_factory=dict)  # your rewards' own settings
 
 
 @dataclass
@@ -175,7 +178,7 @@ class AdapterConfig:
 
 @dataclass
 class BenchmarkTask:
-    loader: str = MISSING  # key in citrus.data.benchmarks.LOADERS
+    loader: str = MISSING  # key in citrus.data.benchmarks.LOADERS, or your loader's module:attr
     # original file, relative to benchmark.data_root / base_url (loader hub: in the repo)
     file: str | None = None
     dataset: str | None = None  # loader hub: the hub dataset id, read with `datasets`
@@ -194,6 +197,7 @@ class BenchmarkTask:
     # other column by name (JMED's age/sex header in the citrus protocol)
     question_template: str | None = None
     continuation: str = "letter"  # likelihood: score " A".." D" (letter) or " yes" (text)
+    params: dict[str, Any] = field(default_factory=dict)  # your loader's own settings
 
 
 @dataclass

@@ -33,6 +33,7 @@ from citrus.data.schema import (
     load_records,
     write_jsonl_atomic,
 )
+from citrus.plugins import is_import_path, lookup
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +208,13 @@ def load_task(name: str, task: Any, bench: Any, data_dir: str | Path) -> LoadedT
     """Items of one task, limited (first N, or a seeded sample of N) by the task's own limit or,
     without one, the group's benchmark.limit. A process loads each task once: a pipeline's
     prepare and its evaluations after every stage share the parse."""
-    if task.loader not in LOADERS:
+    if task.loader not in LOADERS and not is_import_path(task.loader):
         raise DataError(
-            f"benchmark task {name!r}: unknown loader {task.loader!r}; one of {sorted(LOADERS)}"
+            f"benchmark task {name!r}: unknown loader {task.loader!r}; one of {sorted(LOADERS)}, "
+            "or an import path module:attribute"
         )
-    if task.question_template and not getattr(LOADERS[task.loader], "reads_rows", False):
+    loader = lookup(LOADERS, task.loader, f"benchmark.tasks.{name}.loader")
+    if task.question_template and not getattr(loader, "reads_rows", False):
         raise DataError(
             f"benchmark task {name!r}: question_template needs a row-based loader, not "
             f"{task.loader!r}"
@@ -221,7 +224,7 @@ def load_task(name: str, task: Any, bench: Any, data_dir: str | Path) -> LoadedT
     parse = [name, task_cfg, bench.data_root, bench.base_url, bench.strict, str(data_dir)]
     key = json.dumps(parse, sort_keys=True)
     if key not in _LOADED:
-        _LOADED[key] = LOADERS[task.loader](task, name, bench, Path(data_dir))
+        _LOADED[key] = loader(task, name, bench, Path(data_dir))
         for message in _LOADED[key].skipped:
             log.warning("skipped %s", message)
     loaded = dataclasses.replace(_LOADED[key])

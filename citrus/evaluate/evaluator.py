@@ -27,6 +27,7 @@ from citrus.evaluate.extract import EXTRACTOR_VERSION
 from citrus.evaluate.extractors import EXTRACTORS, LADDER, Extractor
 from citrus.evaluate.metrics import majority_vote, summarize
 from citrus.models import card
+from citrus.plugins import lookup
 from citrus.prompts import build_messages, build_text
 from citrus.result import JobResult
 from citrus.tracking import console, progress_bar
@@ -231,9 +232,7 @@ def evaluate_task(
 
 
 def extractor(name: str) -> Extractor:
-    if name not in EXTRACTORS:
-        raise ConfigError(f"benchmark.extractor: unknown {name!r}; one of {sorted(EXTRACTORS)}")
-    return EXTRACTORS[name]
+    return lookup(EXTRACTORS, name, "benchmark.extractor")
 
 
 def resumable_predictions(out_dir: Path, cfg: Any) -> KeyedLog:

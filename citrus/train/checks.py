@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from citrus.errors import ConfigError
-from citrus.train.objectives import OBJECTIVES
+from citrus.train.objectives import objective_of
 from citrus.train.strategy import PARAM_DTYPES, STRATEGIES
 from citrus.train.tokenize import TRUNCATION
 
 
 def check_config(cfg: Any) -> None:
     t, a = cfg.trainer, cfg.algorithm
-    if a.loss not in OBJECTIVES:
-        raise ConfigError(f"algorithm.loss={a.loss!r}: one of {sorted(OBJECTIVES)}")
-    objective = OBJECTIVES[a.loss]
+    objective = objective_of(a)
     if cfg.data.format != objective.data_format:
         raise ConfigError(
             f"algorithm={a.name} trains on {objective.data_format} records, but "

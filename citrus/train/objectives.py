@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from citrus.plugins import lookup
 from citrus.train import losses
 from citrus.train.head import next_token_logps
 from citrus.train.losses import IGNORE
@@ -238,3 +239,8 @@ OBJECTIVES: dict[str, Objective] = {
     **{name: Preference(loss) for name, loss in PREFERENCE_LOSSES.items()},
     "grpo": GRPO(),
 }
+
+
+def objective_of(algo: Any) -> Objective:
+    """algorithm.loss's objective: a key of OBJECTIVES, or your own's import path."""
+    return lookup(OBJECTIVES, algo.loss, "algorithm.loss")

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from citrus.data.schema import MCQuestion
 from citrus.errors import ConfigError, DataError
 from citrus.evaluate.extractors import EXTRACTORS
+from citrus.plugins import is_import_path, lookup
 from citrus.prompts import load_prompt
 from citrus.synthesis.parsers import parse_score
 
@@ -68,7 +69,7 @@ def _question(c: Completion) -> MCQuestion:
 
 class Letter:
     def __call__(self, completions, ctx):
-        reader = EXTRACTORS[ctx.cfg.extractor]
+        reader = lookup(EXTRACTORS, ctx.cfg.extractor, "reward.extractor")
         scores = []
         for c in completions:
             q = _question(c)
@@ -147,16 +148,23 @@ REWARDS: dict[str, Reward] = {
 
 
 def check_rewards(cfg: Any) -> None:
-    unknown = [k for k in cfg.weights if k not in REWARDS]
+    unknown = [k for k in cfg.weights if k not in REWARDS and not is_import_path(k)]
     if unknown or not cfg.weights:
-        raise ConfigError(f"reward.weights={dict(cfg.weights)}: components from {sorted(REWARDS)}")
-    if cfg.extractor not in EXTRACTORS:
-        raise ConfigError(f"reward.extractor={cfg.extractor!r}: one of {sorted(EXTRACTORS)}")
+        raise ConfigError(
+            f"reward.weights={dict(cfg.weights)}: components from {sorted(REWARDS)} or import "
+            "paths module:attribute"
+        )
+    for name in cfg.weights:
+        lookup(REWARDS, name, f"reward.weights.{name}")
+    lookup(EXTRACTORS, cfg.extractor, "reward.extractor")
 
 
 def score(completions: list[Completion], ctx: RewardContext) -> dict[str, list[float]]:
     """Each weighted component's scores, and their weighted sum under "reward"."""
-    parts = {name: REWARDS[name](completions, ctx) for name in ctx.cfg.weights}
+    parts = {
+        name: lookup(REWARDS, name, f"reward.weights.{name}")(completions, ctx)
+        for name in ctx.cfg.weights
+    }
     total = [
         sum(ctx.cfg.weights[name] * parts[name][i] for name in parts)
         for i in range(len(completions))

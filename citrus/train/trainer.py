@@ -43,7 +43,7 @@ from citrus.train.data import build_dataset, micro_batches, total_steps
 from citrus.train.export import export, gather_full_state, unwrapped
 from citrus.train.launch import start_workers
 from citrus.train.modules import build_policy, build_reference, configure_optimizer
-from citrus.train.objectives import OBJECTIVES, Objective, forward
+from citrus.train.objectives import Objective, forward, objective_of
 from citrus.train.rollout import Rollouts
 from citrus.train.schedule import warmup_cosine
 from citrus.train.strategy import all_sum, build_strategy
@@ -69,7 +69,7 @@ class Training:
     optimizer: Any
     scheduler: Any
     steps: int
-    objective: Objective  # OBJECTIVES[algorithm.loss]
+    objective: Objective  # objective_of(algorithm)
     attention: str  # the backbone's attention, restored for the export after packing
     truncated: int = 0  # records data.truncation cut
     reference: Any = None
@@ -140,7 +140,7 @@ def setup(cfg: Any, out_dir: Path, run: Any) -> Training:
     training = Training(
         cfg=cfg, fabric=fabric, tokenizer=tokenizer, dataset=dataset, collate=collate, base=base,
         model=model, optimizer=optimizer, scheduler=scheduler, steps=steps,
-        objective=OBJECTIVES[cfg.algorithm.loss], attention=attention, truncated=truncated,
+        objective=objective_of(cfg.algorithm), attention=attention, truncated=truncated,
         val_examples=data.val_examples, val_collate=data.val_collate,
     )  # fmt: skip
     if training.objective.needs_reference(cfg.algorithm):
