@@ -123,12 +123,13 @@ def main() -> None:
     parser.add_argument("--kernels", nargs="+", default=["avx2", "avx512"])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "quickstart_study")
     parser.add_argument("--write", type=Path, help="a docs page with the study's markers")
+    parser.add_argument("--no-run", action="store_true", help="summarize the finished runs only")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
     runs = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-    for kernel in args.kernels:
+    for kernel in [] if args.no_run else args.kernels:
         for seed in args.seeds:
             key = (seed, kernel, overrides, commit())
             if any((r["seed"], r["kernel"], r["overrides"], r.get("commit")) == key for r in runs):
@@ -140,6 +141,7 @@ def main() -> None:
             runs.append(run)
     picked = [r for r in runs if r["seed"] in args.seeds and r["kernel"] in args.kernels
               and r["overrides"] == overrides and r.get("commit") == commit()]  # fmt: skip
+    picked.sort(key=lambda r: (args.kernels.index(r["kernel"]), r["seed"]))
     table = summary(picked)
     print(table)
     if args.write:
